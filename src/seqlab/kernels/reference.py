@@ -1,0 +1,98 @@
+"""The reference path: the cell equations as a plain per-step loop, differentiated by autograd.
+
+This file is the specification. Every fast path (``fused.py`` and whatever
+comes after it) is tested against it, and it is written to be read next to the
+equations in ``common.py``: one line per equation, the same symbols.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .common import GATES, LN_EPS, LayerResult, LayerWeights, Masks, RECORDED
+
+
+def _ln(v: Tensor, weight: Optional[Tensor], bias: Optional[Tensor]) -> Tensor:
+    """LayerNorm over the last dimension, or the identity when no weight is given."""
+    if weight is None:
+        return v
+    return F.layer_norm(v, (v.shape[-1],), weight, bias, LN_EPS)
+
+
+def _add_bias(v: Tensor, b: Optional[Tensor]) -> Tensor:
+    return v if b is None else v + b
+
+
+def run_layer(
+    cell: str,
+    x: Tensor,
+    h0: Tensor,
+    c0: Optional[Tensor],
+    w: LayerWeights,
+    masks: Masks = Masks(),
+    record: bool = False,
+) -> LayerResult:
+    """Run ``cell`` over ``x`` (T, B, I), time-major, from (h0, c0). See ``common.py``."""
+    if cell not in GATES:
+        raise ValueError(f"unknown cell {cell!r}; expected one of {sorted(GATES)}")
+    T = x.shape[0]
+    H = w.w_hh.shape[0] // GATES[cell]
+    h, c = h0, c0
+    ys: list[Tensor] = []
+    rec: dict[str, list[Tensor]] = {name: [] for name in RECORDED[cell]} if record else {}
+
+    for t in range(T):
+        # xw_t = LN_ih(W_ih x_t) + b_ih ; hw_t = LN_hh(W_hh (m ⊙ h_{t-1})) + b_hh
+        xw = _add_bias(_ln(x[t] @ w.w_ih.t(), w.ln_ih_w, w.ln_ih_b), w.b_ih)
+        h_in = h if masks.rec is None else masks.rec * h
+        hw = _add_bias(_ln(h_in @ w.w_hh.t(), w.ln_hh_w, w.ln_hh_b), w.b_hh)
+
+        c_new = None
+        if cell == "lstm":
+            a_i, a_f, a_g, a_o = (xw + hw).split(H, dim=-1)  # 4 x (B, H)
+            i, f, g, o = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o)
+            c_new = f * c + i * g
+            h_new = o * torch.tanh(_ln(c_new, w.ln_c_w, w.ln_c_b))
+            if w.w_hr is not None:
+                h_new = h_new @ w.w_hr.t()  # (B, H) -> (B, P)
+            gates = {"i": i, "f": f, "g": g, "o": o}
+        elif cell == "gru":
+            xr, xz, xn = xw.split(H, dim=-1)  # 3 x (B, H)
+            hr, hz, hn = hw.split(H, dim=-1)  # 3 x (B, H)
+            r = torch.sigmoid(xr + hr)
+            z = torch.sigmoid(xz + hz)
+            n = torch.tanh(xn + r * hn)
+            h_new = (1 - z) * n + z * h
+            gates = {"r": r, "z": z, "n": n}
+        else:
+            act = torch.tanh if cell == "rnn_tanh" else torch.relu
+            h_new = act(xw + hw)
+            gates = {}
+
+        # h_t = k_t ⊙ h_{t-1} + (1 - k_t) ⊙ h̃_t  (zoneout and padding in one form)
+        if masks.keep is not None:
+            k = masks.keep[t]
+            h_new = k * h + (1 - k) * h_new
+        if c_new is not None and masks.keep_c is not None:
+            kc = masks.keep_c[t]
+            c_new = kc * c + (1 - kc) * c_new
+        h, c = h_new, c_new
+        ys.append(h if masks.out is None else masks.out[t] * h)
+
+        if record:
+            gates["h"] = h
+            if c is not None:
+                gates["c"] = c
+            for name in rec:
+                rec[name].append(gates[name].detach())
+
+    if T == 0:
+        y = x.new_zeros((0,) + tuple(h0.shape))  # (0, B, P)
+    else:
+        y = torch.stack(ys)  # T x (B, P) -> (T, B, P)
+    record_out = {name: (torch.stack(v) if v else x.new_zeros((0,) + tuple(h0.shape[:-1]) + (H,)))
+                  for name, v in rec.items()} if record else None
+    return LayerResult(y, h, c, record_out)

@@ -1,0 +1,693 @@
+r"""Elman RNN, LSTM and GRU layers and cells, drop-in for ``torch.nn``.
+
+The Modules here own the parameters (torch.nn's names, shapes, gate order and
+initialisation), the argument checks and the layout: batch_first, unbatched
+input, ``PackedSequence``, ``lengths=``, the reversed direction, dropout
+between layers and the masks of the variants. The time loop itself is a
+kernel (``seqlab.kernels``): the reference loop, which is the specification,
+or the fused path with hand-written backpropagation through time. One
+dispatch chooses between them; ``module.last_dispatch`` says which ran and why.
+
+Beyond torch.nn, all off by default so the defaults stay drop-in:
+
+- ``layer_norm=True``: Ba, Kiros & Hinton (2016), "Layer Normalization": the
+  input and recurrent pre-activations W_ih x_t and W_hh h_{t-1} are each
+  normalised over all G·H gate units (as in the paper, one statistic for the
+  whole gate vector) and, in the LSTM, the cell before its tanh. Adds the
+  parameters ``ln_ih_{weight,bias}_l{k}``, ``ln_hh_{weight,bias}_l{k}`` and
+  (LSTM) ``ln_c_{weight,bias}_l{k}``, initialised to 1 and 0.
+- ``recurrent_dropout=p``: Gal & Ghahramani (2016), "A Theoretically Grounded
+  Application of Dropout in Recurrent Neural Networks": one dropout mask per
+  sequence (per layer and direction) on h_{t-1} where it enters W_hh,
+  training mode only.
+- ``zoneout=p`` or ``(p_h, p_c)``: Krueger et al. (2017), "Zoneout": each
+  unit keeps its previous value with probability p at each step in training;
+  in eval mode the expectation h_t = p h_{t-1} + (1 - p) h̃_t is used.
+- ``forget_bias=b`` (LSTM): the forget-gate slice of ``bias_ih`` starts at b
+  and that of ``bias_hh`` at 0 (Jozefowicz, Zaremba & Sutskever 2015 use 1).
+- ``record_gates()``: a context manager that records, for every forward run
+  inside it, the per-step gate activations and states of every layer and
+  direction. Outside it nothing is recorded and nothing is paid.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+import warnings
+from typing import Iterator, NamedTuple, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from ..kernels import reference
+from ..kernels.common import GATES, LayerWeights, Masks, RECORDED
+from ..kernels.dispatch import BACKENDS, Dispatch, choose
+
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "record_gates", "GateRecorder"]
+
+
+# ----------------------------------------------------------------------------
+# Introspection
+
+
+class GateRecorder:
+    """What ``record_gates()`` collected: per module, per call, per (layer, direction).
+
+    ``get(module, layer=0, direction=0, call=-1)`` returns a dict name -> tensor
+    with one entry per time step, laid out like the module's output:
+    (T, B, ·), or (B, T, ·) with batch_first, or (T, ·) for unbatched input.
+    LSTM records i, f, g, o, c, h; GRU r, z, n, h; RNN h. The reverse
+    direction is aligned with the original time index; padded steps are zero.
+    """
+
+    def __init__(self) -> None:
+        self._calls: dict[int, list[dict[tuple[int, int], dict[str, Tensor]]]] = {}
+        self._modules: dict[int, nn.Module] = {}  # keeps ids stable while recorded
+
+    def _new_call(self, module: nn.Module) -> dict:
+        self._modules[id(module)] = module
+        call: dict[tuple[int, int], dict[str, Tensor]] = {}
+        self._calls.setdefault(id(module), []).append(call)
+        return call
+
+    def calls(self, module: nn.Module) -> int:
+        return len(self._calls.get(id(module), []))
+
+    def get(self, module: nn.Module, layer: int = 0, direction: int = 0, call: int = -1) -> dict[str, Tensor]:
+        calls = self._calls.get(id(module))
+        if not calls:
+            raise KeyError(f"nothing was recorded for {type(module).__name__}; was it run inside record_gates()?")
+        entry = calls[call]
+        if (layer, direction) not in entry:
+            raise KeyError(f"expected layer in [0, {max(k[0] for k in entry)}] and direction in "
+                           f"[0, {max(k[1] for k in entry)}], got layer={layer}, direction={direction}")
+        return entry[(layer, direction)]
+
+
+_RECORDERS: list[GateRecorder] = []
+
+
+@contextlib.contextmanager
+def record_gates() -> Iterator[GateRecorder]:
+    """Record gate activations and states of every seqlab recurrent layer run inside.
+
+    >>> lstm = LSTM(3, 5)
+    >>> with record_gates() as rec:
+    ...     out, (h, c) = lstm(torch.randn(7, 2, 3))
+    >>> rec.get(lstm)["f"].shape  # forget gate, (T, B, H)
+    torch.Size([7, 2, 5])
+    """
+    recorder = GateRecorder()
+    _RECORDERS.append(recorder)
+    try:
+        yield recorder
+    finally:
+        _RECORDERS.remove(recorder)
+
+
+# ----------------------------------------------------------------------------
+# Argument checks
+
+
+def _check_size(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} should be an int, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_prob(name: str, p) -> float:
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{name} should be a number in [0, 1), got {type(p).__name__} ({p!r})")
+    if not 0 <= p < 1:
+        raise ValueError(f"{name} should be a probability in [0, 1), got {p}")
+    return float(p)
+
+
+def _reverse_index(lengths: Optional[Tensor], T: int, B: int, device) -> Optional[Tensor]:
+    """Time index that reverses each sequence within its own length (an involution).
+
+    idx[t, b] = len_b - 1 - t for t < len_b, and t on padding, so padding stays
+    at the end and the reversed direction starts at each sequence's last token.
+    """
+    if lengths is None:
+        return None
+    t = torch.arange(T, device=device).unsqueeze(1)  # (T, 1)
+    lens = lengths.to(device).unsqueeze(0)  # (1, B)
+    return torch.where(t < lens, lens - 1 - t, t)  # (T, B)
+
+
+def _gather_time(v: Tensor, idx: Optional[Tensor]) -> Tensor:
+    """v (T, B, F) reordered in time per batch column by idx (T, B); idx None flips all."""
+    if idx is None:
+        return v.flip(0)
+    return v.gather(0, idx.unsqueeze(-1).expand(-1, -1, v.shape[-1]))  # (T, B, F)
+
+
+# ----------------------------------------------------------------------------
+# The layers
+
+
+class _RNNBase(nn.Module):
+    """Shared machinery of RNN, LSTM and GRU: parameters, checks, layout, dispatch."""
+
+    def __init__(
+        self,
+        cell: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        backend: str = "auto",
+        layer_norm: bool = False,
+        recurrent_dropout: float = 0.0,
+        zoneout: Union[float, tuple[float, float]] = 0.0,
+        forget_bias: Optional[float] = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.cell = cell
+        self.mode = {"rnn_tanh": "RNN_TANH", "rnn_relu": "RNN_RELU", "lstm": "LSTM", "gru": "GRU"}[cell]
+        self.input_size = _check_size("input_size", input_size)
+        self.hidden_size = _check_size("hidden_size", hidden_size)
+        self.num_layers = _check_size("num_layers", num_layers)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = _check_prob("dropout", dropout)
+        self.bidirectional = bool(bidirectional)
+        self.proj_size = _check_size("proj_size", proj_size, minimum=0)
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size has to be smaller than hidden_size ({self.hidden_size}), got {self.proj_size}")
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
+                f"num_layers greater than 1, but got dropout={self.dropout} and num_layers={self.num_layers}",
+                stacklevel=3,
+            )
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
+        self.layer_norm = bool(layer_norm)
+        self.recurrent_dropout = _check_prob("recurrent_dropout", recurrent_dropout)
+        if isinstance(zoneout, (tuple, list)):
+            if len(zoneout) != 2:
+                raise ValueError(f"zoneout should be a probability or a pair (p_h, p_c), got {zoneout!r}")
+            p_h, p_c = zoneout
+        else:
+            p_h, p_c = zoneout, 0.0
+        self.zoneout = (_check_prob("zoneout p_h", p_h), _check_prob("zoneout p_c", p_c))
+        if cell != "lstm" and self.zoneout[1] > 0:
+            raise ValueError(f"zoneout for {self.mode} takes one probability (it has no cell state), got {zoneout!r}")
+        self.forget_bias = forget_bias
+
+        G = GATES[cell]
+        H, P = self.hidden_size, self.proj_size or self.hidden_size
+        D = 2 if self.bidirectional else 1
+        self._flat_weights_names: list[str] = []
+        self._ln_names: list[str] = []
+        # Registered in torch.nn's order (layer, direction, w_ih, w_hh, b_ih, b_hh, w_hr)
+        # so that the same seed gives the same initial weights as torch.nn.
+        for layer in range(self.num_layers):
+            for direction in range(D):
+                sfx = f"_l{layer}{'_reverse' if direction == 1 else ''}"
+                layer_in = self.input_size if layer == 0 else P * D
+                shapes = {"weight_ih": (G * H, layer_in), "weight_hh": (G * H, P)}
+                if self.bias:
+                    shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
+                if self.proj_size:
+                    shapes["weight_hr"] = (P, H)
+                for name, shape in shapes.items():
+                    self.register_parameter(name + sfx, nn.Parameter(torch.empty(shape, **factory)))
+                    self._flat_weights_names.append(name + sfx)
+        if self.layer_norm:
+            for layer in range(self.num_layers):
+                for direction in range(D):
+                    sfx = f"_l{layer}{'_reverse' if direction == 1 else ''}"
+                    shapes = {"ln_ih": G * H, "ln_hh": G * H}
+                    if cell == "lstm":
+                        shapes["ln_c"] = H
+                    for name, n in shapes.items():
+                        for kind in ("weight", "bias"):
+                            full = f"{name}_{kind}{sfx}"
+                            self.register_parameter(full, nn.Parameter(torch.empty(n, **factory)))
+                            self._ln_names.append(full)
+        self.reset_parameters()
+        self.last_dispatch: Optional[Dispatch] = None
+
+    # -- parameters ---------------------------------------------------------
+
+    def reset_parameters(self) -> None:
+        """U(-1/sqrt(H), 1/sqrt(H)) for every torch.nn weight; LayerNorm 1 and 0; then forget_bias."""
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for name in self._flat_weights_names:
+                nn.init.uniform_(getattr(self, name), -stdv, stdv)
+            for name in self._ln_names:
+                getattr(self, name).fill_(1.0 if "_weight_" in name else 0.0)
+            if self.forget_bias is not None and self.bias:
+                H = self.hidden_size
+                for name in self._flat_weights_names:
+                    # gate order i|f|g|o: the forget gate is the second block
+                    if name.startswith("bias_ih"):
+                        getattr(self, name)[H:2 * H].fill_(float(self.forget_bias))
+                    elif name.startswith("bias_hh"):
+                        getattr(self, name)[H:2 * H].zero_()
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        return [getattr(self, n) for n in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        """Per layer and direction, the torch.nn parameters (as torch.nn's ``all_weights``)."""
+        per = len(self._flat_weights_names) // (self.num_layers * (2 if self.bidirectional else 1))
+        w = self._flat_weights
+        return [w[i:i + per] for i in range(0, len(w), per)]
+
+    def flatten_parameters(self) -> None:
+        """Accepted for drop-in compatibility; seqlab keeps no flattened cuDNN buffer."""
+
+    def _weights(self, layer: int, direction: int) -> LayerWeights:
+        sfx = f"_l{layer}{'_reverse' if direction == 1 else ''}"
+        get = lambda name: getattr(self, name + sfx, None)  # noqa: E731
+        return LayerWeights(
+            w_ih=get("weight_ih"), w_hh=get("weight_hh"), b_ih=get("bias_ih"), b_hh=get("bias_hh"),
+            w_hr=get("weight_hr"), ln_ih_w=get("ln_ih_weight"), ln_ih_b=get("ln_ih_bias"),
+            ln_hh_w=get("ln_hh_weight"), ln_hh_b=get("ln_hh_bias"), ln_c_w=get("ln_c_weight"),
+            ln_c_b=get("ln_c_bias"),
+        )
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.cell == "rnn_relu":
+            s += ", nonlinearity='relu'"
+        for key, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
+                             ("layer_norm", False), ("recurrent_dropout", 0.0), ("zoneout", (0.0, 0.0)),
+                             ("forget_bias", None), ("backend", "auto")):
+            if getattr(self, key) != default:
+                s += f", {key}={getattr(self, key)!r}"
+        return s
+
+    # -- forward ------------------------------------------------------------
+
+    def forward(self, input, hx=None, *, lengths=None):
+        is_lstm = self.cell == "lstm"
+        H, P = self.hidden_size, self.proj_size or self.hidden_size
+        D = 2 if self.bidirectional else 1
+        L = self.num_layers
+        dtype = self._flat_weights[0].dtype
+
+        # ---- bring every input form to (T, B, I) time-major plus lengths ----
+        packed = isinstance(input, PackedSequence)
+        unbatched = False
+        if packed:
+            if lengths is not None:
+                raise ValueError("lengths= cannot be combined with a PackedSequence, which carries its own lengths")
+            if input.data.dim() != 2:
+                raise ValueError(f"{self.mode}: expected PackedSequence data to be 2D, got {input.data.dim()}D instead")
+            self._check_features(input.data)
+            x, lengths = pad_packed_sequence(input)  # (T, B, I), original batch order
+        else:
+            if not isinstance(input, Tensor):
+                raise TypeError(f"{self.mode}: expected input to be a Tensor or PackedSequence, got {type(input).__name__}")
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{self.mode}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            self._check_features(input)
+            unbatched = input.dim() == 2
+            if unbatched:
+                if lengths is not None:
+                    raise ValueError("lengths= needs batched (3D) input; unbatched input is one whole sequence")
+                x = input.unsqueeze(1)  # (T, I) -> (T, 1, I)
+            else:
+                x = input.transpose(0, 1) if self.batch_first else input  # (B, T, I) -> (T, B, I)
+        if x.dtype != dtype:
+            raise TypeError(f"{self.mode}: expected input of dtype {dtype} (the parameters' dtype), got {x.dtype}")
+        T, B = x.shape[0], x.shape[1]
+        if lengths is not None and not packed:
+            lengths = self._check_lengths(lengths, T, B)
+
+        # ---- initial states: (D*L, B, P) and (D*L, B, H) ----
+        h0, c0 = self._initial_state(hx, is_lstm, unbatched, B, x)
+
+        # ---- masks shared by every path, drawn here so every path sees the same ones ----
+        out_mask = None
+        if lengths is not None:
+            steps = torch.arange(T, device=x.device).unsqueeze(1)  # (T, 1)
+            out_mask = (steps < lengths.to(x.device).unsqueeze(0)).to(dtype).unsqueeze(-1)  # (T, B, 1)
+        rev_idx = _reverse_index(lengths, T, B, x.device) if self.bidirectional else None
+
+        recorder = _RECORDERS[-1] if _RECORDERS else None
+        record_entry = recorder._new_call(self) if recorder is not None else None
+
+        layer_input = x
+        h_n, c_n = [], []
+        for layer in range(L):
+            outs = []
+            for direction in range(D):
+                k = layer * D + direction
+                w = self._weights(layer, direction)
+                masks = self._masks(T, B, P, H, x, out_mask)
+                seq = layer_input if direction == 0 else _gather_time(layer_input, rev_idx)
+                kernel, self.last_dispatch = choose(self.backend, self.cell, seq, w, masks)
+                res = kernel(self.cell, seq, h0[k], c0[k] if is_lstm else None, w, masks,
+                             record=record_entry is not None)
+                y = res.y if direction == 0 else _gather_time(res.y, rev_idx)
+                outs.append(y)
+                h_n.append(res.h)
+                if is_lstm:
+                    c_n.append(res.c)
+                if record_entry is not None:
+                    record_entry[(layer, direction)] = self._layout_record(res.record, direction, rev_idx,
+                                                                           out_mask, unbatched)
+            layer_output = outs[0] if D == 1 else torch.cat(outs, dim=-1)  # (T, B, D*P)
+            if self.dropout > 0 and self.training and layer < L - 1:
+                layer_output = F.dropout(layer_output, self.dropout, training=True)
+            layer_input = layer_output
+
+        output = layer_input  # (T, B, D*P)
+        h_n = torch.stack(h_n)  # (D*L, B, P)
+        c_n = torch.stack(c_n) if is_lstm else None  # (D*L, B, H)
+
+        # ---- back to the caller's layout ----
+        if packed:
+            sorted_idx = input.sorted_indices
+            out_sorted = output if sorted_idx is None else output.index_select(1, sorted_idx)  # (T, B, ·)
+            lens_sorted = lengths if sorted_idx is None else lengths.index_select(0, sorted_idx.cpu())
+            data = pack_padded_sequence(out_sorted, lens_sorted, enforce_sorted=True).data
+            output = PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
+        elif unbatched:
+            output = output.squeeze(1)  # (T, 1, ·) -> (T, ·)
+            h_n = h_n.squeeze(1)
+            c_n = c_n.squeeze(1) if is_lstm else None
+        elif self.batch_first:
+            output = output.transpose(0, 1)  # (T, B, ·) -> (B, T, ·)
+        return (output, (h_n, c_n)) if is_lstm else (output, h_n)
+
+    def _check_features(self, x: Tensor) -> None:
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"{self.mode}: expected input with {self.input_size} features "
+                             f"(input.size(-1) == input_size), got {x.shape[-1]}")
+
+    @staticmethod
+    def _check_lengths(lengths, T: int, B: int) -> Tensor:
+        if not isinstance(lengths, Tensor):
+            lengths = torch.as_tensor(lengths)
+        if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex():
+            raise TypeError(f"lengths should be an integer tensor, got dtype {lengths.dtype}")
+        if lengths.dim() != 1:
+            raise ValueError(f"lengths should be 1D with one entry per sequence, got {lengths.dim()}D "
+                             f"of shape {tuple(lengths.shape)}")
+        if lengths.numel() != B:
+            raise ValueError(f"lengths should have one entry per sequence in the batch ({B}), got {lengths.numel()}")
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo < 1:
+            raise ValueError(f"lengths should be >= 1, got a length of {lo}")
+        if hi > T:
+            raise ValueError(f"lengths should be <= the sequence length {T}, got a length of {hi}")
+        return lengths.to(torch.int64)
+
+    def _initial_state(self, hx, is_lstm: bool, unbatched: bool, B: int, x: Tensor):
+        H, P = self.hidden_size, self.proj_size or self.hidden_size
+        DL = (2 if self.bidirectional else 1) * self.num_layers
+        if hx is None:
+            h0 = x.new_zeros((DL, B, P))
+            return h0, (x.new_zeros((DL, B, H)) if is_lstm else None)
+        if is_lstm:
+            if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+                raise TypeError(f"LSTM: expected hx to be a tuple (h_0, c_0), got {type(hx).__name__}")
+            states = [("h_0", hx[0], P), ("c_0", hx[1], H)]
+        else:
+            if not isinstance(hx, Tensor):
+                raise TypeError(f"{self.mode}: expected hx to be a Tensor, got {type(hx).__name__}")
+            states = [("h_0", hx, H)]
+        out = []
+        for name, s, size in states:
+            if not isinstance(s, Tensor):
+                raise TypeError(f"{self.mode}: expected {name} to be a Tensor, got {type(s).__name__}")
+            want = (DL, size) if unbatched else (DL, B, size)
+            if tuple(s.shape) != want:
+                kind = "unbatched" if unbatched else "batched"
+                raise ValueError(f"{self.mode}: expected {name} of shape {want} for {kind} input, "
+                                 f"got {tuple(s.shape)}")
+            if s.dtype != x.dtype:
+                raise TypeError(f"{self.mode}: expected {name} of dtype {x.dtype} (the input's), got {s.dtype}")
+            out.append(s.unsqueeze(1) if unbatched else s)  # (DL, size) -> (DL, 1, size)
+        return out[0], (out[1] if is_lstm else None)
+
+    def _masks(self, T: int, B: int, P: int, H: int, x: Tensor, out_mask: Optional[Tensor]) -> Masks:
+        """Draw this layer-direction's masks (see kernels.common for their meaning)."""
+        p_h, p_c = self.zoneout
+        rec = None
+        if self.recurrent_dropout > 0 and self.training:
+            q = 1.0 - self.recurrent_dropout
+            rec = torch.empty((B, P), dtype=x.dtype, device=x.device).bernoulli_(q).div_(q)  # (B, P)
+        keep = self._keep(p_h, (T, B, P), x, out_mask)
+        keep_c = self._keep(p_c, (T, B, H), x, out_mask) if self.cell == "lstm" else None
+        return Masks(keep=keep, keep_c=keep_c, out=out_mask, rec=rec)
+
+    def _keep(self, p: float, shape, x: Tensor, out_mask: Optional[Tensor]) -> Optional[Tensor]:
+        if p > 0:
+            if self.training:
+                k = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(p)  # (T, B, ·)
+            else:
+                k = x.new_full((1, 1, 1), p).expand(shape[0], shape[1], 1)  # (T, B, 1), the expectation
+        else:
+            k = None
+        if out_mask is None:
+            return k
+        # padding keeps the state: k = 1 after the length, the zoneout draw before it
+        return 1 - out_mask if k is None else 1 - out_mask * (1 - k)
+
+    def _layout_record(self, rec: dict, direction: int, rev_idx, out_mask, unbatched: bool) -> dict:
+        out = {}
+        for name, v in rec.items():
+            if direction == 1:
+                v = _gather_time(v, rev_idx)
+            if out_mask is not None:
+                v = v * out_mask
+            if unbatched:
+                v = v.squeeze(1)  # (T, 1, ·) -> (T, ·)
+            elif self.batch_first:
+                v = v.transpose(0, 1)  # (T, B, ·) -> (B, T, ·)
+            out[name] = v
+        return out
+
+
+class RNN(_RNNBase):
+    r"""Elman recurrent network, a drop-in for :class:`torch.nn.RNN`.
+
+    For each layer and time step t:
+
+    .. math::
+        h_t = \tanh(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh})
+
+    (or ReLU with ``nonlinearity='relu'``). Parameters ``weight_ih_l{k}``
+    (H, I or D·H), ``weight_hh_l{k}`` (H, H), ``bias_ih_l{k}``, ``bias_hh_l{k}``
+    (H,), ``_reverse`` for the backward direction, all initialised from
+    U(-1/sqrt(H), 1/sqrt(H)). The plain loop it is equivalent to is
+    ``seqlab.kernels.reference.run_layer``.
+
+    Extra keywords (seqlab only, default off): ``backend``, ``layer_norm``,
+    ``recurrent_dropout``, ``zoneout``; see the module docstring. ``forward``
+    also takes ``lengths=`` for variable-length batches without packing.
+
+    >>> rnn = RNN(4, 8, num_layers=2)
+    >>> out, h_n = rnn(torch.randn(5, 3, 4))
+    >>> out.shape, h_n.shape
+    (torch.Size([5, 3, 8]), torch.Size([2, 3, 8]))
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto", layer_norm=False,
+                 recurrent_dropout=0.0, zoneout=0.0):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity {nonlinearity!r}; expected 'tanh' or 'relu'")
+        self.nonlinearity = nonlinearity
+        super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, backend=backend, layer_norm=layer_norm,
+                         recurrent_dropout=recurrent_dropout, zoneout=zoneout)
+
+
+class LSTM(_RNNBase):
+    r"""Long short-term memory, a drop-in for :class:`torch.nn.LSTM`.
+
+    For each layer and time step t (σ the logistic sigmoid, ⊙ the elementwise product):
+
+    .. math::
+        i_t = σ(W_{ii} x_t + b_{ii} + W_{hi} h_{t-1} + b_{hi})      \text{input gate}
+        f_t = σ(W_{if} x_t + b_{if} + W_{hf} h_{t-1} + b_{hf})      \text{forget gate}
+        g_t = \tanh(W_{ig} x_t + b_{ig} + W_{hg} h_{t-1} + b_{hg})  \text{candidate}
+        o_t = σ(W_{io} x_t + b_{io} + W_{ho} h_{t-1} + b_{ho})      \text{output gate}
+        c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t                             \text{cell}
+        h_t = o_t ⊙ \tanh(c_t)                                      \text{hidden}
+
+    With ``proj_size`` P > 0 (Sak et al. 2014), h_t = W_{hr} (o_t ⊙ tanh(c_t))
+    is P-dimensional and W_hh is (4H, P). The gates are stacked i|f|g|o in
+    ``weight_ih_l{k}`` (4H, I), ``weight_hh_l{k}`` (4H, P), ``bias_*`` (4H,),
+    exactly as torch.nn, so state_dicts load both ways.
+
+    Extra keywords (seqlab only, default off): ``backend``, ``layer_norm``
+    (then c is normalised before its tanh: h_t = o_t ⊙ tanh(LN(c_t))),
+    ``recurrent_dropout``, ``zoneout=p or (p_h, p_c)``, ``forget_bias``; see
+    the module docstring.
+
+    >>> lstm = LSTM(4, 8, batch_first=True, forget_bias=1.0)
+    >>> out, (h_n, c_n) = lstm(torch.randn(3, 5, 4), lengths=torch.tensor([5, 2, 4]))
+    >>> out.shape, bool(out[1, 2:].eq(0).all())
+    (torch.Size([3, 5, 8]), True)
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, proj_size=0, device=None, dtype=None, *, backend="auto", layer_norm=False,
+                 recurrent_dropout=0.0, zoneout=0.0, forget_bias=None):
+        super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         proj_size, device, dtype, backend=backend, layer_norm=layer_norm,
+                         recurrent_dropout=recurrent_dropout, zoneout=zoneout, forget_bias=forget_bias)
+
+
+class GRU(_RNNBase):
+    r"""Gated recurrent unit, a drop-in for :class:`torch.nn.GRU`.
+
+    For each layer and time step t:
+
+    .. math::
+        r_t = σ(W_{ir} x_t + b_{ir} + W_{hr} h_{t-1} + b_{hr})            \text{reset gate}
+        z_t = σ(W_{iz} x_t + b_{iz} + W_{hz} h_{t-1} + b_{hz})            \text{update gate}
+        n_t = \tanh(W_{in} x_t + b_{in} + r_t ⊙ (W_{hn} h_{t-1} + b_{hn})) \text{candidate}
+        h_t = (1 - z_t) ⊙ n_t + z_t ⊙ h_{t-1}
+
+    Where the reset gate sits: Cho et al. (2014) apply it before the matrix
+    product, n_t = tanh(W_in x_t + W_hn (r_t ⊙ h_{t-1})). torch.nn (like
+    cuDNN) applies it after, to W_hn h_{t-1} + b_hn, so that W_hh h_{t-1}
+    for all three gates is one matrix product that does not wait for r_t.
+    seqlab follows torch.nn so weights and results carry across.
+
+    Gates are stacked r|z|n in ``weight_ih_l{k}`` (3H, I), ``weight_hh_l{k}``
+    (3H, H) and the biases (3H,). Extra keywords as for :class:`LSTM`
+    (zoneout takes one probability).
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, device=None, dtype=None, *, backend="auto", layer_norm=False,
+                 recurrent_dropout=0.0, zoneout=0.0):
+        super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         0, device, dtype, backend=backend, layer_norm=layer_norm,
+                         recurrent_dropout=recurrent_dropout, zoneout=zoneout)
+
+
+# ----------------------------------------------------------------------------
+# The cells: one step of the same equations, for users who write their own loop
+
+
+class _CellBase(nn.Module):
+    def __init__(self, cell: str, input_size: int, hidden_size: int, bias: bool, device, dtype) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.cell = cell
+        self.input_size = _check_size("input_size", input_size)
+        self.hidden_size = _check_size("hidden_size", hidden_size)
+        self.bias = bool(bias)
+        G = GATES[cell]
+        self.weight_ih = nn.Parameter(torch.empty((G * self.hidden_size, self.input_size), **factory))
+        self.weight_hh = nn.Parameter(torch.empty((G * self.hidden_size, self.hidden_size), **factory))
+        if self.bias:
+            self.bias_ih = nn.Parameter(torch.empty(G * self.hidden_size, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(G * self.hidden_size, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.cell == "rnn_relu":
+            s += ", nonlinearity='relu'"
+        return s
+
+    def forward(self, input: Tensor, hx=None):
+        name = type(self).__name__
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{name}: expected input to be a Tensor, got {type(input).__name__}")
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if input.shape[-1] != self.input_size:
+            raise ValueError(f"{name}: expected input with {self.input_size} features, got {input.shape[-1]}")
+        if input.dtype != self.weight_ih.dtype:
+            raise TypeError(f"{name}: expected input of dtype {self.weight_ih.dtype}, got {input.dtype}")
+        unbatched = input.dim() == 1
+        x = input.unsqueeze(0) if unbatched else input  # (I,) -> (1, I)
+        B, H = x.shape[0], self.hidden_size
+        is_lstm = self.cell == "lstm"
+        if hx is None:
+            h = x.new_zeros((B, H))
+            c = x.new_zeros((B, H)) if is_lstm else None
+        else:
+            if is_lstm:
+                if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+                    raise TypeError(f"{name}: expected hx to be a tuple (h, c), got {type(hx).__name__}")
+                states = list(hx)
+            else:
+                states = [hx]
+            want = (H,) if unbatched else (B, H)
+            for s in states:
+                if not isinstance(s, Tensor) or tuple(s.shape) != want:
+                    got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+                    raise ValueError(f"{name}: expected hidden state of shape {want}, got {got}")
+                if s.dtype != x.dtype:
+                    raise TypeError(f"{name}: expected hidden state of dtype {x.dtype}, got {s.dtype}")
+            states = [s.unsqueeze(0) if unbatched else s for s in states]  # (H,) -> (1, H)
+            h, c = states[0], (states[1] if is_lstm else None)
+        w = LayerWeights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        # One step of the reference loop: the cell and the layer share one set of equations.
+        res = reference.run_layer(self.cell, x.unsqueeze(0), h, c, w)  # x: (1, B, I)
+        h, c = res.h, res.c
+        if unbatched:
+            h = h.squeeze(0)
+            c = c.squeeze(0) if is_lstm else None
+        return (h, c) if is_lstm else h
+
+
+class RNNCell(_CellBase):
+    r"""One step of :class:`RNN`: h' = tanh(W_ih x + b_ih + W_hh h + b_hh); drop-in for torch.nn.RNNCell."""
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None, dtype=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity {nonlinearity!r}; expected 'tanh' or 'relu'")
+        self.nonlinearity = nonlinearity
+        super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, bias, device, dtype)
+
+
+class LSTMCell(_CellBase):
+    r"""One step of :class:`LSTM` (same i, f, g, o equations); returns (h', c'). Drop-in for torch.nn.LSTMCell."""
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
+        super().__init__("lstm", input_size, hidden_size, bias, device, dtype)
+
+
+class GRUCell(_CellBase):
+    r"""One step of :class:`GRU` (same r, z, n equations, torch's reset placement). Drop-in for torch.nn.GRUCell."""
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
+        super().__init__("gru", input_size, hidden_size, bias, device, dtype)

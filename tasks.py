@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Set-up and entry points for a fresh checkout.
+
+    python3 tasks.py main   # create/reuse .venv, install pinned deps, run the main job
+    python3 tasks.py test   # create/reuse .venv, install pinned deps, run the test suite
+
+Only the standard library is used here, so this runs on a bare Python 3.11+.
+The virtual environment lives in .venv/ at the repository root; it is
+(re)installed only when pyproject.toml or constraints.txt changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PY = BIN / ("python.exe" if os.name == "nt" else "python")
+STAMP = VENV / ".seqlab-install-stamp"
+
+
+def _fingerprint() -> str:
+    h = hashlib.sha256()
+    for name in ("pyproject.toml", "constraints.txt"):
+        h.update((ROOT / name).read_bytes())
+    return h.hexdigest()
+
+
+def ensure_env() -> None:
+    if sys.version_info < (3, 11):
+        sys.exit(f"seqlab needs Python >= 3.11, this is {sys.version.split()[0]}")
+    if not PY.exists():
+        print(f"[tasks] creating virtual environment in {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    want = _fingerprint()
+    if STAMP.exists() and STAMP.read_text() == want:
+        return
+    print("[tasks] installing seqlab and its pinned dependencies into .venv", flush=True)
+    subprocess.run(
+        [str(PY), "-m", "pip", "install", "--disable-pip-version-check", "-q",
+         "-c", str(ROOT / "constraints.txt"), "-e", f"{ROOT}[test]"],
+        check=True,
+    )
+    STAMP.write_text(want)
+
+
+def main_job(args: list[str]) -> int:
+    # Until `seqlab compare` exists, the main job is the recurrent benchmark.
+    return subprocess.call([str(PY), str(ROOT / "benchmarks" / "recurrent.py"), *args])
+
+
+def test(args: list[str]) -> int:
+    # Two workers for the two cores CI has; -x is left out so one failure shows all.
+    cmd = [str(PY), "-m", "pytest", "-n", "2", *args]
+    rc = subprocess.call(cmd, cwd=ROOT)
+    if rc == 5:
+        print("[tasks] pytest collected no tests: the suite is missing or broken", file=sys.stderr)
+        return 1
+    return rc
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in ("main", "test"):
+        sys.exit("usage: python3 tasks.py {main|test} [extra args passed through]")
+    ensure_env()
+    job = {"main": main_job, "test": test}[sys.argv[1]]
+    sys.exit(job(sys.argv[2:]))
+
+
+if __name__ == "__main__":
+    main()
