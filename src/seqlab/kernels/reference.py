@@ -93,6 +93,8 @@ def run_layer(
         y = x.new_zeros((0,) + tuple(h0.shape))  # (0, B, P)
     else:
         y = torch.stack(ys)  # T x (B, P) -> (T, B, P)
-    record_out = {name: (torch.stack(v) if v else x.new_zeros((0,) + tuple(h0.shape[:-1]) + (H,)))
+    # with T == 0 nothing was stacked; h has the projected width P, every gate and c width H
+    record_out = {name: (torch.stack(v) if v else
+                         x.new_zeros((0,) + tuple(h0.shape[:-1]) + ((h0.shape[-1],) if name == "h" else (H,))))
                   for name, v in rec.items()} if record else None
     return LayerResult(y, h, c, record_out)

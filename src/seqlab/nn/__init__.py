@@ -1,4 +1,31 @@
-"""The public layers of seqlab, drop-in for their torch.nn namesakes where torch.nn has one."""
-from .rnn import GRU, GRUCell, LSTM, LSTMCell, RNN, RNNCell, GateRecorder, record_gates
+"""The public layers of seqlab, drop-in for their torch.nn namesakes where torch.nn has one.
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "record_gates", "GateRecorder"]
+==================  =========================================================================
+module              what lives there
+==================  =========================================================================
+rnn                 RNN, LSTM, GRU and their cells; record_gates (introspection)
+minrnn              MinGRU, MinLSTM: input-only gates, trained by a parallel scan
+attention           MultiheadAttention, masks, the reference attention
+transformer         the Transformer family and its key/value cache
+positional          sinusoidal and learned positional encodings
+seq2seq_attention   Bahdanau (additive) and Luong (dot, general) attention for RNN decoders
+==================  =========================================================================
+"""
+from .attention import (KVCache, LayerCache, MultiheadAttention, TransformerCache, attention_reference, causal_mask,
+                        padding_mask)
+from .minrnn import MinGRU, MinLSTM
+from .positional import LearnedPositionalEncoding, SinusoidalPositionalEncoding, sinusoidal_table
+from .rnn import GRU, GRUCell, LSTM, LSTMCell, RNN, RNNCell, GateRecorder, record_gates
+from .seq2seq_attention import BahdanauAttention, LuongAttention
+from .transformer import (Transformer, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
+                          TransformerEncoderLayer)
+
+__all__ = [
+    "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "record_gates", "GateRecorder",
+    "MinGRU", "MinLSTM",
+    "MultiheadAttention", "attention_reference", "causal_mask", "padding_mask",
+    "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder", "TransformerDecoder",
+    "Transformer", "KVCache", "LayerCache", "TransformerCache",
+    "SinusoidalPositionalEncoding", "LearnedPositionalEncoding", "sinusoidal_table",
+    "BahdanauAttention", "LuongAttention",
+]

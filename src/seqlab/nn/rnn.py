@@ -209,6 +209,9 @@ class _RNNBase(nn.Module):
         self.zoneout = (_check_prob("zoneout p_h", p_h), _check_prob("zoneout p_c", p_c))
         if cell != "lstm" and self.zoneout[1] > 0:
             raise ValueError(f"zoneout for {self.mode} takes one probability (it has no cell state), got {zoneout!r}")
+        if forget_bias is not None and not bias:
+            raise ValueError(f"forget_bias={forget_bias!r} sets the forget-gate bias, which needs bias=True, "
+                             f"got bias=False")
         self.forget_bias = forget_bias
 
         G = GATES[cell]
@@ -351,8 +354,9 @@ class _RNNBase(nn.Module):
             out_mask = (steps < lengths.to(x.device).unsqueeze(0)).to(dtype).unsqueeze(-1)  # (T, B, 1)
         rev_idx = _reverse_index(lengths, T, B, x.device) if self.bidirectional else None
 
-        recorder = _RECORDERS[-1] if _RECORDERS else None
-        record_entry = recorder._new_call(self) if recorder is not None else None
+        # every open record_gates() sees this call, so nested contexts each get a full record
+        record_entries = [r._new_call(self) for r in _RECORDERS]
+        record_entry = record_entries[0] if record_entries else None
 
         layer_input = x
         h_n, c_n = [], []
@@ -372,8 +376,9 @@ class _RNNBase(nn.Module):
                 if is_lstm:
                     c_n.append(res.c)
                 if record_entry is not None:
-                    record_entry[(layer, direction)] = self._layout_record(res.record, direction, rev_idx,
-                                                                           out_mask, unbatched)
+                    laid_out = self._layout_record(res.record, direction, rev_idx, out_mask, unbatched)
+                    for entry in record_entries:
+                        entry[(layer, direction)] = laid_out
             layer_output = outs[0] if D == 1 else torch.cat(outs, dim=-1)  # (T, B, D*P)
             if self.dropout > 0 and self.training and layer < L - 1:
                 layer_output = F.dropout(layer_output, self.dropout, training=True)

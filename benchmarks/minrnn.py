@@ -1,0 +1,156 @@
+"""Training-step speed of minGRU / minLSTM against a GRU of the same width, as ratios in one process.
+
+    python benchmarks/minrnn.py                  # hidden 128, batch 16, T in {256, 1024, 4096}
+    python benchmarks/minrnn.py --quick          # tiny sizes, one repeat: a smoke test
+    python benchmarks/minrnn.py --threads 1 --repeats 7 --input-grad
+
+For each T it times, after warm-up, the median of repeats of one training step
+(``zero_grad`` + forward + backward of ``output.sum() + h_n.sum()``) for
+
+- the GRU baseline: ``seqlab.nn.GRU`` when it imports, else ``torch.nn.GRU``
+  (the row says which);
+- MinGRU with ``mode='scan'`` (the fast path), ``'sequential'`` (the
+  reference loop) and ``'log_scan'`` (the paper's log-space scan);
+- MinLSTM with ``mode='scan'``.
+
+It prints ms, tokens/s (batch · T / time) and the speed-up over the GRU
+(GRU ms / this row's ms, so above 1 is faster). By default the input does not
+require grad, as for a first layer fed by data; ``--input-grad`` adds ∂L/∂x.
+The issue's target: MinGRU (scan) ≥ 10x the GRU at T=4096.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+try:
+    import seqlab.nn.minrnn as mr
+except ImportError:  # run from a checkout without installing: python benchmarks/minrnn.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    import seqlab.nn.minrnn as mr
+
+try:
+    from seqlab.nn import GRU as BaselineGRU
+
+    BASELINE = "seqlab.nn.GRU"
+except ImportError:
+    BaselineGRU = nn.GRU
+    BASELINE = "torch.nn.GRU"
+
+STEPS = (256, 1024, 4096)
+TARGET_SPEEDUP = 10.0  # the issue's target for MinGRU (scan) against the GRU at T=4096
+
+
+@dataclass
+class Config:
+    steps: tuple[int, ...] = STEPS
+    batch: int = 16
+    hidden: int = 128  # input size = hidden size
+    warmup: int = 2  # untimed calls first: allocator, thread pool and lazy imports settle
+    repeats: int = 5  # the median of this many timed calls is reported
+    max_sequential_steps: int = 4096  # the reference loop is slow; skip it above this T
+    threads: Optional[int] = None  # torch.set_num_threads; None keeps torch's default
+    input_grad: bool = False
+
+
+def median_ms(fn: Callable[[], None], warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()  # CPU only: no device to synchronise
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def train_step_ms(mod: nn.Module, x: torch.Tensor, cfg: Config, repeats: int, **kw) -> float:
+    def step() -> None:
+        mod.zero_grad(set_to_none=True)
+        if x.grad is not None:
+            x.grad = None
+        out, h_n = mod(x, **kw)
+        (out.sum() + h_n.sum()).backward()
+
+    return median_ms(step, cfg.warmup, repeats)
+
+
+def _baseline(H: int) -> tuple[nn.Module, str]:
+    """seqlab's GRU when it imports and runs a training step, else torch.nn.GRU; and its label."""
+    gru = BaselineGRU(H, H)
+    if BaselineGRU is nn.GRU:
+        return gru, BASELINE
+    try:
+        out, h_n = gru(torch.randn(3, 2, H))
+        (out.sum() + h_n.sum()).backward()
+    except Exception as e:  # seqlab's GRU is developed alongside; say why it was not used
+        print(f"# {BASELINE} failed a training step ({type(e).__name__}: {e}); using torch.nn.GRU instead")
+        return nn.GRU(H, H), "torch.nn.GRU"
+    return gru, f"{BASELINE}, {getattr(gru, 'last_dispatch', None) and gru.last_dispatch.backend} path"
+
+
+def run(cfg: Config) -> list[tuple]:
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(0)
+    H, B = cfg.hidden, cfg.batch
+    gru, baseline = _baseline(H)
+    mingru, minlstm = mr.MinGRU(H, H), mr.MinLSTM(H, H)
+    rows = []
+    for T in cfg.steps:
+        x = torch.randn(T, B, H, requires_grad=cfg.input_grad)
+        base = train_step_ms(gru, x, cfg, cfg.repeats)
+        cases = [(f"GRU ({baseline})", gru, {}, cfg.repeats),
+                 ("MinGRU scan", mingru, {"mode": "scan"}, cfg.repeats),
+                 ("MinGRU log_scan", mingru, {"mode": "log_scan"}, cfg.repeats),
+                 ("MinLSTM scan", minlstm, {"mode": "scan"}, cfg.repeats)]
+        if T <= cfg.max_sequential_steps:
+            # the loop is as slow as the GRU: fewer repeats keep the run short
+            cases.insert(2, ("MinGRU sequential", mingru, {"mode": "sequential"}, max(1, cfg.repeats // 2)))
+        for name, mod, kw, reps in cases:
+            ms = base if mod is gru else train_step_ms(mod, x, cfg, reps, **kw)
+            rows.append((T, name, ms, B * T / (ms / 1e3), base / ms))
+    return rows
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes and one repeat: a smoke test")
+    ap.add_argument("--steps", type=int, nargs="+", default=list(STEPS))
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--input-grad", action="store_true", help="also compute the gradient of the input")
+    args = ap.parse_args(argv)
+    cfg = Config(steps=tuple(args.steps), batch=args.batch, hidden=args.hidden, repeats=args.repeats,
+                 threads=args.threads, input_grad=args.input_grad)
+    if args.quick:
+        cfg = Config(steps=(16, 64), batch=2, hidden=8, warmup=1, repeats=1, threads=args.threads,
+                     input_grad=args.input_grad)
+    print(f"# minRNN training step (forward + backward), batch {cfg.batch}, hidden = input = {cfg.hidden}, "
+          f"input grad {'on' if cfg.input_grad else 'off'}")
+    print(f"# torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads, "
+          f"median of {cfg.repeats} after {cfg.warmup} warm-up")
+    print("| T | layer | ms | tokens/s | speed-up vs GRU |")
+    print("| ---: | --- | ---: | ---: | ---: |")
+    rows = run(cfg)
+    for T, name, ms, tps, speedup in rows:
+        print(f"| {T} | {name} | {ms:.1f} | {tps:,.0f} | {speedup:.2f}x |")
+    longest = max(cfg.steps)
+    got = next(s for T, name, _, _, s in rows if T == longest and name == "MinGRU scan")
+    verdict = "meets" if got >= TARGET_SPEEDUP else "misses"
+    print(f"\nMinGRU (scan) at T={longest}: {got:.1f}x the GRU ({verdict} the {TARGET_SPEEDUP:.0f}x target)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""Speed of seqlab's recurrent layers against torch.nn, as ratios measured in the same process.
+
+    python benchmarks/recurrent.py                    # RNN, GRU, LSTM and the LSTM variants, every size
+    python benchmarks/recurrent.py --quick            # tiny sizes, one repeat: a smoke test
+    python benchmarks/recurrent.py --cells lstm --repeats 9 --threads 1 --json runs/rnn.json
+
+For each cell and (batch, steps, hidden = input) it times, after warm-up, the
+median of repeats of
+
+- training: ``zero_grad`` + forward + backward of ``output.sum() + h_n.sum()``;
+- inference: forward in eval mode under ``torch.no_grad()``;
+
+for torch.nn and for seqlab (``backend='fused'``), both with the same weights,
+and reports seqlab / torch (below 1 means seqlab is faster) and tokens/s
+(batch * steps / median time). The LSTM variants (layer_norm=True,
+recurrent_dropout=0.25, zoneout=0.1) are timed for seqlab's fused and
+reference paths against torch.nn's plain LSTM, the speed a user gives up to
+get them. The output is a markdown table that can be pasted into the README.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+try:
+    import seqlab.nn as snn
+except ImportError:  # run from a checkout without installing: python benchmarks/recurrent.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    import seqlab.nn as snn
+
+SIZES = [(16, 200, 64), (32, 100, 256), (64, 100, 512), (128, 50, 128)]  # (batch, steps, hidden = input)
+QUICK_SIZES = [(4, 8, 16)]
+CELLS = ("rnn", "gru", "lstm")
+VARIANT = dict(layer_norm=True, recurrent_dropout=0.25, zoneout=0.1)  # the "LSTM + variants" rows
+
+
+@dataclass
+class Config:
+    cells: tuple[str, ...] = CELLS
+    sizes: list[tuple[int, int, int]] = field(default_factory=lambda: list(SIZES))
+    warmup: int = 2  # untimed calls first: allocator, thread pool and lazy imports settle
+    repeats: int = 5  # the median of this many timed calls is reported
+    threads: Optional[int] = None  # torch.set_num_threads; None keeps torch's default
+    device: str = "cpu"
+    variants: bool = True  # also time LSTM with layer_norm / recurrent_dropout / zoneout
+
+
+@dataclass
+class Row:
+    cell: str  # 'rnn', 'gru', 'lstm' or 'lstm+variants'
+    impl: str  # seqlab's backend: 'fused' or 'reference'
+    batch: int
+    steps: int
+    hidden: int
+    torch_train_ms: float
+    torch_infer_ms: float
+    train_ms: Optional[float]  # None when this implementation could not run (see error)
+    infer_ms: Optional[float]
+    error: str = ""
+
+    @property
+    def train_ratio(self) -> Optional[float]:
+        return None if self.train_ms is None else self.train_ms / self.torch_train_ms
+
+    @property
+    def infer_ratio(self) -> Optional[float]:
+        return None if self.infer_ms is None else self.infer_ms / self.torch_infer_ms
+
+    def tokens_per_s(self, ms: Optional[float]) -> Optional[float]:
+        return None if ms is None else self.batch * self.steps / (ms / 1e3)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn: Callable[[], None], warmup: int, repeats: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)  # GPU work is asynchronous: wait for it before stopping the clock
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def _torch_layer(cell: str, hidden: int, device) -> nn.Module:
+    cls = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[cell]
+    return cls(hidden, hidden, device=device)
+
+
+def _seqlab_layer(cell: str, hidden: int, device, backend: str, **variant) -> nn.Module:
+    cls = {"rnn": snn.RNN, "gru": snn.GRU, "lstm": snn.LSTM}[cell]
+    return cls(hidden, hidden, device=device, backend=backend, **variant)
+
+
+def _states_sum(st) -> torch.Tensor:
+    return sum(s.sum() for s in st) if isinstance(st, tuple) else st.sum()
+
+
+def time_module(mod: nn.Module, x: torch.Tensor, cfg: Config, device) -> tuple[float, float]:
+    """(training ms, inference ms) for one module on one input."""
+
+    def train_step() -> None:
+        mod.zero_grad(set_to_none=True)
+        out, st = mod(x)
+        (out.sum() + _states_sum(st)).backward()
+
+    def infer_step() -> None:
+        with torch.no_grad():
+            mod(x)
+
+    mod.train()
+    train = median_ms(train_step, cfg.warmup, cfg.repeats, device)
+    mod.eval()
+    infer = median_ms(infer_step, cfg.warmup, cfg.repeats, device)
+    return train, infer
+
+
+def bench(cfg: Config, log=print) -> list[Row]:
+    device = torch.device(cfg.device)
+    rows: list[Row] = []
+    cases = [(cell, "fused", "fused", {}) for cell in cfg.cells]
+    if cfg.variants and "lstm" in cfg.cells:
+        cases += [("lstm+variants", b, b, VARIANT) for b in ("fused", "reference")]
+    for batch, steps, hidden in cfg.sizes:
+        x = torch.randn(steps, batch, hidden, device=device)  # (T, B, I), time-major like torch.nn
+        baselines: dict[str, tuple[float, float]] = {}
+        for cell, impl, backend, variant in cases:
+            base_cell = cell.split("+")[0]
+            torch.manual_seed(0)
+            ref = _torch_layer(base_cell, hidden, device)
+            if base_cell not in baselines:
+                baselines[base_cell] = time_module(ref, x, cfg, device)
+            t_train, t_infer = baselines[base_cell]
+            try:
+                ours = _seqlab_layer(base_cell, hidden, device, backend, **variant)
+                ours.load_state_dict(ref.state_dict(), strict=not variant)  # same weights as the baseline
+                s_train, s_infer = time_module(ours, x, cfg, device)
+                err = ""
+                dispatch = getattr(ours, "last_dispatch", None)
+                if dispatch is not None and dispatch.backend != backend:
+                    err = f"ran {dispatch.backend}: {dispatch.reason}"
+            except Exception as e:  # report and go on: one broken path should not hide the others
+                s_train = s_infer = None
+                err = f"{type(e).__name__}: {e}"
+            row = Row(cell, impl, batch, steps, hidden, t_train, t_infer, s_train, s_infer, err)
+            rows.append(row)
+            log(f"# {cell:14s} {impl:9s} B={batch:<4d} T={steps:<4d} H={hidden:<4d} "
+                f"train {_fmt(row.train_ratio, 'x')} infer {_fmt(row.infer_ratio, 'x')}"
+                + (f"  [{err}]" if err else ""))
+    return rows
+
+
+def _fmt(v: Optional[float], unit: str = "", digits: int = 2) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:.{digits}f}{unit}"
+
+
+def _fmt_tok(v: Optional[float]) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v / 1e3:,.0f}k" if v >= 1e4 else f"{v:,.0f}"
+
+
+def markdown(rows: list[Row]) -> str:
+    head = ("| cell | seqlab backend | batch | steps | hidden | torch train ms | seqlab train ms | train ratio "
+            "| seqlab train tok/s | torch infer ms | seqlab infer ms | infer ratio | seqlab infer tok/s |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for r in rows:
+        lines.append(
+            f"| {r.cell} | {r.impl} | {r.batch} | {r.steps} | {r.hidden} | {r.torch_train_ms:.2f} "
+            f"| {_fmt(r.train_ms)} | {_fmt(r.train_ratio, 'x')} | {_fmt_tok(r.tokens_per_s(r.train_ms))} "
+            f"| {r.torch_infer_ms:.2f} | {_fmt(r.infer_ms)} | {_fmt(r.infer_ratio, 'x')} "
+            f"| {_fmt_tok(r.tokens_per_s(r.infer_ms))} |"
+        )
+    errors = [r for r in rows if r.error]
+    if errors:
+        lines.append("")
+        for r in errors:
+            lines.append(f"- {r.cell} / {r.impl} at ({r.batch}, {r.steps}, {r.hidden}): {r.error}")
+    return "\n".join(lines)
+
+
+def environment(cfg: Config) -> dict:
+    return {
+        "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "device": cfg.device,
+    }
+
+
+def parse_args(argv=None) -> tuple[Config, Optional[str]]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, 1 warm-up and 1 repeat (a smoke test)")
+    ap.add_argument("--cells", default=",".join(CELLS), help="comma-separated subset of rnn,gru,lstm")
+    ap.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (median; default 5)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 2)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:k]")
+    ap.add_argument("--no-variants", action="store_true", help="skip the LSTM + variants rows")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = ap.parse_args(argv)
+    cells = tuple(c.strip().lower() for c in args.cells.split(",") if c.strip())
+    unknown = [c for c in cells if c not in CELLS]
+    if unknown or not cells:
+        ap.error(f"--cells expects a comma-separated subset of {','.join(CELLS)}, got {args.cells!r}")
+    cfg = Config(cells=cells, device=args.device, threads=args.threads, variants=not args.no_variants)
+    if args.quick:
+        cfg.sizes, cfg.warmup, cfg.repeats = list(QUICK_SIZES), 1, 1
+    if args.repeats is not None:
+        if args.repeats < 1:
+            ap.error(f"--repeats must be >= 1, got {args.repeats}")
+        cfg.repeats = args.repeats
+    if args.warmup is not None:
+        if args.warmup < 0:
+            ap.error(f"--warmup must be >= 0, got {args.warmup}")
+        cfg.warmup = args.warmup
+    if args.threads is not None and args.threads < 1:
+        ap.error(f"--threads must be >= 1, got {args.threads}")
+    return cfg, args.json
+
+
+def main(argv=None) -> int:
+    cfg, json_path = parse_args(argv)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    env = environment(cfg)
+    print(f"# torch {env['torch']}, {env['threads']} threads, {cfg.device}; "
+          f"warm-up {cfg.warmup}, median of {cfg.repeats}; ratio = seqlab / torch.nn (< 1: seqlab faster)",
+          flush=True)
+    rows = bench(cfg, log=lambda s: print(s, flush=True))
+    print()
+    print(markdown(rows))
+    if json_path:
+        out = {"config": asdict(cfg), "environment": env,
+               "rows": [{**asdict(r), "train_ratio": r.train_ratio, "infer_ratio": r.infer_ratio,
+                         "train_tokens_per_s": r.tokens_per_s(r.train_ms),
+                         "infer_tokens_per_s": r.tokens_per_s(r.infer_ms)} for r in rows]}
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""seqlab's Transformer against torch.nn in the same process, and cached against uncached generation.
+
+    python benchmarks/transformer.py            # the full run (minutes on a CPU)
+    python benchmarks/transformer.py --quick    # a smoke run: small batch, few repeats, 128 tokens
+
+1. Training step (forward, backward, SGD update) of a 4-layer encoder,
+   d_model 256, 4 heads, feed-forward 1024 (the usual 4 x d_model), batch 32,
+   sequence 128 and 512, dropout 0.1, batch_first, same initial weights.
+   Reports the median step time of each, tokens/s and the ratio
+   seqlab / torch.nn (target <= 1.05).
+2. Generation of 512 tokens (greedy, batch 1) from a 2-layer decoder-only
+   model (embedding + sinusoidal positions + causal stack + head): torch.nn
+   and seqlab recomputing the whole prefix at every token, and seqlab with a
+   ``TransformerCache``. Reports tokens/s and the speed-up of the cache over
+   recomputation (target >= 5x).
+
+Each measurement warms up first, synchronises the device, and takes the
+median of repeats; the two implementations alternate repeat by repeat so
+that drift in a shared machine's load hits both alike.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from seqlab.nn.attention import TransformerCache
+from seqlab.nn.positional import SinusoidalPositionalEncoding
+from seqlab.nn.transformer import Transformer, TransformerEncoder, TransformerEncoderLayer
+
+
+@dataclass
+class Config:
+    d_model: int = 256
+    nhead: int = 4
+    dim_feedforward: int = 1024  # 4 x d_model, as in Vaswani et al.
+    train_layers: int = 4
+    batch: int = 32
+    seq_lens: tuple[int, ...] = (128, 512)
+    warmup: int = 2
+    repeats: int = 7
+    gen_layers: int = 2
+    vocab: int = 1000
+    gen_tokens: int = 512
+    gen_repeats: int = 3
+
+
+QUICK = Config(batch=8, warmup=1, repeats=3, gen_tokens=128, gen_repeats=1)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def median_pair(fa, fb, warmup: int, repeats: int, device) -> tuple[float, float]:
+    """Median seconds of fa and fb, alternating them so both see the same machine."""
+    for _ in range(warmup):
+        fa()
+        fb()
+    ta, tb = [], []
+    for _ in range(repeats):
+        ta.append(timed(fa, device))
+        tb.append(timed(fb, device))
+    return statistics.median(ta), statistics.median(tb)
+
+
+# ----------------------------------------------------------------------------
+# 1. training step
+
+
+def encoder_pair(cfg: Config, device) -> tuple[nn.Module, nn.Module]:
+    kw = dict(dim_feedforward=cfg.dim_feedforward, dropout=0.1, batch_first=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.nn's note on its nested-tensor inference path
+        ref = nn.TransformerEncoder(nn.TransformerEncoderLayer(cfg.d_model, cfg.nhead, **kw), cfg.train_layers,
+                                    enable_nested_tensor=False)
+    mine = TransformerEncoder(TransformerEncoderLayer(cfg.d_model, cfg.nhead, **kw), cfg.train_layers)
+    mine.load_state_dict(ref.state_dict())
+    return ref.to(device).train(), mine.to(device).train()
+
+
+def train_step_fn(model: nn.Module, x: torch.Tensor, pad: torch.Tensor):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        out = model(x, src_key_padding_mask=pad)  # (B, T, E)
+        out.pow(2).mean().backward()
+        opt.step()
+
+    return step
+
+
+def bench_training(cfg: Config, device) -> list[tuple]:
+    rows = []
+    for T in cfg.seq_lens:
+        torch.manual_seed(0)
+        ref, mine = encoder_pair(cfg, device)
+        x = torch.randn(cfg.batch, T, cfg.d_model, device=device)
+        lengths = torch.randint(T // 2, T + 1, (cfg.batch,), device=device)
+        pad = torch.arange(T, device=device)[None] >= lengths[:, None]  # (B, T), True = padding
+        t_ref, t_mine = median_pair(train_step_fn(ref, x, pad), train_step_fn(mine, x, pad), cfg.warmup,
+                                    cfg.repeats, device)
+        tokens = cfg.batch * T
+        rows.append((T, t_ref * 1e3, t_mine * 1e3, tokens / t_ref, tokens / t_mine, t_mine / t_ref))
+    return rows
+
+
+# ----------------------------------------------------------------------------
+# 2. generation
+
+
+class DecoderOnlyLM(nn.Module):
+    """Embedding + positions + causal stack + head: a benchmark model, not seqlab's language model."""
+
+    def __init__(self, cfg: Config, stack: nn.Module):
+        super().__init__()
+        self.embed = nn.Embedding(cfg.vocab, cfg.d_model)
+        self.pos = SinusoidalPositionalEncoding(cfg.d_model, batch_first=True)
+        self.stack = stack
+        self.head = nn.Linear(cfg.d_model, cfg.vocab)
+
+    def forward(self, tokens: torch.Tensor, cache: TransformerCache | None = None) -> torch.Tensor:
+        offset = 0 if cache is None else cache.length
+        x = self.pos(self.embed(tokens), offset=offset)  # (B, T, E)
+        if cache is None:
+            mask = Transformer.generate_square_subsequent_mask(tokens.size(1), device=tokens.device)
+            return self.head(self.stack(x, mask=mask, is_causal=True))  # (B, T, V)
+        return self.head(self.stack(x, is_causal=True, cache=cache))  # (B, T_new, V)
+
+
+@torch.no_grad()
+def generate(model: DecoderOnlyLM, prompt: torch.Tensor, n: int, use_cache: bool) -> torch.Tensor:
+    tokens = prompt  # (B, T0)
+    cache = TransformerCache() if use_cache else None
+    new = prompt
+    for _ in range(n):
+        logits = model(new, cache=cache)[:, -1] if use_cache else model(tokens)[:, -1]  # (B, V)
+        nxt = logits.argmax(-1, keepdim=True)  # (B, 1)
+        tokens = torch.cat([tokens, nxt], 1)
+        new = nxt
+    return tokens
+
+
+def bench_generation(cfg: Config, device) -> list[tuple]:
+    torch.manual_seed(0)
+    kw = dict(dim_feedforward=cfg.dim_feedforward, dropout=0.0, batch_first=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref_stack = nn.TransformerEncoder(nn.TransformerEncoderLayer(cfg.d_model, cfg.nhead, **kw), cfg.gen_layers,
+                                          enable_nested_tensor=False)
+    mine_stack = TransformerEncoder(TransformerEncoderLayer(cfg.d_model, cfg.nhead, **kw), cfg.gen_layers)
+    mine_stack.load_state_dict(ref_stack.state_dict())
+    mine = DecoderOnlyLM(cfg, mine_stack).to(device).eval()
+    ref = copy.deepcopy(mine)
+    ref.stack = ref_stack.to(device).eval()
+    prompt = torch.randint(0, cfg.vocab, (1, 1), device=device)
+
+    # The three must agree before their speeds mean anything.
+    short = min(32, cfg.gen_tokens)
+    a, b, c = (generate(ref, prompt, short, False), generate(mine, prompt, short, False),
+               generate(mine, prompt, short, True))
+    if not (torch.equal(a, b) and torch.equal(b, c)):
+        raise RuntimeError("torch.nn, seqlab and cached seqlab generated different tokens")
+
+    n = cfg.gen_tokens
+    runs = {"torch.nn, recompute prefix": lambda: generate(ref, prompt, n, False),
+            "seqlab, recompute prefix": lambda: generate(mine, prompt, n, False),
+            "seqlab, KV cache": lambda: generate(mine, prompt, n, True)}
+    times = {k: [] for k in runs}
+    generate(mine, prompt, 8, True)  # warm-up
+    generate(ref, prompt, 8, False)
+    for _ in range(cfg.gen_repeats):
+        for name, fn in runs.items():
+            times[name].append(timed(fn, device))
+    base = statistics.median(times["seqlab, recompute prefix"])
+    return [(name, n / statistics.median(t), base / statistics.median(t)) for name, t in times.items()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small batch, few repeats, 128 tokens: a smoke run")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    cfg = QUICK if args.quick else Config()
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}"
+          f"{', --quick' if args.quick else ''}")
+
+    print(f"\nTraining step: {cfg.train_layers}-layer encoder, d_model {cfg.d_model}, {cfg.nhead} heads, "
+          f"ff {cfg.dim_feedforward}, batch {cfg.batch}; median of {cfg.repeats}")
+    print(f"{'seq':>5} {'torch.nn ms':>12} {'seqlab ms':>10} {'torch.nn tok/s':>15} {'seqlab tok/s':>13} "
+          f"{'ratio':>6}  (target <= 1.05)")
+    for T, ms_ref, ms_mine, tps_ref, tps_mine, ratio in bench_training(cfg, device):
+        print(f"{T:>5} {ms_ref:>12.1f} {ms_mine:>10.1f} {tps_ref:>15.0f} {tps_mine:>13.0f} {ratio:>6.3f}")
+
+    print(f"\nGeneration: {cfg.gen_tokens} tokens, {cfg.gen_layers}-layer decoder-only, batch 1, greedy; "
+          f"median of {cfg.gen_repeats}")
+    print(f"{'':<28} {'tokens/s':>9} {'x recompute':>12}  (target: cache >= 5x)")
+    for name, tps, speedup in bench_generation(cfg, device):
+        print(f"{name:<28} {tps:>9.1f} {speedup:>12.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Turning examples into batches, with a position that can be saved and restored exactly.
+
+* :func:`pad_collate`: variable-length id sequences -> padded (B, L) LongTensor + lengths.
+* :class:`BatchIterator`: seeded shuffled mini-batches over a list of examples.
+* :class:`BPTTBatcher`: one long token stream -> (B, T+1) windows for truncated BPTT.
+
+Both iterators keep their whole state in a few ints (``state_dict()`` is JSON, so it goes
+into a checkpoint's ``extra``). The shuffle order of an epoch is a pure function of
+``(seed, epoch)`` rather than the running state of an RNG, which is why no RNG state needs
+saving: a restored iterator recomputes the same permutation and carries on from ``position``.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Iterator, Sequence, Union
+
+import torch
+
+from .base import DataError
+from .vocab import PAD
+
+
+def pad_collate(seqs: Sequence[Union[Sequence[int], torch.Tensor]], pad_id: int = PAD
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad id sequences on the right; returns ``padded`` (B, L_max) int64 and ``lengths`` (B,) int64.
+
+    Batch-first, since that is what seqlab's models take; ``lengths`` is what their
+    ``lengths=`` argument and a loss mask want.
+
+    >>> padded, lengths = pad_collate([[5, 6, 7], [8]])
+    >>> padded.tolist(), lengths.tolist()
+    ([[5, 6, 7], [8, 0, 0]], [3, 1])
+    """
+    if len(seqs) == 0:
+        raise DataError("pad_collate needs at least one sequence, got an empty batch")
+    tensors = []
+    for i, s in enumerate(seqs):
+        t = s if isinstance(s, torch.Tensor) else torch.as_tensor(list(s), dtype=torch.long)
+        if t.dim() != 1:
+            raise DataError(f"pad_collate expects 1-D sequences, sequence {i} is {t.dim()}-D")
+        tensors.append(t.long())
+    lengths = torch.tensor([len(t) for t in tensors], dtype=torch.long)
+    padded = torch.full((len(tensors), int(lengths.max())), pad_id, dtype=torch.long)
+    for i, t in enumerate(tensors):
+        padded[i, : len(t)] = t
+    return padded, lengths
+
+
+class BatchIterator:
+    """Mini-batches (lists of examples) over ``data``, reshuffled every epoch.
+
+    One ``iter()`` runs the rest of the current epoch; when it completes, ``epoch`` goes up by
+    one and ``position`` back to 0. ``position`` counts the examples already handed out this
+    epoch and is advanced *before* a batch is yielded, so a ``state_dict()`` taken after using
+    a batch resumes with the next one.
+
+    >>> it = BatchIterator(list("abcdefg"), 3, seed=1)
+    >>> first = next(iter(it)); state = it.state_dict()
+    >>> again = BatchIterator(list("abcdefg"), 3, seed=1); again.load_state_dict(state)
+    >>> list(again) == list(it)
+    True
+    """
+
+    def __init__(self, data: Sequence[Any], batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False):
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        if len(data) == 0:
+            raise DataError("BatchIterator needs at least one example, got none")
+        self.data = data
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.position = 0
+
+    def __len__(self) -> int:
+        """Batches in a whole epoch."""
+        n = len(self.data)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def order(self, epoch: int) -> list[int]:
+        """The example indices of ``epoch`` in the order they are served."""
+        idx = list(range(len(self.data)))
+        if self.shuffle:
+            # A string seed is hashed with SHA-512 by random.seed, so it is stable across runs
+            # and Python versions, unlike hash() of a tuple.
+            random.Random(f"seqlab.BatchIterator/{self.seed}/{epoch}").shuffle(idx)
+        return idx
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        order = self.order(self.epoch)
+        stop = len(self) * self.batch_size if self.drop_last else len(order)
+        while self.position < stop:
+            take = order[self.position: self.position + self.batch_size]
+            self.position += len(take)
+            yield [self.data[i] for i in take]
+        self.epoch += 1
+        self.position = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "size": len(self.data)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        _check_state(state, ("epoch", "position", "seed", "size"), "BatchIterator")
+        if state["size"] != len(self.data):
+            raise DataError(f"BatchIterator state is for {state['size']} examples, this data has {len(self.data)}")
+        if not 0 <= state["position"] <= len(self.data):
+            raise DataError(f"BatchIterator position must be in 0..{len(self.data)}, got {state['position']}")
+        self.epoch, self.position, self.seed = state["epoch"], state["position"], state["seed"]
+
+
+class BPTTBatcher:
+    """Windows for truncated back-propagation through time over one token stream.
+
+    The stream of N ids is cut into ``batch_size`` contiguous rows of L = N // B tokens (the
+    last N mod B tokens are dropped), and each epoch walks along them in windows of shape
+    (B, T+1) that overlap by one column::
+
+        rows   (B, L)
+        window rows[:, p : p + T + 1]    x = window[:, :-1], y = window[:, 1:]
+        next   p + T
+
+    so row b of one window continues row b of the previous window, and a model may carry
+    its hidden state across windows (detached). The last window of an epoch may be shorter
+    (at least 2 columns). ``position`` is the start column of the next window; 0 means a new
+    epoch begins, which is where a trainer resets the hidden state.
+    """
+
+    def __init__(self, ids: Union[torch.Tensor, Sequence[int]], batch_size: int, bptt: int):
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        if ids.dim() != 1:
+            raise DataError(f"BPTTBatcher expects a 1-D id stream, got shape {tuple(ids.shape)}")
+        if batch_size < 1 or bptt < 1:
+            raise DataError(f"batch_size and bptt must be >= 1, got {batch_size} and {bptt}")
+        L = ids.numel() // batch_size
+        if L < 2:
+            raise DataError(f"{ids.numel()} tokens are too few for {batch_size} rows of at least 2 tokens")
+        self.rows = ids[: batch_size * L].view(batch_size, L)  # (B, L)
+        self.batch_size = batch_size
+        self.bptt = bptt
+        self.epoch = 0
+        self.position = 0
+
+    def __len__(self) -> int:
+        """Windows in a whole epoch."""
+        return math.ceil((self.rows.shape[1] - 1) / self.bptt)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        L = self.rows.shape[1]
+        while self.position < L - 1:
+            p = self.position
+            self.position = p + self.bptt
+            yield self.rows[:, p: p + self.bptt + 1]  # (B, <=T+1)
+        self.epoch += 1
+        self.position = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "batch_size": self.batch_size,
+                "row_length": int(self.rows.shape[1])}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        _check_state(state, ("epoch", "position", "batch_size", "row_length"), "BPTTBatcher")
+        mine = (self.batch_size, int(self.rows.shape[1]))
+        if (state["batch_size"], state["row_length"]) != mine:
+            raise DataError(f"BPTTBatcher state is for {state['batch_size']} rows of {state['row_length']} tokens, "
+                            f"this stream gives {mine[0]} rows of {mine[1]}")
+        # bptt may change on resume: position is a column, not a window count.
+        self.epoch, self.position = state["epoch"], state["position"]
+
+
+def _check_state(state: Any, keys: tuple[str, ...], owner: str) -> None:
+    if not isinstance(state, dict) or any(not isinstance(state.get(k), int) for k in keys):
+        raise DataError(f"{owner} state must be a dict of ints with keys {list(keys)}, got {state!r}")

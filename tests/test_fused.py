@@ -1,0 +1,276 @@
+"""The fused path (hand-written BPTT) against the reference loop (the specification) and torch.nn.
+
+Same inputs into both kernels; compared: outputs y, final h and c, the recorded
+per-step values, and the gradients of x, h0, c0 and every weight, for every
+cell and every combination of the contract's variants. Plus float64 gradcheck
+with every variant on, and torch.nn parity with copied weights.
+"""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from seqlab.kernels import fused, reference
+from seqlab.kernels.common import GATES, LayerWeights, Masks, RECORDED
+from seqlab.kernels.dispatch import choose
+
+T, B, I, H, P = 5, 3, 7, 4, 3  # I = 7 is prime so no other size can divide it
+TOL64 = dict(atol=1e-10, rtol=1e-10)
+# float32 is judged against the float64 reference: the fused error may be at most F32_RATIO times
+# the float32 reference's own error, plus F32_ATOL. A fixed tolerance does not fit: LayerNorm over
+# few units (G*H = 4 for the RNN) has a large rstd, which amplifies float32 rounding in both kernels.
+F32_RATIO, F32_ATOL = 4.0, 1e-5
+CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
+#: how the state-update masks are drawn (see ``_masks``)
+KEEPS = ("none", "zoneout", "zoneout_expect", "padding", "padding_zoneout")
+
+
+def _weights(cell, dtype, bias, layer_norm, proj, gen, t_in=I) -> LayerWeights:
+    G = GATES[cell]
+    p = proj if proj else H
+
+    def r(*shape, scale=0.5):
+        return (torch.randn(*shape, generator=gen, dtype=dtype) * scale).requires_grad_()
+
+    ln = layer_norm
+    lstm = cell == "lstm"
+    return LayerWeights(
+        w_ih=r(G * H, t_in), w_hh=r(G * H, p),
+        b_ih=r(G * H) if bias else None, b_hh=r(G * H) if bias else None,
+        w_hr=r(p, H) if proj else None,
+        # LN weights around 1 and biases around 0, but not exactly, so that their gradients matter
+        ln_ih_w=(1 + r(G * H, scale=0.2)).detach().requires_grad_() if ln else None,
+        ln_ih_b=r(G * H, scale=0.2) if ln else None,
+        ln_hh_w=(1 + r(G * H, scale=0.2)).detach().requires_grad_() if ln else None,
+        ln_hh_b=r(G * H, scale=0.2) if ln else None,
+        ln_c_w=(1 + r(H, scale=0.2)).detach().requires_grad_() if ln and lstm else None,
+        ln_c_b=r(H, scale=0.2) if ln and lstm else None,
+    )
+
+
+def _masks(cell, keep, rec, t, b, p, dtype, gen) -> Masks:
+    lstm = cell == "lstm"
+
+    def bern(shape, prob):
+        return torch.bernoulli(torch.full(shape, prob, dtype=dtype), generator=gen)
+
+    k = kc = out = None
+    if keep in ("zoneout", "padding_zoneout"):  # training-mode zoneout: 0/1 draws per unit
+        k, kc = bern((t, b, p), 0.4), (bern((t, b, H), 0.3) if lstm else None)
+    elif keep == "zoneout_expect":  # eval-mode zoneout: the expectation, broadcast (T, B, 1)
+        k = torch.full((1, 1, 1), 0.3, dtype=dtype).expand(t, b, 1)
+        kc = torch.full((1, 1, 1), 0.2, dtype=dtype).expand(t, b, 1) if lstm else None
+    if keep.startswith("padding"):
+        lengths = torch.tensor([t, max(t - 2, 1), 1, t, 2][:b])
+        out = (torch.arange(t).unsqueeze(1) < lengths.unsqueeze(0)).to(dtype).unsqueeze(-1)  # (T, B, 1)
+        k = 1 - out if k is None else 1 - out * (1 - k)
+        if lstm:
+            kc = 1 - out if kc is None else 1 - out * (1 - kc)
+    m = bern((b, p), 0.6) / 0.6 if rec else None
+    return Masks(keep=k, keep_c=kc, out=out, rec=m)
+
+
+def _inputs(cell, dtype, bias, layer_norm, proj, rec, keep, seed=0, t=T, b=B):
+    gen = torch.Generator().manual_seed(seed)
+    p = proj if proj else H
+    w = _weights(cell, dtype, bias, layer_norm, proj, gen)
+    # x non-contiguous on purpose: a batch-first tensor seen time-major
+    x = torch.randn(b, t, I, generator=gen, dtype=dtype).transpose(0, 1).requires_grad_()
+    h0 = torch.randn(b, p, generator=gen, dtype=dtype).requires_grad_()
+    c0 = torch.randn(b, H, generator=gen, dtype=dtype).requires_grad_() if cell == "lstm" else None
+    return x, h0, c0, w, _masks(cell, keep, rec, t, b, p, dtype, gen)
+
+
+def _run(kernel, cell, x, h0, c0, w, masks, seed=1):
+    """Outputs, recorded values and the gradients of every input that requires grad."""
+    res = kernel(cell, x, h0, c0, w, masks, record=True)
+    gen = torch.Generator().manual_seed(seed)
+    loss = (res.y * torch.randn(res.y.shape, generator=gen, dtype=x.dtype)).sum()
+    loss = loss + (res.h * torch.randn(res.h.shape, generator=gen, dtype=x.dtype)).sum()
+    if res.c is not None:
+        loss = loss + (res.c * torch.randn(res.c.shape, generator=gen, dtype=x.dtype)).sum()
+    leaves = {"x": x, "h0": h0, "c0": c0, **w._asdict()}
+    leaves = {k: v for k, v in leaves.items() if v is not None and v.requires_grad}
+    grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+    return res, grads
+
+
+def _flatten(res, grads) -> dict:
+    """name -> tensor for everything compared: y, h, c, record[·], d·."""
+    out = {"y": res.y, "h": res.h}
+    if res.c is not None:
+        out["c"] = res.c
+    out.update({f"record[{k}]": v for k, v in res.record.items()})
+    out.update({f"d{k}": v for k, v in grads.items()})
+    return out
+
+
+def _to64(args):
+    """The same inputs in float64, as fresh leaves where the originals require grad."""
+    def cast(t):
+        if t is None:
+            return None
+        return t.detach().double().requires_grad_(t.requires_grad)
+
+    x, h0, c0, w, masks = args
+    return (cast(x), cast(h0), cast(c0), LayerWeights(*(cast(t) for t in w)), Masks(*(cast(t) for t in masks)))
+
+
+def _compare(cell, args, dtype, label):
+    ref, g_ref = _run(reference.run_layer, cell, *args)
+    fus, g_fus = _run(fused.run_layer, cell, *args)
+    if cell != "lstm":
+        assert fus.c is None
+    assert set(fus.record) == set(RECORDED[cell])
+    assert not any(v.requires_grad for v in fus.record.values())
+    got, want = _flatten(fus, g_fus), _flatten(ref, g_ref)
+    assert set(got) == set(want), (label, set(got) ^ set(want))
+    if dtype == torch.float64:
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], **TOL64, msg=lambda m: f"{label} {name}: {m}")
+        return
+    truth = _flatten(*_run(reference.run_layer, cell, *_to64(args)))
+    for name in want:
+        err_fused = (got[name].double() - truth[name]).abs().max().item() if got[name].numel() else 0.0
+        err_ref = (want[name].double() - truth[name]).abs().max().item() if want[name].numel() else 0.0
+        assert err_fused <= F32_RATIO * err_ref + F32_ATOL, (
+            f"{label} {name}: float32 error {err_fused:.2e} against float64, the reference's is {err_ref:.2e}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_matches_reference_every_variant(cell, dtype):
+    projs = (0, P) if cell == "lstm" else (0,)
+    for bias, layer_norm, proj, rec, keep in itertools.product((True, False), (False, True), projs, (False, True),
+                                                                KEEPS):
+        label = f"{cell} bias={bias} ln={layer_norm} proj={proj} rec={rec} keep={keep}"
+        args = _inputs(cell, dtype, bias, layer_norm, proj, rec, keep)
+        _compare(cell, args, dtype, label)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradcheck_all_variants(cell):
+    """float64 gradcheck of the hand-written backward with LN, projection, rec dropout, zoneout and padding."""
+    proj = 2 if cell == "lstm" else 0
+    x, h0, c0, w, masks = _inputs(cell, torch.float64, True, True, proj, True, "padding_zoneout", seed=3, t=3, b=2)
+    names = ["x", "h0"] + (["c0"] if c0 is not None else []) + [k for k, v in w._asdict().items() if v is not None]
+    leaves = {"x": x, "h0": h0, "c0": c0, **w._asdict()}
+
+    def f(*ts):
+        d = dict(zip(names, ts))
+        ww = LayerWeights(**{k: d.get(k) for k in LayerWeights._fields})
+        res = fused.run_layer(cell, d["x"], d["h0"], d.get("c0"), ww, masks)
+        return (res.y, res.h) + ((res.c,) if res.c is not None else ())
+
+    assert torch.autograd.gradcheck(f, tuple(leaves[k] for k in names), atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_matches_torch_nn(cell):
+    """No masks, no LN: the fused path is torch.nn's single-layer RNN/GRU/LSTM with the same weights."""
+    torch.manual_seed(0)
+    mod = {"rnn_tanh": nn.RNN(I, H), "rnn_relu": nn.RNN(I, H, nonlinearity="relu"), "gru": nn.GRU(I, H),
+           "lstm": nn.LSTM(I, H)}[cell].double()
+    w = LayerWeights(mod.weight_ih_l0, mod.weight_hh_l0, mod.bias_ih_l0, mod.bias_hh_l0)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True) if cell == "lstm" else None
+    gy, gh = torch.randn(T, B, H, dtype=torch.float64), torch.randn(B, H, dtype=torch.float64)
+    params = [x, h0] + ([c0] if c0 is not None else []) + list(mod.parameters())
+
+    if cell == "lstm":
+        y_t, (h_t, c_t) = mod(x, (h0.unsqueeze(0), c0.unsqueeze(0)))  # states (1, B, H)
+        h_t, c_t = h_t.squeeze(0), c_t.squeeze(0)
+    else:
+        y_t, h_t = mod(x, h0.unsqueeze(0))
+        h_t, c_t = h_t.squeeze(0), None
+    g_t = torch.autograd.grad((y_t * gy).sum() + (h_t * gh).sum() + (c_t.sum() if c_t is not None else 0), params)
+
+    res = fused.run_layer(cell, x, h0, c0, w)
+    g_f = torch.autograd.grad((res.y * gy).sum() + (res.h * gh).sum() + (res.c.sum() if res.c is not None else 0),
+                              params)
+    tol = TOL64
+    torch.testing.assert_close(res.y, y_t, **tol)
+    torch.testing.assert_close(res.h, h_t, **tol)
+    if cell == "lstm":
+        torch.testing.assert_close(res.c, c_t, **tol)
+    for a, b in zip(g_f, g_t):
+        torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_partial_requires_grad(cell):
+    """Only some inputs require grad: the skipped work must not change the ones asked for."""
+    x, h0, c0, w, masks = _inputs(cell, torch.float64, True, True, 0, True, "zoneout")
+    for leaf in (h0, c0, *w):
+        if leaf is not None:
+            leaf.requires_grad_(False)
+    w = w._replace(ln_hh_w=w.ln_hh_w.detach().requires_grad_())
+    _compare(cell, (x, h0, c0, w, masks), torch.float64, f"{cell} x and ln_hh_w only")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_zero_steps(cell):
+    x, h0, c0, w, masks = _inputs(cell, torch.float64, True, False, 0, False, "none", t=0)
+    res = fused.run_layer(cell, x, h0, c0, w, masks, record=True)
+    assert res.y.shape == (0, B, H)
+    assert res.h is h0 and res.c is c0
+    assert all(res.record[n].shape == (0, B, H) for n in RECORDED[cell])
+    res.h.sum().backward()  # the state passes through, and so does its gradient
+    assert torch.equal(h0.grad, torch.ones_like(h0))
+
+
+def test_no_grad_and_inplace_output():
+    x, h0, c0, w, masks = _inputs("lstm", torch.float64, True, True, 0, False, "padding")
+    with torch.no_grad():
+        res = fused.run_layer("lstm", x, h0, c0, w, masks)
+    assert not res.y.requires_grad
+    # y is not a buffer the backward reads, so modifying it in place (dropout(inplace=True)) is fine
+    res = fused.run_layer("lstm", x, h0, c0, w, masks)
+    res.y.mul_(2)
+    res.y.sum().backward()
+    assert x.grad is not None
+
+
+def test_double_backward_is_refused():
+    x, h0, c0, w, masks = _inputs("gru", torch.float64, True, False, 0, False, "none")
+    res = fused.run_layer("gru", x, h0, c0, w, masks)
+    gy = torch.ones_like(res.y, requires_grad=True)  # as gradgradcheck does: the output grad requires grad
+    (gx,) = torch.autograd.grad(res.y, x, gy, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()
+
+
+def test_bfloat16_runs():
+    x, h0, c0, w, masks = _inputs("lstm", torch.float32, True, True, 0, True, "padding_zoneout")
+    cast = lambda t: None if t is None else t.detach().to(torch.bfloat16).requires_grad_()  # noqa: E731
+    x, h0, c0 = cast(x), cast(h0), cast(c0)
+    w = LayerWeights(*(cast(t) for t in w))
+    masks = Masks(*(None if t is None else t.to(torch.bfloat16) for t in masks))
+    res = fused.run_layer("lstm", x, h0, c0, w, masks)
+    ref = reference.run_layer("lstm", x, h0, c0, w, masks)
+    assert res.y.dtype == torch.bfloat16
+    torch.testing.assert_close(res.y.float(), ref.y.float(), atol=0.1, rtol=0.1)
+    res.y.float().sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and torch.isfinite(x.grad.float()).all()
+
+
+def test_supports_and_dispatch():
+    x, h0, c0, w, masks = _inputs("lstm", torch.float32, True, False, 0, False, "none")
+    assert fused.supports("lstm", x, w, masks) is None
+    kernel, why = choose("auto", "lstm", x, w, masks)
+    assert kernel is fused.run_layer and why.backend == "fused"
+    assert "floating" in fused.supports("lstm", x.detach().long(), w, masks)
+    assert "floating" in fused.supports("lstm", x.detach().to(torch.complex64), w, masks)
+    assert "dtype" in fused.supports("lstm", x.double(), w, masks)
+    assert "unknown cell" in fused.supports("lstm7", x, w, masks)
+    assert "requires grad" in fused.supports("lstm", x, w, masks._replace(rec=torch.ones(B, H, requires_grad=True)))
+    gw = _weights("gru", torch.float32, True, False, 0, torch.Generator().manual_seed(0))
+    assert "keep_c" in fused.supports("gru", x, gw, Masks(keep_c=torch.zeros(T, B, H)))
+    with pytest.raises(ValueError, match=r"expected h0 of shape \(3, 4\), got \(3, 7\)"):
+        fused.run_layer("lstm", x, torch.zeros(B, 7), c0, w, masks)
+    with pytest.raises(ValueError, match="masks.out"):
+        fused.run_layer("lstm", x, h0, c0, w, Masks(out=torch.ones(T, B, 2)))

@@ -1,0 +1,250 @@
+"""minGRU / minLSTM: every fast path against the sequential reference, plus layout and argument checks."""
+import itertools
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from seqlab.nn.minrnn import MinGRU, MinLSTM, _cell_step, _linear_scan_
+
+CLASSES = [MinGRU, MinLSTM]
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
+# The log-space scan cancels numbers of size |Σ log a| (module docstring): its
+# float32 gradients agree to ~1e-4 even at T=11, so it gets its own bound.
+TOL_LOG_SCAN_F32 = dict(rtol=1e-4, atol=1e-4)
+
+
+def _run(m, x, h0, lengths, mode, grad_out):
+    """Output, h_n and the gradients of every input and parameter, for one mode."""
+    out, h_n = m(x, h0, lengths=lengths, mode=mode)
+    loss = (out * grad_out[0]).sum() + (h_n * grad_out[1]).sum()
+    inputs = [x] + ([h0] if h0 is not None else []) + list(m.parameters())
+    return [out, h_n, *torch.autograd.grad(loss, inputs)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cls,mode,batch_first,bidirectional,num_layers,with_h0,with_lengths", list(itertools.product(
+    CLASSES, ["scan", "log_scan"], [False, True], [False, True], [1, 2], [False, True], [False, True])))
+def test_fast_paths_match_sequential(cls, mode, batch_first, bidirectional, num_layers, with_h0, with_lengths, dtype):
+    torch.manual_seed(0)
+    T, B, I, H = 11, 3, 7, 5
+    D = 2 if bidirectional else 1
+    m = cls(I, H, num_layers=num_layers, batch_first=batch_first, bidirectional=bidirectional, dtype=dtype)
+    x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=dtype, requires_grad=True)
+    h0 = torch.randn(D * num_layers, B, H, dtype=dtype, requires_grad=True) if with_h0 else None
+    lengths = torch.tensor([T, 4, 1]) if with_lengths else None
+    out_shape = (B, T, D * H) if batch_first else (T, B, D * H)
+    g = torch.Generator().manual_seed(1)
+    grad_out = (torch.randn(out_shape, generator=g, dtype=dtype), torch.randn(D * num_layers, B, H, generator=g, dtype=dtype))
+    ref = _run(m, x, h0, lengths, "sequential", grad_out)
+    got = _run(m, x, h0, lengths, mode, grad_out)
+    assert ref[0].shape == out_shape and ref[1].shape == (D * num_layers, B, H)
+    tol = TOL_LOG_SCAN_F32 if (mode, dtype) == ("log_scan", torch.float32) else TOL[dtype]
+    for r, o in zip(ref, got):
+        torch.testing.assert_close(o, r, **tol)
+    if with_lengths:  # padded outputs are exactly zero
+        out = got[0] if not batch_first else got[0].transpose(0, 1)
+        assert out[4:, 1].abs().max() == 0 and out[1:, 2].abs().max() == 0
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("mode", ["scan", "log_scan", "sequential"])
+def test_gradcheck_float64(cls, mode):
+    torch.manual_seed(0)
+    m = cls(3, 2, num_layers=2, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
+    params = list(m.parameters())
+
+    def f(x, h0, *ps):
+        with torch.nn.utils.stateless._reparametrize_module(m, dict(zip([n for n, _ in m.named_parameters()], ps))):
+            out, h_n = m(x, h0, lengths=torch.tensor([6, 4]), mode=mode)
+        return out, h_n
+
+    assert torch.autograd.gradcheck(f, (x, h0, *params))
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_zero_h0_equals_none_and_h_n_continues_the_sequence(cls):
+    torch.manual_seed(0)
+    m = cls(7, 5, num_layers=2)
+    x = torch.randn(20, 3, 7)
+    out, h_n = m(x)
+    out0, h_n0 = m(x, torch.zeros(2, 3, 5))
+    torch.testing.assert_close(out0, out, rtol=0, atol=0)
+    torch.testing.assert_close(h_n0, h_n, rtol=0, atol=0)
+    # h_0 enters linearly, so any state (here a previous h_n) continues the sequence
+    out1, h1 = m(x[:8])
+    out2, h2 = m(x[8:], h1)
+    torch.testing.assert_close(torch.cat([out1, out2]), out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h2, h_n, rtol=1e-5, atol=1e-6)
+    # negative initial states are fine in every mode
+    h_neg = -torch.rand(2, 3, 5)
+    ref = m(x, h_neg, mode="sequential")
+    for mode in ("scan", "log_scan"):
+        for r, o in zip(ref, m(x, h_neg, mode=mode)):
+            torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("mode", ["scan", "log_scan", "sequential"])
+def test_lengths_match_each_sequence_alone(cls, mode):
+    torch.manual_seed(0)
+    T, B, I, H = 9, 4, 7, 5
+    m = cls(I, H, num_layers=2, bidirectional=True, batch_first=True)
+    x = torch.randn(B, T, I)
+    lengths = torch.tensor([9, 3, 6, 1])
+    x_padded = x.clone()
+    for b, n in enumerate(lengths):
+        x_padded[b, n:] = float("nan")  # whatever sits in the padding must not leak
+    out, h_n = m(x_padded, lengths=lengths, mode=mode)
+    assert torch.isfinite(out).all() and torch.isfinite(h_n).all()
+    for b, n in enumerate(lengths.tolist()):
+        out_b, h_b = m(x[b:b + 1, :n], mode=mode)
+        torch.testing.assert_close(out[b:b + 1, :n], out_b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(h_n[:, b:b + 1], h_b, rtol=1e-5, atol=1e-6)
+        assert out[b, n:].abs().max() == 0 if n < T else True
+    # a PackedSequence carries the same lengths
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    out_p, h_p = m(packed, mode=mode)
+    torch.testing.assert_close(pad_packed_sequence(out_p, batch_first=True, total_length=T)[0], out)
+    torch.testing.assert_close(h_p, h_n)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_step_reproduces_forward_and_unbatched_input(cls):
+    torch.manual_seed(0)
+    m = cls(7, 5, num_layers=3).eval()
+    x = torch.randn(12, 2, 7)
+    out, h_n = m(x, mode="scan")
+    h = None
+    for t in range(12):
+        h = m.step(x[t], h)
+        torch.testing.assert_close(h[-1], out[t], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h, h_n, rtol=1e-5, atol=1e-6)
+    # unbatched: (T, I) in, (T, H) and (L, H) out
+    out_u, h_u = m(x[:, 0])
+    torch.testing.assert_close(out_u, out[:, 0], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(h_u, h_n[:, 0], rtol=1e-6, atol=1e-7)
+    assert m.step(x[0, 0]).shape == (3, 5)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_long_sequence_stays_finite_and_accurate(cls):
+    torch.manual_seed(0)
+    m = cls(3, 4)
+    x = torch.randn(4096, 2, 3, requires_grad=True)
+    ref = _run(m, x, None, None, "sequential", (torch.ones(4096, 2, 4), torch.ones(1, 2, 4)))
+    for mode in ("scan", "log_scan"):
+        got = _run(m, x, None, None, mode, (torch.ones(4096, 2, 4), torch.ones(1, 2, 4)))
+        assert all(torch.isfinite(v).all() for v in got), mode
+    # the chunked scan keeps float32 accuracy at any length; the log-space scan does not (see module docstring)
+    got = _run(m, x, None, None, "scan", (torch.ones(4096, 2, 4), torch.ones(1, 2, 4)))
+    for r, o in zip(ref, got):
+        torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_extreme_preactivations_stay_finite(cls):
+    m = cls(2, 3)
+    with torch.no_grad():
+        m.weight_ih_l0.fill_(60.0)  # pre-activations of ±120: σ(−120) underflows to 0 in float32, so f + i = 0
+    x = torch.tensor([[[1.0, 1.0]], [[-1.0, -1.0]], [[-1.0, -1.0]]], requires_grad=True)
+    for mode in ("scan", "log_scan"):
+        out, h_n = m(x, mode=mode)
+        (g,) = torch.autograd.grad(out.sum(), x)
+        assert torch.isfinite(out).all() and torch.isfinite(h_n).all() and torch.isfinite(g).all(), mode
+
+
+def test_linear_scan_kernel_both_directions():
+    torch.manual_seed(0)
+    for T in (1, 2, 3, 10, 17, 64, 65):
+        a, b, h0 = torch.rand(T, 2, 3, dtype=torch.float64), torch.randn(T, 2, 3, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
+        fwd, rev = b.clone(), b.clone()
+        _linear_scan_(a, fwd, h0)
+        _linear_scan_(a, rev, h0, reverse=True)
+        h, want_f = h0, []
+        for t in range(T):
+            h = a[t] * h + b[t]
+            want_f.append(h)
+        h, want_r = h0, [None] * T
+        for t in reversed(range(T)):
+            h = a[t] * h + b[t]
+            want_r[t] = h
+        torch.testing.assert_close(fwd, torch.stack(want_f), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(rev, torch.stack(want_r), rtol=1e-12, atol=1e-12)
+
+
+def test_reference_step_is_the_papers_equations():
+    torch.manual_seed(0)
+    k, p, h = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
+    z, h_tilde = torch.sigmoid(k), torch.where(p >= 0, p + 0.5, torch.sigmoid(p))
+    torch.testing.assert_close(_cell_step("mingru", torch.cat([k, p], -1), h), (1 - z) * h + z * h_tilde)
+    kf, ki = torch.randn(3, 4), torch.randn(3, 4)
+    f, i = torch.sigmoid(kf), torch.sigmoid(ki)
+    torch.testing.assert_close(_cell_step("minlstm", torch.cat([kf, ki, p], -1), h),
+                               f / (f + i) * h + i / (f + i) * h_tilde)
+
+
+def test_mode_choice_and_layout_details():
+    torch.manual_seed(0)
+    m = MinGRU(7, 5)
+    m(torch.randn(1, 2, 7))
+    assert m.last_mode.mode == "sequential"
+    m(torch.randn(4, 2, 7))
+    assert m.last_mode.mode == "scan"
+    m(torch.randn(4, 2, 7), mode="log_scan")
+    assert m.last_mode.mode == "log_scan"
+    assert [n for n, _ in MinLSTM(7, 5, num_layers=2, bidirectional=True).named_parameters()] == [
+        "weight_ih_l0", "bias_ih_l0", "weight_ih_l0_reverse", "bias_ih_l0_reverse",
+        "weight_ih_l1", "bias_ih_l1", "weight_ih_l1_reverse", "bias_ih_l1_reverse"]
+    assert MinLSTM(7, 5, num_layers=2, bidirectional=True).weight_ih_l1.shape == (15, 10)
+    nb = MinGRU(7, 5, bias=False)
+    assert len(list(nb.parameters())) == 1
+    # non-contiguous input
+    x = torch.randn(7, 2, 9)[..., :7]  # (T, B, 7) view with row stride 9
+    for mode in ("scan", "log_scan"):
+        torch.testing.assert_close(nb(x, mode=mode)[0], nb(x.contiguous(), mode=mode)[0])
+    # dropout between layers only in training
+    d = MinGRU(7, 5, num_layers=2, dropout=0.5).eval()
+    x = torch.randn(6, 2, 7)
+    torch.testing.assert_close(d(x)[0], d(x)[0])
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_bad_arguments_say_what_was_expected(cls):
+    m = cls(7, 5, num_layers=2)
+    with pytest.raises(ValueError, match="2D .* or 3D"):
+        m(torch.randn(3, 2, 7, 1))
+    with pytest.raises(ValueError, match="expected input with 7 features"):
+        m(torch.randn(3, 2, 6))
+    with pytest.raises(ValueError, match=r"expected h_0 of shape \(2, 2, 5\)"):
+        m(torch.randn(3, 2, 7), torch.zeros(1, 2, 5))
+    with pytest.raises(TypeError, match="dtype"):
+        m(torch.randn(3, 2, 7, dtype=torch.float64))
+    with pytest.raises(TypeError, match="Tensor"):
+        m([[1.0] * 7])
+    with pytest.raises(ValueError, match="mode must be one of"):
+        m(torch.randn(3, 2, 7), mode="fast")
+    with pytest.raises(ValueError, match="lengths should be <= the sequence length 3"):
+        m(torch.randn(3, 2, 7), lengths=torch.tensor([4, 1]))
+    with pytest.raises(ValueError, match="hidden_size must be >= 1, got 0"):
+        cls(7, 0)
+    with pytest.raises(ValueError, match="input_size must be >= 1, got -1"):
+        cls(-1, 5)
+    with pytest.raises(ValueError, match="num_layers must be >= 1"):
+        cls(7, 5, num_layers=0)
+    with pytest.raises(TypeError, match="hidden_size should be an int"):
+        cls(7, 5.0)
+    with pytest.raises(ValueError, match="dropout should be a probability in \\[0, 1\\), got 1.0"):
+        cls(7, 5, num_layers=2, dropout=1.0)
+    with pytest.raises(ValueError, match="dropout should be a probability"):
+        cls(7, 5, num_layers=2, dropout=-0.1)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        cls(7, 5, mode="parallel")
+    with pytest.raises(ValueError, match="bidirectional layer needs the whole sequence"):
+        cls(7, 5, bidirectional=True).step(torch.randn(2, 7))
+    with pytest.raises(ValueError, match=r"expected h_0 of shape \(2, 3, 5\)"):
+        m.step(torch.randn(3, 7), torch.zeros(2, 2, 5))
+    with pytest.raises(ValueError, match="x_t to be 1D"):
+        m.step(torch.randn(1, 3, 7))
