@@ -271,3 +271,8 @@ def test_valid_lengths_on_either_device_and_dtype_are_accepted():
     for lengths in (torch.tensor([11, 1, 5]), torch.tensor([11, 1, 5], dtype=torch.int32)):
         out, _ = mod(torch.randn(T, B, I), lengths=lengths)
         assert out.shape == (T, B, H)
+
+
+def test_forget_bias_needs_bias():
+    with pytest.raises(ValueError, match="bias=True"):
+        LSTM(3, 5, bias=False, forget_bias=1.0)

@@ -406,6 +406,41 @@ def test_record_gates_calls_and_outside_context():
         rec.get(mod, layer=1)
 
 
+def test_record_gates_nested_contexts_each_get_the_full_record():
+    mod = LSTM(I, H, num_layers=2)
+    x1, x2 = torch.randn(T, B, I), torch.randn(T, B, I)
+    with record_gates() as outer:
+        out1, _ = mod(x1)
+        with record_gates() as inner:
+            out2, _ = mod(x2)
+    assert outer.calls(mod) == 2 and inner.calls(mod) == 1
+    torch.testing.assert_close(outer.get(mod, layer=1, call=0)["h"], out1, atol=0, rtol=0)
+    for rec in (outer, inner):
+        torch.testing.assert_close(rec.get(mod, layer=1, call=-1)["h"], out2, atol=0, rtol=0)
+        assert set(rec.get(mod, layer=1)) == set("ifgoch")
+
+
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_recorded_values_survive_backward(backend):
+    # the fused path keeps its buffers for backward; what the user was given must not change
+    mod = GRU(I, H, backend=backend)
+    x = torch.randn(T, B, I, requires_grad=True)
+    with record_gates() as rec:
+        out, _ = mod(x)
+    before = {k: v.clone() for k, v in rec.get(mod).items()}
+    out.pow(2).sum().backward()
+    for k, v in rec.get(mod).items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_record_gates_zero_steps_with_projection():
+    mod = LSTM(I, H, proj_size=P, backend="reference")
+    with record_gates() as rec:
+        mod(torch.randn(0, B, I))
+    got = rec.get(mod)
+    assert got["h"].shape == (0, B, P) and got["c"].shape == (0, B, H) and got["f"].shape == (0, B, H)
+
+
 def test_record_gates_does_not_change_gradients():
     mod = LSTM(I, H, num_layers=2, layer_norm=True)
     x = torch.randn(T, B, I, requires_grad=True)
