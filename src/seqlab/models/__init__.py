@@ -1,0 +1,58 @@
+"""The application models of seqlab, each on any sequence stack (``arch``) of seqlab.nn.
+
+==================  =========================================================================
+module              what lives there
+==================  =========================================================================
+config              ModelConfig (one typed config for every model), KINDS, ARCHS
+encoders            the one embedding + stack builder every model shares
+lm                  LanguageModel: next token, truncated BPTT state, cached generation
+classifier          Classifier (many-to-one, last/mean/attention pooling), Tagger (many-to-many)
+seq2seq             Seq2Seq: context vector, Bahdanau / Luong attention, Transformer
+generator           ConditionalGenerator: a condition sets the initial state (one-to-many)
+==================  =========================================================================
+
+Every model has ``.config`` and a class attribute ``kind``; tensors are
+batch-first, PAD = 0, lengths (B,) on the CPU. Models that generate follow the
+``seqlab.decoding`` contract, ``step(tokens (N,), state) -> (logits (N, V), state)``
+and ``reorder(state, index)``.
+
+>>> model = build_model(ModelConfig(kind="tag", arch="gru", vocab_size=20, num_classes=5, embed_dim=8,
+...                                 hidden_size=8, num_layers=1))
+>>> model(torch.randint(4, 20, (2, 7)), torch.tensor([7, 3])).shape
+torch.Size([2, 7, 5])
+"""
+from __future__ import annotations
+
+import torch  # the docstring example uses it
+from torch import nn
+
+from .classifier import Classifier, Tagger
+from .config import ARCHS, KINDS, ModelConfig
+from .generator import ConditionalGenerator
+from .lm import LanguageModel
+from .seq2seq import Seq2Seq, Seq2SeqState
+
+__all__ = ["ModelConfig", "build_model", "count_parameters", "LanguageModel", "Classifier", "Tagger", "Seq2Seq",
+           "Seq2SeqState", "ConditionalGenerator", "ARCHS", "KINDS", "MODELS"]
+
+MODELS: dict[str, type[nn.Module]] = {
+    "lm": LanguageModel,
+    "classify": Classifier,
+    "tag": Tagger,
+    "seq2seq": Seq2Seq,
+    "generate": ConditionalGenerator,
+}
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The model of ``config.kind`` (a dict is accepted too and checked by ModelConfig.from_dict)."""
+    if isinstance(config, dict):
+        config = ModelConfig.from_dict(config)
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"build_model: expected a ModelConfig, got {type(config).__name__}")
+    return MODELS[config.kind](config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters, each shared tensor (tied weights) counted once."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,141 @@
+r"""Language model: the next token from everything before it."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..nn import TransformerCache
+from .config import ModelConfig
+from .encoders import SequenceEncoder, check_tokens, detach, index_state
+
+__all__ = ["LanguageModel", "TiedOutput"]
+
+
+class TiedOutput(nn.Module):
+    r"""Output layer logits = W_out h + b, with W_out optionally the input embedding (Press & Wolf 2017).
+
+    Tying needs h to have the embedding's size E. When the stack's output
+    size F differs and ``tie`` is True, h is first projected,
+    logits = W_emb (P h) + b with P (E, F): "project, then tie", which keeps
+    the saving of a V x E matrix for a small E x F one. Without tying the
+    layer is a plain Linear(F, V). The embedding is passed to ``forward``
+    rather than registered here, so the state dict holds it once.
+    """
+
+    def __init__(self, in_features: int, vocab_size: int, embed_dim: int, tie: bool) -> None:
+        super().__init__()
+        self.tied = tie
+        if tie:
+            self.proj = nn.Linear(in_features, embed_dim, bias=False) if in_features != embed_dim else nn.Identity()
+            self.bias = nn.Parameter(torch.zeros(vocab_size))
+        else:
+            self.linear = nn.Linear(in_features, vocab_size)
+
+    def forward(self, h: Tensor, embedding: nn.Embedding) -> Tensor:
+        if self.tied:
+            return F.linear(self.proj(h), embedding.weight, self.bias)  # (..., V)
+        return self.linear(h)  # (..., V)
+
+
+class LanguageModel(nn.Module):
+    r"""Many-to-many next-token model:
+
+    .. math::
+        h_t = \text{Stack}(x_1 \dots x_t), \qquad p(x_{t+1} \mid x_{\le t}) = \text{softmax}(W h_t + b)
+
+    with W tied to the input embedding when ``config.tie_weights`` (see
+    :class:`TiedOutput`). Data flow: tokens (B, T) -> embedding (B, T, E) ->
+    unidirectional stack (B, T, F) -> dropout -> logits (B, T, V).
+
+    Truncated backpropagation through time: ``forward(chunk, state)`` continues
+    from the previous chunk's state, and ``detach_state`` cuts the graph between
+    chunks. Recurrent archs carry their hidden state (h, or (h, c) for the
+    LSTM, each (L, B, H)). The transformer (causal mask) carries a window of
+    at most ``max_len - 1`` previous tokens (B, W): they are recomputed as
+    context and logits are returned for the new tokens only; the window plus
+    a chunk is cut to the last ``max_len`` tokens, the positions it was
+    trained on.
+
+    Generation at constant cost per token: ``step(tokens (B,), state)`` from
+    ``init_state(B)`` (zeros, or an empty ``TransformerCache``) or from the
+    state a ``forward`` over a prompt returned (the transformer then encodes
+    the window into a fresh cache once). The transformer's cache is not cut
+    at ``max_len``: longer generations extrapolate the sinusoidal positions.
+    """
+
+    kind = "lm"
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.kind != self.kind:
+            raise ValueError(f"LanguageModel: expected a config of kind 'lm', got {config.kind!r}")
+        self.config = config
+        self.encoder = SequenceEncoder(config, config.vocab_size, bidirectional=False)
+        self.dropout = nn.Dropout(config.dropout)
+        self.output = TiedOutput(self.encoder.output_size, config.vocab_size, config.embed_dim, config.tie_weights)
+
+    # -- training -----------------------------------------------------------
+
+    def forward(self, tokens: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """tokens (B, T), state from the previous chunk or None -> (logits (B, T, V), state)."""
+        check_tokens("LanguageModel.forward tokens", tokens)
+        if self.encoder.is_transformer:
+            return self._forward_window(tokens, state)
+        out, state = self.encoder(tokens, None, state)  # (B, T, F)
+        return self._logits(out), state
+
+    def _forward_window(self, tokens: Tensor, window: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        B, T = tokens.shape
+        max_len = self.config.max_len
+        if T > max_len:
+            raise ValueError(f"the transformer lm sees at most max_len={max_len} positions at once: expected "
+                             f"chunks of T <= {max_len}, got T={T}")
+        if window is not None:
+            if not isinstance(window, Tensor) or window.dim() != 2 or window.size(0) != B:
+                got = tuple(window.shape) if isinstance(window, Tensor) else type(window).__name__
+                raise ValueError(f"the transformer lm's state is its token window (B={B}, W), got {got}")
+            context = torch.cat([window, tokens], dim=1)[:, -max_len:]  # (B, W + T) cut to max_len
+        else:
+            context = tokens
+        out, _ = self.encoder(context)  # (B, W + T, F)
+        logits = self._logits(out[:, -T:])  # (B, T, V): the new tokens only
+        return logits, context[:, -(max_len - 1):].detach()  # (B, <= max_len - 1)
+
+    def _logits(self, h: Tensor) -> Tensor:
+        return self.output(self.dropout(h), self.encoder.embedding)  # (..., V)
+
+    def detach_state(self, state: Any) -> Any:
+        """Cut the carried state from the graph between chunks (the transformer's token window has none)."""
+        return detach(state)
+
+    # -- decoding (seqlab.decoding contract) -----------------------------------
+
+    def init_state(self, batch_size: int) -> Any:
+        """The state ``step`` starts a sequence from: zeros (L, B, H) (and c), or an empty TransformerCache."""
+        if self.encoder.is_transformer:
+            return TransformerCache()
+        p = next(self.parameters())
+        h = p.new_zeros(self.config.num_layers, batch_size, self.config.hidden_size)  # (L, B, H)
+        return (h, h.clone()) if self.config.arch == "lstm" else h
+
+    def step(self, tokens: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """tokens (B,) -> (logits (B, V) for the next token, state). State None = a fresh sequence."""
+        check_tokens("LanguageModel.step tokens", tokens, dim=1)
+        if state is None:
+            state = self.init_state(tokens.size(0))
+        if self.encoder.is_transformer and isinstance(state, Tensor):
+            # a token window from forward: encode it into a cache once, then continue token by token
+            cache = TransformerCache()
+            self.encoder(state, None, cache)
+            state = cache
+        out, state = self.encoder.step(tokens, state)  # (B, F)
+        return self._logits(out), state
+
+    def reorder(self, state: Any, index: Tensor) -> Any:
+        """Rows ``index`` of the state (beam search). Recurrent states are (L, B, ·): batch is dim 1."""
+        if isinstance(state, Tensor) and self.encoder.is_transformer:
+            return state.index_select(0, index)  # token window (B, W)
+        return index_state(state, index, dim=1)
