@@ -1,6 +1,23 @@
-"""Model-agnostic training: checkpoints (and, next, the loop and distributed training)."""
+"""Model-agnostic training: the loop, its schedule, metrics, checkpoints and distributed training.
+
+==============  ==========================================================================
+module          what lives there
+==============  ==========================================================================
+loop            TrainConfig, Trainer (AdamW, warm-up + decay, clipping, evaluation, early
+                stopping, exact-resume checkpoints, DDP), DivergenceError
+schedule        WarmupDecay (the multiplier), WarmupDecayLR (a JSON-stateful LambdaLR)
+metrics         perplexity, bits_per_char, accuracy, macro_f1, token_accuracy, entity_f1,
+                exact_match, char_error_rate, bleu
+checkpoint      atomic safetensors + JSON checkpoints and exact restore of training state
+distributed     setup / cleanup / is_main for torchrun, shard_batch
+==============  ==========================================================================
+"""
+from . import distributed, metrics
 from .checkpoint import (Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, restore_training,
                          save_checkpoint)
+from .loop import DivergenceError, TrainConfig, Trainer
+from .schedule import WarmupDecay, WarmupDecayLR
 
 __all__ = ["Checkpoint", "CheckpointError", "latest_checkpoint", "load_checkpoint", "restore_training",
-           "save_checkpoint"]
+           "save_checkpoint",
+           "DivergenceError", "TrainConfig", "Trainer", "WarmupDecay", "WarmupDecayLR", "distributed", "metrics"]

@@ -1,0 +1,423 @@
+"""The training loop. It has nothing to do with any particular model.
+
+The trainer knows three things about the task, all passed in by the caller:
+
+* ``batches``: iterating it yields batches (any objects); it is re-iterated when an epoch
+  ends, and ``state_dict()`` / ``load_state_dict()`` (JSON) save and restore its position.
+* ``loss_fn(model, batch) -> (loss_sum, count)``: the loss summed over ``count`` units
+  (tokens, examples), padding already left out. The trainer minimises ``loss_sum / count``
+  and reports units per second.
+* ``evaluate(model) -> {name: value}`` (optional): validation metrics; ``monitor`` and
+  ``mode`` pick the one that decides the best score and early stopping.
+
+One step is::
+
+    batch = next(batches)                           # the GLOBAL batch, the same on every rank
+    loss_sum, count = loss_fn(model, shard(batch))  # this rank's rows
+    N = sum of count over ranks
+    backward(loss_sum / (N / world))                # DDP averages over ranks -> grad of sum/N
+    clip to clip_norm; AdamW step; schedule step
+
+so W processes on a global batch give the same update as one process on the whole batch.
+Every ``eval_every`` steps rank 0 evaluates; every ``checkpoint_every`` steps and at the end
+rank 0 writes a checkpoint (seqlab.train.checkpoint) holding the weights, the optimizer,
+the schedule, every RNG and the data position, so ``fit(resume=True)`` in a new process
+continues exactly where the checkpoint left off.
+"""
+from __future__ import annotations
+
+import base64
+import math
+import random
+import time
+import warnings
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import distributed as D
+from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, restore_training, rng_state,
+                         save_checkpoint, set_rng_state)
+from .schedule import DECAYS, WarmupDecayLR
+
+STOPS = ("max_steps", "early_stop", "max_time")
+
+
+class DivergenceError(FloatingPointError):
+    """The loss or the gradient became NaN or infinite; the weights were not updated with it."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run. ``from_dict`` rejects unknown keys; bad values raise ValueError."""
+
+    max_steps: int = 1000  # optimizer updates, not epochs: runs of different data sizes compare by compute
+    batch_size: int = 32  # the GLOBAL batch: split across processes, so results do not depend on their number
+    lr: float = 2e-3  # peak learning rate, reached at the end of warm-up
+    weight_decay: float = 0.01  # AdamW's decoupled decay, on matrices only (not biases, norms' gains)
+    warmup_steps: int = 100  # linear warm-up: Adam's second-moment estimates are noisy at first
+    decay: str = "cosine"  # after warm-up: "cosine", "linear" or "constant", down to min_lr_ratio * lr
+    min_lr_ratio: float = 0.1
+    clip_norm: float = 1.0  # clip the global gradient norm (RNNs' exploding gradients); 0 = off
+    eval_every: int = 200  # steps between evaluations; 0 = only at the end
+    checkpoint_every: int = 200  # steps between checkpoints; 0 = only at the end
+    patience: int = 0  # evaluations without improvement before stopping early; 0 = never stop early
+    seed: int = 0  # seeds Python's and torch's RNGs (rank r uses seed + r) at the start of a fresh run
+    log_every: int = 10  # steps between progress-bar updates and entries of the training log
+    max_time: float = 0.0  # seconds of training in this invocation; 0 = no limit (stops cleanly, checkpoints)
+    keep_checkpoints: int = 2  # the newest ones kept on disk
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.type in ("int", int):
+                if not isinstance(v, int) or isinstance(v, bool):
+                    raise ValueError(f"TrainConfig.{f.name}: expected an int, got {v!r}")
+            elif f.type in ("float", float):
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                    raise ValueError(f"TrainConfig.{f.name}: expected a finite number, got {v!r}")
+                setattr(self, f.name, float(v))
+        positive = ("max_steps", "batch_size", "log_every", "keep_checkpoints")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name}: expected an int >= 1, got {getattr(self, name)!r}")
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "patience", "weight_decay", "clip_norm",
+                     "max_time"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name}: expected a value >= 0, got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr: expected a number > 0, got {self.lr!r}")
+        if self.decay not in DECAYS:
+            raise ValueError(f"TrainConfig.decay: expected one of {list(DECAYS)}, got {self.decay!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"TrainConfig.min_lr_ratio: expected a number in [0, 1], got {self.min_lr_ratio!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"TrainConfig: expected a dict, got {type(d).__name__}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown key(s) {unknown}; expected some of {known}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _DDP(nn.parallel.DistributedDataParallel):
+    """DistributedDataParallel that lets ``loss_fn`` reach the model's own attributes.
+
+    ``loss_fn`` is written for the bare model (``model.detach_state``, ``model.config``);
+    attributes DDP does not have are looked up on the wrapped module. The gradient
+    all-reduce is armed by DDP's ``forward``, so the training computation must go through
+    ``model(...)``.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "module":
+                raise
+            return getattr(self.module, name)
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    # Decay matrices (linear, embedding, recurrent weights) but not vectors (biases,
+    # layer-norm gains): shrinking a gain or bias towards 0 is not regularisation, as nanoGPT notes.
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():  # shared (tied) parameters are listed once
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    if not decay and not no_decay:
+        raise ValueError("expected a model with trainable parameters, got none")
+    groups = [{"params": ps, "weight_decay": wd} for ps, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)) if ps]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _rng_to_json() -> dict:
+    """This process's RNG states as JSON (for ranks > 0, whose states rank 0 saves in its checkpoint)."""
+    meta, tensors = rng_state()
+    meta["tensors"] = {k: base64.b64encode(v.numpy().tobytes()).decode("ascii") for k, v in tensors.items()}
+    return meta
+
+
+def _rng_from_json(meta: dict) -> None:
+    tensors = {k: torch.frombuffer(bytearray(base64.b64decode(v)), dtype=torch.uint8)
+               for k, v in meta["tensors"].items()}
+    set_rng_state(meta, tensors)
+
+
+class Trainer:
+    """Train ``model`` on ``batches`` with AdamW, warm-up + decay, clipping, evaluation,
+    early stopping and exact-resume checkpoints, in one process or under torchrun.
+
+    Arguments are described in the module docstring; in addition ``run_dir`` is where
+    checkpoints go, ``config`` (a JSON dict holding ``"model_class"``) is saved with them,
+    ``extra()`` returns more JSON for every checkpoint (vocabularies), ``shard(batch, rank,
+    world)`` picks a rank's rows (default :func:`seqlab.train.distributed.shard_batch`), and
+    ``progress`` turns the tqdm bar on rank 0 on or off.
+
+    Under DDP all ranks iterate the same ``batches`` (same data, same seed) and each keeps
+    its share of every batch; rank 0 alone evaluates and writes checkpoints, and broadcasts
+    its early-stopping and time-limit decisions so every rank stops at the same step.
+    ``loss_fn`` receives the DDP wrapper, which also answers the model's own attributes; the
+    forward pass must go through ``model(...)`` and use every parameter (DDP's default,
+    ``find_unused_parameters=False``). Dropout masks differ between ranks, so a run with
+    dropout matches one process in distribution, not bitwise.
+
+    Resuming: model, optimizer (including its learning rates), RNGs, data position and the
+    trainer's counters come from the checkpoint; the schedule follows the current config,
+    so raising ``max_steps`` continues a finished run along the longer schedule. A loss_fn
+    that carries state between batches (a hidden state across BPTT windows) resumes exactly
+    only if it restarts that state at checkpoint boundaries, since the trainer cannot see it.
+    """
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, *, batches: Any,
+                 loss_fn: Callable[[nn.Module, Any], tuple], evaluate: Optional[Callable[[nn.Module], dict]] = None,
+                 run_dir: str | Path, config: dict, extra: Optional[Callable[[], dict]] = None,
+                 monitor: str = "loss", mode: str = "min", progress: bool = True,
+                 shard: Optional[Callable[[Any, int, int], Any]] = None):
+        if not isinstance(cfg, TrainConfig):
+            raise ValueError(f"cfg: expected a TrainConfig, got {type(cfg).__name__}")
+        if not isinstance(config, dict) or "model_class" not in config:
+            got = sorted(config) if isinstance(config, dict) else type(config).__name__
+            raise ValueError(f"config: expected a dict holding 'model_class', got {got}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode: expected 'min' or 'max', got {mode!r}")
+        for name in ("state_dict", "load_state_dict", "__iter__"):
+            if not hasattr(batches, name):
+                raise ValueError(f"batches: expected an iterable with state_dict() and load_state_dict(), "
+                                 f"got {type(batches).__name__} without {name}")
+        if cfg.patience > 0 and evaluate is None:
+            raise ValueError(f"patience={cfg.patience} needs an evaluate function, got evaluate=None")
+        self.model, self.cfg, self.batches = model, cfg, batches
+        self.loss_fn, self.evaluate_fn, self.extra_fn = loss_fn, evaluate, extra
+        self.run_dir, self.config = Path(run_dir), config
+        self.monitor, self.mode, self.progress = monitor, mode, progress
+        self.shard = shard or D.shard_batch
+        self.optimizer = _optimizer(model, cfg)
+        self.scheduler = WarmupDecayLR(self.optimizer, cfg.warmup_steps, cfg.max_steps, cfg.decay, cfg.min_lr_ratio)
+        self.step = 0
+        self.best: Optional[float] = None
+        self.bad_evals = 0  # evaluations since the best one
+        self.metrics: dict[str, float] = {}  # of the last evaluation
+        self.history: list[dict] = []  # one entry per evaluation
+        self.log: list[dict] = []  # one entry per log_every steps
+        self.stopped: Optional[str] = None
+        self._since_eval = [0.0, 0.0]  # (loss sum, count) since the last evaluation
+        self._window = [0.0, 0.0]  # ... since the last log entry
+        self._grad_norm = self._lr = math.nan  # of the latest update, for the log
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, resume: bool = False) -> dict:
+        """Train to ``max_steps`` (or an early stop, or ``max_time``); returns the run's summary."""
+        cfg, rank, world = self.cfg, D.get_rank(), D.get_world_size()
+        if cfg.batch_size < world:
+            raise ValueError(f"batch_size: expected at least one row per process ({world}), got {cfg.batch_size}")
+        if not (resume and self._resume()):
+            random.seed(cfg.seed + rank)
+            torch.manual_seed(cfg.seed + rank)
+        if self.stopped == "early_stop" or self.step >= cfg.max_steps:
+            return self.summary()  # a finished run stays finished
+        self.stopped = None
+        net = self.model
+        if world > 1:
+            dev = next(self.model.parameters()).device
+            net = _DDP(self.model, device_ids=[dev] if dev.type == "cuda" else None)
+        self.model.train()
+        data = iter(self.batches)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True,
+                   disable=not (self.progress and rank == 0))
+        start = tick = time.perf_counter()
+        try:
+            while self.stopped is None:
+                batch, data = self._next_batch(data)
+                loss, count = self._train_step(net, batch, rank, world)
+                bar.update(1)
+                for acc in (self._since_eval, self._window):
+                    acc[0] += loss * count
+                    acc[1] += count
+                if self.step % cfg.log_every == 0:
+                    now = time.perf_counter()
+                    entry = self._log_entry(now - tick)
+                    bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}",
+                                    tok_s=f"{entry['tokens_per_s']:.0f}")
+                    tick = now
+                paused = time.perf_counter()
+                evaluated = False
+                if self.evaluate_fn is not None and cfg.eval_every and self.step % cfg.eval_every == 0:
+                    if self._evaluate(bar):
+                        self.stopped = "early_stop"
+                    evaluated = True
+                if self.stopped is None and cfg.max_time > 0:
+                    if D.broadcast_object(time.perf_counter() - start >= cfg.max_time):  # rank 0's clock decides
+                        self.stopped = "max_time"
+                if self.stopped is None and self.step >= cfg.max_steps:
+                    self.stopped = "max_steps"
+                if self.stopped is not None and self.evaluate_fn is not None and not evaluated:
+                    self._evaluate(bar)  # the final score; no early-stop decision left to make
+                if self.stopped is not None or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
+                    self.save()
+                tick += time.perf_counter() - paused  # units per second count training time only
+        finally:
+            bar.close()
+        return self.summary()
+
+    def _next_batch(self, data: Iterator) -> tuple[Any, Iterator]:
+        try:
+            return next(data), data
+        except StopIteration:  # an epoch ended: the next iter() starts the next one
+            data = iter(self.batches)
+            try:
+                return next(data), data
+            except StopIteration:
+                raise ValueError("batches: expected a new epoch of batches, got an empty one") from None
+
+    def _log_entry(self, seconds: float) -> dict:
+        units = self._window[1]
+        entry = {"step": self.step, "loss": self._window[0] / units, "lr": self._lr,
+                 "tokens_per_s": units / max(seconds, 1e-9), "grad_norm": self._grad_norm}
+        self.log.append(entry)
+        self._window = [0.0, 0.0]
+        return entry
+
+    def _train_step(self, net: nn.Module, batch: Any, rank: int, world: int) -> tuple[float, float]:
+        step = self.step + 1  # the number this update will have
+        out = self.loss_fn(net, self.shard(batch, rank, world) if world > 1 else batch)
+        if not (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[0], torch.Tensor)
+                and out[0].dim() == 0):
+            raise ValueError(f"loss_fn: expected (loss_sum scalar tensor, count), got {_describe(out)}")
+        loss_sum, count = out
+        # One collective gives the global loss (for the log) and the global count (for the mean).
+        stats = torch.stack([loss_sum.detach().double(),
+                             torch.as_tensor(count, dtype=torch.float64, device=loss_sum.device)])
+        g_loss, g_count = D.all_sum(stats).tolist()
+        if not g_count > 0:
+            raise ValueError(f"loss_fn: expected a positive count of units at step {step}, got {g_count}")
+        if not math.isfinite(g_loss):
+            raise self._diverged(f"the training loss became {g_loss} at step {step} (summed over {g_count:g} units)")
+        self.optimizer.zero_grad(set_to_none=True)
+        # DDP divides the summed gradients by world: scaling by world/N here makes them grad(sum)/N.
+        (loss_sum / (g_count / world)).backward()
+        norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm or math.inf)
+        if not math.isfinite(float(norm)):
+            raise self._diverged(f"the gradient norm became {float(norm)} at step {step} (loss {g_loss / g_count:.4g})")
+        self._grad_norm = float(norm)  # before clipping: the log shows how often clipping bites
+        self._lr = self.optimizer.param_groups[0]["lr"]  # the rate of this update (the next is set below)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step = step
+        return g_loss / g_count, g_count
+
+    def _diverged(self, what: str) -> DivergenceError:
+        return DivergenceError(f"{what}; the weights were not updated and no checkpoint was written for this step "
+                               f"(latest good one: {latest_checkpoint(self.run_dir)}). Lower lr or clip_norm.")
+
+    def _evaluate(self, bar) -> bool:
+        """Evaluate on rank 0, share the result with every rank; True if it is time to stop early."""
+        decision = None
+        if D.is_main():
+            was_training = self.model.training
+            self.model.eval()
+            py_state = random.getstate()
+            cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+            # Evaluation may sample; forking the RNGs keeps the training stream the same with or
+            # without it, so changing eval_every does not change the trained weights.
+            with torch.random.fork_rng(devices=cuda), torch.no_grad():
+                raw = self.evaluate_fn(self.model)
+            random.setstate(py_state)
+            self.model.train(was_training)
+            if not isinstance(raw, dict):
+                raise ValueError(f"evaluate: expected a dict of metrics, got {type(raw).__name__}")
+            metrics = {k: float(v) for k, v in raw.items()}
+            if self.monitor not in metrics:
+                raise ValueError(f"evaluate: expected the monitored metric {self.monitor!r}, got {sorted(metrics)}")
+            value = metrics[self.monitor]
+            better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+            best, bad = (value, 0) if better else (self.best, self.bad_evals + 1)
+            since = self._since_eval
+            entry = {"step": self.step, **({"train_loss": since[0] / since[1]} if since[1] else {}), **metrics}
+            stop = self.cfg.patience > 0 and bad >= self.cfg.patience
+            decision = (metrics, best, bad, entry, stop)
+            if self.progress:
+                bar.write(f"step {self.step}: " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+                          + (" (best)" if better else ""))
+        metrics, best, bad, entry, stop = D.broadcast_object(decision)
+        self.metrics, self.best, self.bad_evals = metrics, best, bad
+        self.history.append(entry)
+        self._since_eval = [0.0, 0.0]
+        return stop
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state(self) -> dict:
+        """The trainer's own JSON state, saved as ``extra["trainer"]`` in every checkpoint."""
+        return {"step": self.step, "best": self.best, "bad_evals": self.bad_evals, "metrics": self.metrics,
+                "history": self.history, "log": self.log, "stopped": self.stopped,
+                "data": self.batches.state_dict(), "since_eval": self._since_eval, "window": self._window,
+                "train_config": self.cfg.to_dict(), "world_size": D.get_world_size()}
+
+    def save(self) -> Optional[Path]:
+        """Write a checkpoint of the current step (rank 0 writes; every rank must call this)."""
+        rngs = D.all_gather_object(_rng_to_json()) if D.get_world_size() > 1 else None
+        path = None
+        if D.is_main():
+            extra = dict(self.extra_fn() if self.extra_fn is not None else {})
+            if "trainer" in extra:
+                raise ValueError("extra(): expected keys other than 'trainer' (the trainer's own), got 'trainer'")
+            extra["trainer"] = self.state()
+            if rngs is not None:
+                extra["trainer"]["rank_rng"] = rngs
+            path = save_checkpoint(self.run_dir, step=self.step, model=self.model, config=self.config,
+                                   optimizer=self.optimizer, scheduler=self.scheduler, extra=extra,
+                                   keep=self.cfg.keep_checkpoints)
+        D.barrier()  # nobody runs ahead of (or exits before) a checkpoint being complete
+        return path
+
+    def _resume(self) -> bool:
+        path = latest_checkpoint(self.run_dir)
+        if path is None:
+            warnings.warn(f"resume: no checkpoint in {self.run_dir}, starting from step 0")
+            return False
+        ckpt = load_checkpoint(path, model_class=self.config["model_class"])
+        ts = ckpt.state.get("extra", {}).get("trainer")
+        if not isinstance(ts, dict):
+            raise CheckpointError(f"{path}: expected trainer state in extra['trainer'], got none")
+        self.model.load_state_dict(ckpt.model_state)
+        restore_training(ckpt, optimizer=self.optimizer, scheduler=self.scheduler, rng=True)
+        # The saved schedule is back; the current config's horizon wins (e.g. more max_steps
+        # to train longer). Unchanged settings rewrite the same rates, so resume stays exact.
+        self.scheduler.reconfigure(self.cfg.warmup_steps, self.cfg.max_steps, self.cfg.decay, self.cfg.min_lr_ratio)
+        self.batches.load_state_dict(ts["data"])
+        self.step, self.best, self.bad_evals = ts["step"], ts["best"], ts["bad_evals"]
+        self.metrics, self.history, self.log, self.stopped = ts["metrics"], ts["history"], ts["log"], ts["stopped"]
+        self._since_eval, self._window = list(ts["since_eval"]), list(ts["window"])
+        rank, world = D.get_rank(), D.get_world_size()
+        if rank > 0:
+            saved = ts.get("rank_rng")
+            if saved is not None and len(saved) == world:
+                _rng_from_json(saved[rank])
+            else:  # saved by another number of processes: a fresh but reproducible stream
+                random.seed(self.cfg.seed + rank + 1_000_003 * self.step)
+                torch.manual_seed(self.cfg.seed + rank + 1_000_003 * self.step)
+        return True
+
+    def summary(self) -> dict:
+        return {"step": self.step, "metrics": self.metrics, "best": self.best, "history": self.history,
+                "stopped": self.stopped or "max_steps", "log": self.log}
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a tensor of shape {tuple(x.shape)}"
+    if isinstance(x, (tuple, list)):
+        return f"a {type(x).__name__} of ({', '.join(_describe(v) for v in x)})"
+    return type(x).__name__
