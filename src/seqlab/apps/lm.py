@@ -1,0 +1,190 @@
+r"""Language modelling: predict the next token of a text stream; sample text from a prompt.
+
+The documents of a split are one stream of ids, each document followed by ``<eos>``::
+
+    stream = doc_1 <eos> doc_2 <eos> ...
+
+so ``<eos>`` doubles as the document boundary, and sampling without a prompt starts from it
+("the start of a document"). Training is truncated back-propagation through time over
+:class:`seqlab.data.BPTTBatcher` windows (B, bptt+1): row b of one window continues row b of
+the previous one, and the model's state is carried across windows, detached (``carry_state``).
+The loss is the mean negative log-likelihood per token,
+
+.. math::
+    \mathcal{L} = -\frac{1}{N}\sum_{t=1}^{N} \log p(x_t \mid x_{<t}), \qquad
+    \mathrm{ppl} = e^{\mathcal{L}}, \qquad \mathrm{bpc} = \mathcal{L} / \ln 2
+
+(bits per character at char level; per word at word level, reported as ``bits_per_token``).
+
+The carried state is not part of a checkpoint, so a resumed run starts its next window from a
+zero state, like the start of an epoch; with ``carry_state=false`` a resumed run is exact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seqlab.data import EOS, BPTTBatcher, DataError, Vocab, read_examples
+from seqlab.decoding import sample as sample_tokens
+
+from .base import App, ConfigError, DataOptions, unwrap
+
+
+@dataclass
+class LMOptions(DataOptions):
+    bptt: int = 128             # tokens per truncated-BPTT window
+    carry_state: bool = True    # carry the (detached) state from one window to the next
+    eval_tokens: int = 50_000   # validation tokens scored during training (0 = all); `seqlab eval` scores all
+    eval_rows: int = 16         # parallel rows when scoring a split
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("bptt", "eval_rows"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_tokens < 0:
+            raise ConfigError(f"eval_tokens must be >= 0, got {self.eval_tokens}")
+
+
+class _Windows(BPTTBatcher):
+    """BPTT windows as 1-tuples (the trainer shards tuples by rows), remembering whether the
+    window just handed out starts an epoch (where the carried state is reset)."""
+
+    starts_epoch = True
+
+    def __iter__(self):
+        for window in super().__iter__():
+            # The parent advanced position past this window before yielding it.
+            self.starts_epoch = self.position == self.bptt
+            yield (window,)  # (B, <=bptt+1)
+
+
+class LMApp(App):
+    kind = "lm"
+    default_task = "stdlib"
+    Options = LMOptions
+    monitor, mode = "loss", "min"
+
+    def __init__(self, options: LMOptions):
+        super().__init__(options)
+        self.vocab: Optional[Vocab] = None
+        self._streams: dict[str, Tensor] = {}
+        self._windows: Optional[_Windows] = None
+        self._state = None
+
+    # -- data -------------------------------------------------------------------------------
+
+    def read_file(self, path: str) -> list:
+        """A plain-text file is cut into units for the hash split: paragraphs (blank-line
+        separated) when there are at least 20, else lines. A JSONL file gives one document a line."""
+        docs = read_examples(path, "lm", format=self.options.format)
+        if len(docs) != 1 or (self.options.format or "").lower() == "jsonl" or str(path).lower().endswith(".jsonl"):
+            return docs
+        text = docs[0]
+        paragraphs = [p.strip("\n") for p in text.split("\n\n") if p.strip()]
+        if len(paragraphs) >= 20:
+            return paragraphs
+        return [line for line in text.split("\n") if line.strip()]
+
+    def build(self) -> None:
+        o = self.options
+        self.vocab = Vocab.build(self.examples("train"), o.level, min_freq=o.min_freq, max_size=o.max_vocab)
+
+    def vocab_dict(self) -> dict:
+        return {"text": self.vocab.to_dict()}
+
+    def load_vocab(self, d: dict) -> None:
+        self.vocab = Vocab.from_dict(d["text"])
+
+    def model_sizes(self) -> dict[str, int]:
+        return {"vocab_size": len(self.vocab)}
+
+    def stream(self, split: str) -> Tensor:
+        """The ids of ``split`` as one stream, ``<eos>`` after each document; (N,) int64."""
+        if split not in self._streams:
+            ids: list[int] = []
+            for doc in self.examples(split):
+                ids.extend(self.vocab.encode(doc, eos=True))
+            self._streams[split] = torch.tensor(ids, dtype=torch.long)
+        return self._streams[split]
+
+    # -- training ---------------------------------------------------------------------------
+
+    def batches(self, batch_size: int, seed: int):
+        ids = self.stream("train")
+        if ids.numel() // batch_size < 2:
+            raise DataError(f"the training text has {ids.numel()} tokens, too few for batch_size {batch_size} "
+                            f"(expected at least {2 * batch_size})")
+        self._windows = _Windows(ids, batch_size, self.options.bptt)
+        return self._windows
+
+    def loss_fn(self, model: nn.Module, batch: tuple) -> tuple[Tensor, int]:
+        (window,) = batch  # (B, T+1)
+        if self._windows is not None and self._windows.starts_epoch:
+            self._state = None  # rows wrap to the stream's start: the old state belongs elsewhere
+        x, y = window[:, :-1], window[:, 1:]  # (B, T) each
+        logits, state = model(x, self._state)  # (B, T, V)
+        self._state = unwrap(model).detach_state(state) if self.options.carry_state else None
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")  # (B*T, V)
+        return loss, y.numel()
+
+    @torch.no_grad()
+    def score(self, model: nn.Module, ids: Tensor) -> tuple[float, int]:
+        """(summed NLL in nats, tokens scored) of a stream, in ``eval_rows`` parallel rows."""
+        raw = unwrap(model)
+        rows = max(1, min(self.options.eval_rows, ids.numel() // (2 * self.options.bptt)))
+        if ids.numel() // rows < 2:
+            raise DataError(f"a split of {ids.numel()} tokens is too short to score; expected at least 2")
+        total, count, state = 0.0, 0, None
+        for window in BPTTBatcher(ids, rows, self.options.bptt):  # (rows, <=T+1)
+            x, y = window[:, :-1], window[:, 1:]
+            logits, state = raw(x, state)  # (rows, T, V)
+            state = raw.detach_state(state)
+            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"))
+            count += y.numel()
+        return total, count
+
+    def evaluate(self, model: nn.Module, split: str = "validation", *, during_training: bool = False
+                 ) -> dict[str, float]:
+        from seqlab.train.metrics import bits_per_char, perplexity
+
+        ids = self.stream(split)
+        if during_training and self.options.eval_tokens:
+            ids = ids[: self.options.eval_tokens]
+        was_training = unwrap(model).training
+        unwrap(model).eval()
+        try:
+            total, count = self.score(model, ids)
+        finally:
+            unwrap(model).train(was_training)
+        loss = total / count
+        bits = "bits_per_char" if self.vocab.level == "char" else "bits_per_token"
+        return {"loss": loss, "perplexity": float(perplexity(loss)), bits: float(bits_per_char(loss)),
+                "tokens": float(count)}
+
+    # -- inference --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, model: nn.Module, prompt: str = "", *, length: int = 200, temperature: float = 1.0,
+               top_k: Optional[int] = None, top_p: Optional[float] = None, seed: int = 0) -> str:
+        """``prompt`` followed by up to ``length`` sampled tokens (stops at a document's end)."""
+        raw = unwrap(model)
+        raw.eval()
+        ids = [EOS] + self.vocab.encode(prompt)
+        max_len = getattr(raw.config, "max_len", None)
+        if raw.config.arch == "transformer" and max_len is not None and len(ids) + length > max_len:
+            raise ConfigError(f"prompt ({len(ids) - 1} tokens) + length ({length}) must be at most the "
+                              f"transformer's {max_len - 1} positions, got {len(ids) - 1 + length}")
+        state = raw.init_state(1)
+        for t in ids[:-1]:  # the prompt goes through step() so the state is what step() expects
+            _, state = raw.step(torch.tensor([t]), state)
+        gen = torch.Generator().manual_seed(seed)
+        out = sample_tokens(raw.step, state, torch.tensor([ids[-1]]), max_len=length, eos=EOS,
+                            temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)  # (1, L)
+        text = self.vocab.decode(out[0].tolist())
+        sep = "" if self.vocab.level == "char" or not prompt or not text else " "
+        return prompt + sep + text
