@@ -32,6 +32,7 @@ import sys
 from typing import Any, Optional, Sequence
 
 import seqlab
+from seqlab.experiments.cli import add_compare_parser, add_explain_parser
 
 KINDS = ("lm", "classify", "tag", "seq2seq", "generate")
 ARCHS = ("rnn", "lstm", "gru", "transformer", "mingru", "minlstm")
@@ -286,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     p.add_argument("--beam", type=int, help="seq2seq: beam size (default: the run's)")
     p.set_defaults(func=_eval)
+
+    add_compare_parser(sub)
+    add_explain_parser(sub)
     return parser
 
 
@@ -311,7 +315,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    # Imported here so that `seqlab --help` and argument errors stay fast (no torch import).
+    # Imported here, not at the top, to keep the error types next to the one place that catches them.
     from seqlab.apps.base import ConfigError
     from seqlab.data import DataError
     from seqlab.train.checkpoint import CheckpointError

@@ -1,0 +1,19 @@
+"""Experiments that test the textbook claims about sequence models, and the report they produce.
+
+==================  =========================================================================
+module              what lives there
+==================  =========================================================================
+tasks               memory-task models (rnn, lstm, gru, causal transformer) matched in
+                    parameter count; time-budgeted training on copy memory / adding
+gradflow            ||dL/dh_t|| against the distance T - t; spectral rescaling of W_hh
+speed               training tokens/s, inference latency per token, activation memory vs length
+gates               LSTM forget-gate and GRU update-gate statistics over time (record_gates)
+lm                  character-level LM (seqlab.models.LanguageModel): bits per char vs time
+report              report.md and self-contained report.html; claims judged from the numbers
+compare             the grid of cells, resumable results.json, ``seqlab compare``
+explain             ``seqlab explain``: colour text by a recurrent unit's activation or gate
+cli                 add_compare_parser / add_explain_parser for the ``seqlab`` command
+==================  =========================================================================
+
+Everything is imported lazily by the command, so ``import seqlab.experiments`` costs nothing.
+"""

@@ -1,0 +1,68 @@
+"""The ``compare`` and ``explain`` subcommands, for ``seqlab.cli`` to register::
+
+    sub = parser.add_subparsers(...)
+    add_compare_parser(sub)
+    add_explain_parser(sub)
+
+Each sets ``func`` to a function taking the parsed arguments and returning the exit status
+(0 success, 2 an error the user can fix, printed as one line).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_compare_parser(subparsers) -> argparse.ArgumentParser:
+    from .compare import add_arguments, command
+
+    p = subparsers.add_parser(
+        "compare", help="test the textbook claims: rnn, lstm, gru, transformer on memory tasks, gradient flow, "
+                        "speed, gates and language modelling; writes results.json, report.md, report.html",
+        description="Run the comparison grid (quick profile by default, --full for the whole grid) into --out, "
+                    "resuming finished cells, and write results.json, report.md and a self-contained report.html.")
+    add_arguments(p)
+    p.set_defaults(func=command)
+    return p
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from ..train.checkpoint import CheckpointError
+    from .explain import ExplainError, explain
+
+    text = args.text
+    if args.text_file:
+        try:
+            with open(args.text_file, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            print(f"seqlab explain: cannot read --text-file: {e}", file=sys.stderr)
+            return 2
+    if text is None:
+        print("seqlab explain: expected --text TEXT or --text-file FILE, got neither", file=sys.stderr)
+        return 2
+    try:
+        out = explain(args.run_dir, text, args.out, layer=args.layer, quantity=args.gate, unit=args.unit)
+    except (ExplainError, CheckpointError) as e:
+        print(f"seqlab explain: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+def add_explain_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "explain", help="colour a text by a recurrent LM unit's activation or gate value (HTML page)",
+        description="Read TEXT with the character-level language model of RUN_DIR (written by `seqlab train lm`, "
+                    "arch rnn, lstm or gru) and write an HTML page colouring each character by a chosen unit's "
+                    "value; the page has selectors for layer, quantity (h, c, gates) and unit.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a `seqlab train lm` run directory")
+    p.add_argument("--text", default=None, help="the text to read")
+    p.add_argument("--text-file", default=None, help="read the text from this file instead")
+    p.add_argument("--out", default=None, help="the HTML file to write (default RUN_DIR/explain.html)")
+    p.add_argument("--layer", type=int, default=0, help="layer shown first (default 0)")
+    p.add_argument("--gate", default="h", help="quantity shown first: h, c (LSTM) or a gate: LSTM i f g o, "
+                   "GRU r z n (default h)")
+    p.add_argument("--unit", type=int, default=0, help="unit shown first (default 0)")
+    p.set_defaults(func=_explain)
+    return p
