@@ -50,6 +50,18 @@ def ensure_env() -> None:
     STAMP.write_text(want)
 
 
+def ensure_extension() -> None:
+    """Build (or load from its cache) the compiled CPU recurrence once, before anything uses it.
+
+    Otherwise the first recurrent layer to run pays the build (15-30 s), inside a test or a
+    training run. A failed build is not fatal: seqlab warns and uses the fused Python path.
+    """
+    code = ("import time; t = time.time(); from seqlab.kernels import compiled; ok = compiled.available(); "
+            "print(f'[tasks] compiled CPU loop: ' + ('ready' if ok else 'unavailable (' + compiled.build_error() + "
+            "'), using the fused path') + f' ({time.time() - t:.1f} s)', flush=True)")
+    subprocess.call([str(PY), "-c", code], cwd=ROOT)
+
+
 def ensure_browser() -> None:
     """Debian's chromium renders the reports in the browser tests; install it where missing.
 
@@ -93,6 +105,7 @@ def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in ("main", "test"):
         sys.exit("usage: python3 tasks.py {main|test} [extra args passed through]")
     ensure_env()
+    ensure_extension()
     job = {"main": main_job, "test": test}[sys.argv[1]]
     sys.exit(job(sys.argv[2:]))
 

@@ -3,6 +3,7 @@
     python benchmarks/recurrent.py                    # RNN, GRU, LSTM and the LSTM variants, every size
     python benchmarks/recurrent.py --quick            # tiny sizes, one repeat: a smoke test
     python benchmarks/recurrent.py --cells lstm --repeats 9 --threads 1 --json runs/rnn.json
+    python benchmarks/recurrent.py --threads 1 --clock cpu   # on a shared machine: CPU time, not wall time
 
 For each cell and (batch, steps, hidden = input) it times, after warm-up, the
 median of repeats of
@@ -10,12 +11,15 @@ median of repeats of
 - training: ``zero_grad`` + forward + backward of ``output.sum() + h_n.sum()``;
 - inference: forward in eval mode under ``torch.no_grad()``;
 
-for torch.nn and for seqlab (``backend='fused'``), both with the same weights,
-and reports seqlab / torch (below 1 means seqlab is faster) and tokens/s
-(batch * steps / median time). The LSTM variants (layer_norm=True,
-recurrent_dropout=0.25, zoneout=0.1) are timed for seqlab's fused and
-reference paths against torch.nn's plain LSTM, the speed a user gives up to
-get them. The output is a markdown table that can be pasted into the README.
+for torch.nn and for seqlab's paths (``backend='fused'``, and ``'compiled'``, the C++
+loop, when it builds on this machine), all with the same weights, and reports
+seqlab / torch (below 1 means seqlab is faster) and tokens/s (batch * steps /
+median time). The LSTM variants (layer_norm=True; recurrent_dropout=0.25;
+zoneout=0.1; one at a time) are timed for seqlab's fused and compiled paths (and
+the LayerNorm LSTM on the reference loop too) against torch.nn's plain LSTM: the
+speed a user gives up to get them. The output is two
+markdown tables that can be pasted into the README: one row per path, then the
+paths side by side (ratio per path, one row per cell and size).
 """
 from __future__ import annotations
 
@@ -41,7 +45,9 @@ except ImportError:  # run from a checkout without installing: python benchmarks
 SIZES = [(16, 200, 64), (32, 100, 256), (64, 100, 512), (128, 50, 128)]  # (batch, steps, hidden = input)
 QUICK_SIZES = [(4, 8, 16)]
 CELLS = ("rnn", "gru", "lstm")
-VARIANT = dict(layer_norm=True, recurrent_dropout=0.25, zoneout=0.1)  # the "LSTM + variants" rows
+# the "lstm+<variant>" rows: one variant each, so the cost of each is visible on its own
+VARIANTS = {"layer_norm": dict(layer_norm=True), "recurrent_dropout": dict(recurrent_dropout=0.25),
+            "zoneout": dict(zoneout=0.1)}
 
 
 @dataclass
@@ -53,12 +59,16 @@ class Config:
     threads: Optional[int] = None  # torch.set_num_threads; None keeps torch's default
     device: str = "cpu"
     variants: bool = True  # also time LSTM with layer_norm / recurrent_dropout / zoneout
+    compiled: bool = True  # also time backend='compiled' (skipped when the extension does not build)
+    # 'wall' (perf_counter) or 'cpu' (process_time: the CPU time of this process, all threads). With
+    # --threads 1 on a machine shared with other jobs, CPU time is far less noisy than wall time.
+    clock: str = "wall"
 
 
 @dataclass
 class Row:
-    cell: str  # 'rnn', 'gru', 'lstm' or 'lstm+variants'
-    impl: str  # seqlab's backend: 'fused' or 'reference'
+    cell: str  # 'rnn', 'gru', 'lstm' or 'lstm+<variant>'
+    impl: str  # seqlab's backend: 'fused', 'compiled' or 'reference'
     batch: int
     steps: int
     hidden: int
@@ -85,16 +95,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_ms(fn: Callable[[], None], warmup: int, repeats: int, device: torch.device) -> float:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def median_ms(fn: Callable[[], None], warmup: int, repeats: int, device: torch.device,
+              clock: Callable[[], float] = time.perf_counter) -> float:
     for _ in range(warmup):
         fn()
     _sync(device)
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         _sync(device)  # GPU work is asynchronous: wait for it before stopping the clock
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times) * 1e3
 
 
@@ -124,19 +138,23 @@ def time_module(mod: nn.Module, x: torch.Tensor, cfg: Config, device) -> tuple[f
         with torch.no_grad():
             mod(x)
 
+    clock = CLOCKS[cfg.clock]
     mod.train()
-    train = median_ms(train_step, cfg.warmup, cfg.repeats, device)
+    train = median_ms(train_step, cfg.warmup, cfg.repeats, device, clock)
     mod.eval()
-    infer = median_ms(infer_step, cfg.warmup, cfg.repeats, device)
+    infer = median_ms(infer_step, cfg.warmup, cfg.repeats, device, clock)
     return train, infer
 
 
 def bench(cfg: Config, log=print) -> list[Row]:
     device = torch.device(cfg.device)
     rows: list[Row] = []
-    cases = [(cell, "fused", "fused", {}) for cell in cfg.cells]
+    paths = ("fused", "compiled") if cfg.compiled and compiled_available(log) else ("fused",)
+    cases = [(cell, b, b, {}) for cell in cfg.cells for b in paths]
     if cfg.variants and "lstm" in cfg.cells:
-        cases += [("lstm+variants", b, b, VARIANT) for b in ("fused", "reference")]
+        cases += [(f"lstm+{name}", b, b, kw) for name, kw in VARIANTS.items() for b in paths]
+        # what torch.nn users get for a custom cell today: a per-step Python loop (our reference)
+        cases += [("lstm+layer_norm", "reference", "reference", VARIANTS["layer_norm"])]
     for batch, steps, hidden in cfg.sizes:
         x = torch.randn(steps, batch, hidden, device=device)  # (T, B, I), time-major like torch.nn
         baselines: dict[str, tuple[float, float]] = {}
@@ -164,6 +182,19 @@ def bench(cfg: Config, log=print) -> list[Row]:
                 f"train {_fmt(row.train_ratio, 'x')} infer {_fmt(row.infer_ratio, 'x')}"
                 + (f"  [{err}]" if err else ""))
     return rows
+
+
+def compiled_available(log=print) -> bool:
+    """Build (first time) the compiled extension; False, with the reason logged, when it cannot be."""
+    from seqlab.kernels import compiled
+
+    t0 = time.perf_counter()
+    ok = compiled.available()
+    if ok:
+        log(f"# compiled extension ready in {time.perf_counter() - t0:.1f}s")
+    else:
+        log(f"# compiled path skipped: {compiled.build_error()}")
+    return ok
 
 
 def _fmt(v: Optional[float], unit: str = "", digits: int = 2) -> str:
@@ -197,12 +228,38 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def side_by_side(rows: list[Row]) -> str:
+    """One line per (cell, size): torch.nn's ms, then each path's train and inference ratio."""
+    impls = [i for i in ("fused", "compiled", "reference") if any(r.impl == i for r in rows)]
+    head = ("| cell | batch | steps | hidden | torch train ms | torch infer ms | "
+            + " | ".join(f"{i} train" for i in impls) + " | " + " | ".join(f"{i} infer" for i in impls) + " |")
+    lines = [head, "|" + "---|" * (head.count(" | ") + 1)]
+    groups: dict[tuple, dict[str, Row]] = {}
+    for r in rows:
+        groups.setdefault((r.cell, r.batch, r.steps, r.hidden), {})[r.impl] = r
+    for (cell, b, t, h), by in groups.items():
+        any_row = next(iter(by.values()))
+        train = [_fmt(by[i].train_ratio, "x") if i in by else "" for i in impls]
+        infer = [_fmt(by[i].infer_ratio, "x") if i in by else "" for i in impls]
+        lines.append(f"| {cell} | {b} | {t} | {h} | {any_row.torch_train_ms:.2f} | {any_row.torch_infer_ms:.2f} | "
+                     + " | ".join(train) + " | " + " | ".join(infer) + " |")
+    return "\n".join(lines)
+
+
 def environment(cfg: Config) -> dict:
     return {
         "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-        "device": cfg.device,
+        "device": cfg.device, "clock": cfg.clock, "compiled_onednn": _has_onednn(),
     }
+
+
+def _has_onednn() -> Optional[bool]:
+    """Whether the compiled path sends large float32 products to oneDNN (None: not built)."""
+    try:
+        return bool(torch.ops.seqlab_compiled.has_onednn())
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def parse_args(argv=None) -> tuple[Config, Optional[str]]:
@@ -215,13 +272,19 @@ def parse_args(argv=None) -> tuple[Config, Optional[str]]:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:k]")
     ap.add_argument("--no-variants", action="store_true", help="skip the LSTM + variants rows")
+    ap.add_argument("--no-compiled", action="store_true", help="skip backend='compiled' (no C++ build)")
+    ap.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                    help="wall time, or this process's CPU time (steadier on a shared machine with --threads 1)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
     cells = tuple(c.strip().lower() for c in args.cells.split(",") if c.strip())
     unknown = [c for c in cells if c not in CELLS]
     if unknown or not cells:
         ap.error(f"--cells expects a comma-separated subset of {','.join(CELLS)}, got {args.cells!r}")
-    cfg = Config(cells=cells, device=args.device, threads=args.threads, variants=not args.no_variants)
+    cfg = Config(cells=cells, device=args.device, threads=args.threads, variants=not args.no_variants,
+                 compiled=not args.no_compiled and args.device == "cpu", clock=args.clock)
+    if args.clock == "cpu" and args.device != "cpu":
+        ap.error("--clock cpu measures host CPU time; use the wall clock for --device cuda")
     if args.quick:
         cfg.sizes, cfg.warmup, cfg.repeats = list(QUICK_SIZES), 1, 1
     if args.repeats is not None:
@@ -243,11 +306,15 @@ def main(argv=None) -> int:
         torch.set_num_threads(cfg.threads)
     env = environment(cfg)
     print(f"# torch {env['torch']}, {env['threads']} threads, {cfg.device}; "
-          f"warm-up {cfg.warmup}, median of {cfg.repeats}; ratio = seqlab / torch.nn (< 1: seqlab faster)",
+          f"warm-up {cfg.warmup}, median of {cfg.repeats}, {cfg.clock} clock; "
+          f"ratio = seqlab / torch.nn (< 1: seqlab faster)",
           flush=True)
     rows = bench(cfg, log=lambda s: print(s, flush=True))
+    env["compiled_onednn"] = _has_onednn()  # known only once bench() has loaded the extension
     print()
     print(markdown(rows))
+    print()
+    print(side_by_side(rows))
     if json_path:
         out = {"config": asdict(cfg), "environment": env,
                "rows": [{**asdict(r), "train_ratio": r.train_ratio, "infer_ratio": r.infer_ratio,

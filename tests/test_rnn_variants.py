@@ -61,7 +61,7 @@ def _variants(label):
 # Each knob at zero is the plain layer
 
 
-@pytest.mark.parametrize("backend", ["reference", "fused"])
+@pytest.mark.parametrize("backend", ["reference", "fused", "compiled"])
 @pytest.mark.parametrize("label,cls,extra", CELLS, ids=CELL_IDS)
 def test_knobs_at_zero_equal_plain_layer(label, cls, extra, backend):
     zeros = [dict(recurrent_dropout=0.0), dict(zoneout=0.0), dict(layer_norm=False)]
@@ -161,7 +161,7 @@ def _torch_cell_step(label, mod, x, h0, c0):
     return (st[0], st[1]) if _is_lstm(label) else (st, None)
 
 
-@pytest.mark.parametrize("backend", ["reference", "fused"])
+@pytest.mark.parametrize("backend", ["reference", "fused", "compiled"])
 @pytest.mark.parametrize("label,cls,extra", CELLS, ids=CELL_IDS)
 def test_zoneout_eval_is_the_expectation(label, cls, extra, backend):
     dt = torch.float64
@@ -204,7 +204,7 @@ def test_zoneout_training_keeps_or_updates_each_unit(label, cls, extra):
         assert kept.any() and updated.any(), "with p=0.5 over 16 x H units both should happen"
 
 
-@pytest.mark.parametrize("backend", ["reference", "fused"])
+@pytest.mark.parametrize("backend", ["reference", "fused", "compiled"])
 @pytest.mark.parametrize("label,cls,extra", CELLS, ids=CELL_IDS)
 def test_recurrent_dropout_only_in_training(label, cls, extra, backend):
     torch.manual_seed(0)
@@ -303,7 +303,7 @@ def test_layer_norm_parameters_and_loading(label, cls, extra):
 RECORDED = {"rnn_tanh": "h", "rnn_relu": "h", "gru": "rzhn", "lstm": "ifgoch", "lstm_proj": "ifgoch"}
 
 
-@pytest.mark.parametrize("backend", ["reference", "fused"])
+@pytest.mark.parametrize("backend", ["reference", "fused", "compiled"])
 @pytest.mark.parametrize("layout", ["time_major", "batch_first", "unbatched"])
 @pytest.mark.parametrize("label,cls,extra", CELLS, ids=CELL_IDS)
 def test_record_gates_shapes_and_values(label, cls, extra, layout, backend):
@@ -360,7 +360,7 @@ def test_record_gates_one_layer_h_is_output_and_c_is_c_n(label, cls, extra):
 
 
 @pytest.mark.parametrize("form", ["lengths", "packed"])
-@pytest.mark.parametrize("backend", ["reference", "fused"])
+@pytest.mark.parametrize("backend", ["reference", "fused", "compiled"])
 @pytest.mark.parametrize("label,cls,extra", CELLS, ids=CELL_IDS)
 def test_record_gates_padding_is_zero(label, cls, extra, backend, form):
     mod = cls(I, H, bidirectional=True, batch_first=True, **extra, backend=backend)
@@ -420,7 +420,7 @@ def test_record_gates_nested_contexts_each_get_the_full_record():
         assert set(rec.get(mod, layer=1)) == set("ifgoch")
 
 
-@pytest.mark.parametrize("backend", ["reference", "fused"])
+@pytest.mark.parametrize("backend", ["reference", "fused", "compiled"])
 def test_recorded_values_survive_backward(backend):
     # the fused path keeps its buffers for backward; what the user was given must not change
     mod = GRU(I, H, backend=backend)
@@ -473,13 +473,13 @@ def test_auto_backend_reports_its_choice(kw):
         torch.manual_seed(4)
         out_r, _ = ref(x)
         d = auto.last_dispatch
-        assert d.backend in ("reference", "fused") and isinstance(d.reason, str)
-        assert (d.reason == "") == (d.backend == "fused"), f"a refusal should say why: {d}"
+        assert d.backend in ("reference", "fused", "compiled") and isinstance(d.reason, str)
+        assert (d.reason == "") == (d.backend == "compiled"), f"a refusal should say why: {d}"
         torch.testing.assert_close(out_a, out_r, **TOL64)
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("backend", ["reference", "fused"])
+@pytest.mark.parametrize("backend", ["reference", "fused", "compiled"])
 @pytest.mark.parametrize("label,cls,extra", [
     ("rnn_tanh", RNN, {"nonlinearity": "tanh"}), ("gru", GRU, {}), ("lstm", LSTM, {}),
     ("lstm_proj", LSTM, {"proj_size": 1}),

@@ -1,0 +1,477 @@
+r"""The compiled CPU path: the time loops of forward and backward as one C++ extension.
+
+Same contract as ``reference.run_layer`` (the specification) and the same algorithm as
+``fused.py`` (one matrix product per step each way, the weight gradients as one product
+after the loop), with the per-step pointwise work (gates, state update, masks, LayerNorm of
+the recurrent projection and of the LSTM cell) fused into one C++ loop per batch row. What
+it removes is the per-step Python and dispatcher overhead, which is most of the time of a
+step at small sizes (hidden <= 128); see ``benchmarks/recurrent.py``.
+
+The C++ lives in ``csrc/recurrent.cpp`` (one translation unit, shape contracts next to the
+kernels). It is built with ``torch.utils.cpp_extension`` on first use and cached:
+
+* the build directory is ``$SEQLAB_BUILD_DIR`` if set, else ``~/.cache/seqlab/`` plus a tag
+  for the machine, Python and torch (the flags include ``-march=native``, so a cache shared
+  between different CPUs must not be reused);
+* ``SEQLAB_NO_COMPILE=1`` turns the path off (dispatch then says so and takes the fused
+  path);
+* if the build fails (no compiler, no ninja, a compile error) one warning says why, and
+  dispatch takes the fused path, which computes the same values.
+
+Layers: this module validates and calls the two ops ``torch.ops.seqlab_compiled.rnn_forward``
+/ ``rnn_backward`` from an autograd.Function; the kernel owns the memory of the loop. Runs
+float32 and float64 on CPU. Large float32 products go to oneDNN when torch has it, else MKL
+(see ``dense`` in the C++; ``torch.ops.seqlab_compiled.set_gemm_threshold`` moves the switch).
+Double backward is not supported (``once_differentiable``): use the reference path for
+gradient-of-gradient work.
+
+torch.compile: the same kernels are also registered as custom ops ``seqlab::rnn_layer`` and
+``seqlab::rnn_layer_backward`` (``torch.library.custom_op`` with ``register_fake`` and
+``register_autograd``, at the end of this file); while compiling, ``run_layer`` calls those,
+so a model with a seqlab RNN/GRU/LSTM compiles with ``fullgraph=True``. Build the extension
+once eagerly (any forward) before the first compiled call.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .common import GATES, LayerResult, LayerWeights, Masks, RECORDED
+
+__all__ = ["run_layer", "supports", "available", "build_error", "load", "SOURCES"]
+
+#: the C++ sources of the extension (one translation unit keeps the cold build short)
+SOURCES = (Path(__file__).resolve().parent / "csrc" / "recurrent.cpp",)
+#: dtypes the C++ loops are instantiated for (AT_DISPATCH_FLOATING_TYPES)
+_FLOATS = (torch.float32, torch.float64)
+_CELL_ID = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
+_N_SAVED = 12  # the forward's saved tensors, in csrc/recurrent.cpp's ``Saved`` order
+_EXT_NAME = "seqlab_compiled"
+
+_lock = threading.Lock()
+_state: dict = {"tried": False, "ok": False, "error": ""}
+
+
+# ----------------------------------------------------------------------------
+# Building and loading
+
+
+def _build_dir() -> Path:
+    env = os.environ.get("SEQLAB_BUILD_DIR")
+    if env:
+        return Path(env)
+    # -march=native code is only valid on the CPU that built it: key the cache on the CPU flags
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        pass
+    cpu = hashlib.sha1((platform.machine() + flags).encode()).hexdigest()[:8]
+    tag = f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__.split('+')[0]}-{cpu}"
+    return Path.home() / ".cache" / "seqlab" / f"ext-{tag}"
+
+
+def _cflags() -> list[str]:
+    flags = ["-O3"]
+    if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
+        flags.append("-march=native" if platform.machine() in ("x86_64", "AMD64") else "-mcpu=native")
+    return flags
+
+
+def _stamp() -> str:
+    """What the built library depends on: the sources, the flags, torch and Python."""
+    h = hashlib.sha1()
+    for src in SOURCES:
+        h.update(src.read_bytes())
+    h.update(" ".join(_cflags() + [torch.__version__, sys.version]).encode())
+    return h.hexdigest()
+
+
+def load(verbose: bool = False) -> None:
+    """Build (first time) and load the extension; raise whatever the build raised."""
+    build = _build_dir()
+    lib, stamp_file = build / f"{_EXT_NAME}.so", build / f"{_EXT_NAME}.stamp"
+    stamp = _stamp()
+    # Fast path: the library of these very sources is there. cpp_extension.load would find the
+    # same, but only after importing setuptools and running ninja (about 1.5 s per process).
+    if lib.is_file() and stamp_file.is_file() and stamp_file.read_text() == stamp:
+        torch.ops.load_library(str(lib))
+        return
+    from torch.utils import cpp_extension
+
+    build.mkdir(parents=True, exist_ok=True)
+    # is_python_module=False: the ops are registered with TORCH_LIBRARY and loaded into
+    # torch.ops, so the translation unit needs no pybind11 / Python headers
+    cpp_extension.load(name=_EXT_NAME, sources=[str(s) for s in SOURCES], extra_cflags=_cflags(),
+                       build_directory=str(build), is_python_module=False, verbose=verbose)
+    if lib.is_file():
+        tmp = stamp_file.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(stamp)
+        tmp.replace(stamp_file)  # atomic: a concurrent reader sees the old stamp or the new one
+
+
+def available() -> bool:
+    """True when the extension is built and loaded (building it on the first call)."""
+    if _state["tried"]:
+        return _state["ok"]
+    with _lock:
+        if not _state["tried"]:
+            if os.environ.get("SEQLAB_NO_COMPILE", "") not in ("", "0"):
+                _state["error"] = "SEQLAB_NO_COMPILE is set"
+            else:
+                try:
+                    load()
+                    _state["ok"] = True
+                except Exception as e:  # a missing compiler raises several types; all mean "not built"
+                    _state["error"] = f"the compiled extension could not be built: {_first_error_line(e)}"
+                    warnings.warn(f"seqlab: {_state['error']}; the recurrent layers use the fused Python "
+                                  "path instead (same results, slower on CPU). Set SEQLAB_NO_COMPILE=1 to "
+                                  "skip the build.", RuntimeWarning, stacklevel=3)
+            _state["tried"] = True
+    return _state["ok"]
+
+
+def _first_error_line(e: Exception) -> str:
+    """The line of a build failure that says what went wrong (a compiler's 'error:' line if any)."""
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    # a compiler's "file:line: error: ..." or the shell's "c++: not found" says more than torch's
+    # "Error building extension" header or the echoed command line
+    line = lines[0] if lines else ""
+    for pattern in ("error:", "not found", "no such file", "permission denied"):
+        hit = next((s for s in lines if pattern in s.lower() and not s.startswith("[")), None)
+        if hit is not None:
+            line = hit
+            break
+    line = line if len(line) <= 240 else line[:237] + "..."
+    return f"{type(e).__name__}: {line}"
+
+
+def build_error() -> str:
+    """Why the extension is not available ('' when it is, or before the first attempt)."""
+    return _state["error"]
+
+
+def _reset_for_tests() -> None:
+    """Forget the last build attempt, so that ``available()`` tries again (tests only)."""
+    _state.update(tried=False, ok=False, error="")
+
+
+# ----------------------------------------------------------------------------
+# Public entry points
+
+
+def supports(cell: str, x: Tensor, w: LayerWeights, masks: Masks) -> Optional[str]:
+    """None when the compiled path can run this call, else a one-line reason why not.
+
+    Checks the cheap things first, so that a call the path could never run (CUDA, bfloat16)
+    does not trigger a build.
+    """
+    if cell not in GATES:
+        return f"unknown cell {cell!r}; the compiled path runs {sorted(GATES)}"
+    if not isinstance(x, Tensor):
+        return f"input is a {type(x).__name__}, not a Tensor"
+    if x.device.type != "cpu":
+        return f"the compiled path runs on CPU, the input is on {x.device}"
+    if x.dtype not in _FLOATS:
+        return f"the compiled path runs float32 and float64, the input is {x.dtype}"
+    if x.dim() != 3:
+        return f"the compiled path takes time-major (T, B, I) input, got {x.dim()}D"
+    named = [(f"w.{n}", t) for n, t in zip(LayerWeights._fields, w)]
+    named += [(f"masks.{n}", t) for n, t in zip(Masks._fields, masks)]
+    for name, t in named:
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            return f"{name} is a {type(t).__name__}, not a Tensor"
+        if t.dtype != x.dtype:
+            return f"{name} has dtype {t.dtype} but the input has {x.dtype}; the compiled path does not mix dtypes"
+        if t.device != x.device:
+            return f"{name} is on {t.device} but the input is on {x.device}"
+    for name, t in zip(Masks._fields, masks):
+        if t is not None and t.requires_grad:
+            return f"masks.{name} requires grad; the compiled path treats masks as constants"
+    if cell != "lstm":
+        for name in ("w_hr", "ln_c_w", "ln_c_b"):
+            if getattr(w, name) is not None:
+                return f"w.{name} is given but only the LSTM has it (cell {cell!r})"
+        if masks.keep_c is not None:
+            return f"masks.keep_c is given but only the LSTM has a cell state (cell {cell!r})"
+    if not available():
+        return build_error()
+    return None
+
+
+def run_layer(
+    cell: str,
+    x: Tensor,
+    h0: Tensor,
+    c0: Optional[Tensor],
+    w: LayerWeights,
+    masks: Masks = Masks(),
+    record: bool = False,
+) -> LayerResult:
+    """Run ``cell`` over ``x`` (T, B, I), time-major, from (h0, c0); same contract as ``reference.run_layer``.
+
+    Gradients flow to x, h0, c0 and every weight that is given (not to the masks).
+    Double backward is not supported.
+    """
+    reason = supports(cell, x, w, masks)
+    if reason is not None:
+        raise ValueError(f"the compiled path cannot run this call: {reason}")
+    T, B, I = x.shape
+    G = GATES[cell]
+    if w.w_ih.dim() != 2 or w.w_ih.shape[1] != I or w.w_ih.shape[0] % G != 0:
+        raise ValueError(f"expected w_ih of shape ({G}*H, {I}) for cell {cell!r}, got {tuple(w.w_ih.shape)}")
+    GH = w.w_ih.shape[0]
+    H = GH // G
+    P = H if w.w_hr is None else w.w_hr.shape[0]
+    _check_shape("w_hh", w.w_hh, (GH, P))
+    _check_shape("h0", h0, (B, P))
+    for name in ("b_ih", "b_hh", "ln_ih_w", "ln_ih_b", "ln_hh_w", "ln_hh_b"):
+        _check_shape(name, getattr(w, name), (GH,))
+    _check_shape("w_hr", w.w_hr, (P, H))
+    _check_shape("ln_c_w", w.ln_c_w, (H,))
+    _check_shape("ln_c_b", w.ln_c_b, (H,))
+    if cell == "lstm":
+        if c0 is None:
+            raise ValueError("the LSTM needs c0 of shape (B, H), got None")
+        _check_shape("c0", c0, (B, H))
+    for name, t in (("h0", h0), ("c0", c0)):
+        if t is not None and (t.dtype != x.dtype or t.device != x.device):
+            raise ValueError(f"expected {name} of dtype {x.dtype} on {x.device}, got {t.dtype} on {t.device}")
+    _check_mask("masks.keep", masks.keep, T, B, P)
+    _check_mask("masks.keep_c", masks.keep_c, T, B, H)
+    _check_mask("masks.out", masks.out, T, B, 1)
+    _check_shape("masks.rec", masks.rec, (B, P))
+
+    if T == 0:
+        # nothing to run: the states pass through unchanged (same objects, so gradients flow)
+        rec = None
+        if record:
+            rec = {name: x.new_zeros((0, B, P if name == "h" else H)) for name in RECORDED[cell]}
+        return LayerResult(x.new_zeros((0, B, P)), h0, c0 if cell == "lstm" else None, rec)
+
+    c0 = c0 if cell == "lstm" else None
+    if _use_library_op():
+        # under torch.compile: the registered op (fake shapes + autograd), no graph break
+        save = torch.is_grad_enabled() or record
+        out = torch.ops.seqlab.rnn_layer(_CELL_ID[cell], x, h0, c0, *w, *masks, save)
+        saved = _unpack_saved(cell, out[3:], w, masks)
+        rec = _record(cell, saved, H) if record else None
+        return LayerResult(out[0], out[1], out[2] if cell == "lstm" else None, rec)
+    recorded: Optional[dict] = {} if record else None
+    y, h, c = _Compiled.apply(cell, recorded, x, h0, c0, *w, *masks)
+    return LayerResult(y, h, c, recorded)
+
+
+def _check_shape(name: str, t: Optional[Tensor], want: tuple) -> None:
+    if t is not None and tuple(t.shape) != want:
+        raise ValueError(f"expected {name} of shape {want}, got {tuple(t.shape)}")
+
+
+def _check_mask(name: str, t: Optional[Tensor], T: int, B: int, n: int) -> None:
+    if t is not None and tuple(t.shape) not in ((T, B, n), (T, B, 1)):
+        raise ValueError(f"expected {name} of shape {(T, B, n)} or {(T, B, 1)}, got {tuple(t.shape)}")
+
+
+def _record(cell: str, saved: list, H: int) -> dict:
+    """The per-step values of ``RECORDED[cell]``, copied out of the forward's buffers."""
+    h_all, act, c_all = saved[0], saved[1], saved[2]
+    out = {"h": h_all}
+    if cell == "lstm":
+        out.update(zip("ifgo", act.split(H, dim=-1)), c=c_all)  # 4 x (T, B, H)
+    elif cell == "gru":
+        out.update(zip("rzn", act.split(H, dim=-1)))  # 3 x (T, B, H)
+    # copies: the backward reads these buffers, and a user must not see them change
+    return {name: out[name].detach().clone() for name in RECORDED[cell]}
+
+
+# ----------------------------------------------------------------------------
+# The autograd.Function
+
+
+_N_W = len(LayerWeights._fields)
+
+
+class _Compiled(torch.autograd.Function):
+    """One layer, one direction. Arguments: cell, a dict to record into (or None), x, h0, c0,
+    the 11 ``LayerWeights`` slots, the 4 ``Masks`` slots. Returns (y, h_T, c_T or None)."""
+
+    @staticmethod
+    def forward(ctx, cell, recorded, x, h0, c0, *slots):
+        # 1D parameters are read through raw pointers in C++: make them contiguous (no copy if they are)
+        slots = tuple(t.contiguous() if t is not None and t.dim() == 1 else t for t in slots)
+        save = any(ctx.needs_input_grad) or recorded is not None
+        out = torch.ops.seqlab_compiled.rnn_forward(_CELL_ID[cell], x, h0, c0, *slots, save)
+        y, h_T, c_T = out[0], out[1], (out[2] if cell == "lstm" else None)
+        saved = list(out[3:])
+        if recorded is not None:
+            recorded.update(_record(cell, saved, _hidden_size(slots[0], cell)))
+        if any(ctx.needs_input_grad):
+            ctx.cell = cell
+            ctx.n_saved = len(saved)
+            ctx.has = [t is not None for t in (c0, *saved, *slots)]
+            ctx.save_for_backward(*(t for t in (x, h0, c0, *saved, *slots) if t is not None))
+        return y, h_T, c_T
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_T, dc_T):
+        it = iter(ctx.saved_tensors)
+        x, h0 = next(it), next(it)
+        rest = [next(it) if has else None for has in ctx.has]
+        c0, saved, slots = rest[0], rest[1:1 + ctx.n_saved], rest[1 + ctx.n_saved:]
+        need = [int(n) for n in ctx.needs_input_grad[2:5 + _N_W]]
+        grads = torch.ops.seqlab_compiled.rnn_backward(
+            _CELL_ID[ctx.cell], saved, x, h0, c0, list(slots[:_N_W]), list(slots[_N_W:]), dy, dh_T, dc_T, need)
+        grads = [g if n else None for g, n in zip(grads, need)]
+        return (None, None) + tuple(grads) + (None,) * len(Masks._fields)
+
+
+def _hidden_size(w_ih: Tensor, cell: str) -> int:
+    """H from W_ih (G*H, I)."""
+    return w_ih.shape[0] // GATES[cell]
+
+
+# ----------------------------------------------------------------------------
+# torch.library: the same two C++ ops as custom ops with fake (shape) kernels and autograd,
+# so that torch.compile traces a seqlab recurrent layer as one node instead of breaking the
+# graph at it. run_layer takes this route while compiling (or when ``_FORCE_LIBRARY_OP`` is
+# set, for tests); eager calls keep the autograd.Function above, which saves a little
+# Python per call. The custom ops return lists of plain tensors: what C++ leaves undefined
+# comes back as an empty tensor, and ``_saved_shapes`` says which slots those are.
+
+_FORCE_LIBRARY_OP = False
+# slots of the saved list (csrc/recurrent.cpp ``Saved``)
+_H_ALL, _ACT, _C_ALL, _C_TILDE, _TAU, _Q, _HW_N, _H_IN, _HP, _XP, _XP_MEAN, _XP_RSTD = range(_N_SAVED)
+
+
+def _use_library_op() -> bool:
+    return _FORCE_LIBRARY_OP or torch.compiler.is_compiling()
+
+
+def _saved_shapes(cell: str, x: Tensor, h0: Tensor, w: LayerWeights, masks: Masks, save: bool) -> list:
+    """Shapes of the forward's saved slots (None: not returned), mirroring recurrent.cpp."""
+    if not save:
+        return [None] * _N_SAVED
+    T, B, _ = x.shape
+    GH, P = w.w_ih.shape[0], h0.shape[-1]
+    H = GH // GATES[cell]
+    lstm, gru = cell == "lstm", cell == "gru"
+    rnn_alias = not lstm and not gru and masks.keep is None  # h_all is act itself: not returned twice
+    shapes = [None] * _N_SAVED
+    shapes[_H_ALL] = None if rnn_alias else (T, B, P)
+    shapes[_ACT] = (T, B, GH)
+    if lstm:
+        shapes[_C_ALL], shapes[_TAU] = (T, B, H), (T, B, H)
+        shapes[_C_TILDE] = (T, B, H) if masks.keep_c is not None else None
+        shapes[_Q] = (T, B, H) if w.w_hr is not None else None
+    if gru:
+        shapes[_HW_N] = (T, B, H)
+    shapes[_H_IN] = (T, B, P) if masks.rec is not None else None
+    shapes[_HP] = (T, B, GH) if w.ln_hh_w is not None else None
+    if w.ln_ih_w is not None:
+        shapes[_XP], shapes[_XP_MEAN], shapes[_XP_RSTD] = (T * B, GH), (T * B, 1), (T * B, 1)
+    return shapes
+
+
+def _unpack_saved(cell: str, saved, w, masks) -> list:
+    """The saved slots as the C++ backward takes them: None where absent, h_all restored.
+
+    An absent slot is a 1D empty tensor; every real one has 2 or 3 dimensions."""
+    out = [None if t.dim() == 1 and t.numel() == 0 else t for t in saved]
+    if out[_H_ALL] is None and out[_ACT] is not None and cell in ("rnn_tanh", "rnn_relu"):
+        out[_H_ALL] = out[_ACT]
+    return out
+
+
+# The weights and masks are separate arguments, not lists: autograd does not look for tensors
+# that require grad inside a list of optional tensors.
+OptT = Optional[Tensor]
+
+
+@torch.library.custom_op("seqlab::rnn_layer", mutates_args=())
+def _rnn_layer_op(cell: int, x: Tensor, h0: Tensor, c0: OptT, w_ih: Tensor, w_hh: Tensor, b_ih: OptT, b_hh: OptT,
+                  w_hr: OptT, ln_ih_w: OptT, ln_ih_b: OptT, ln_hh_w: OptT, ln_hh_b: OptT, ln_c_w: OptT,
+                  ln_c_b: OptT, keep: OptT, keep_c: OptT, out: OptT, rec: OptT, save: bool) -> list[Tensor]:
+    """One layer, one direction, as one op: [y, h_T, c_T, *saved] (see recurrent.cpp's forward)."""
+    weights = [w_ih, w_hh, b_ih, b_hh, w_hr, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b]
+    masks = [keep, keep_c, out, rec]
+    weights = [t.contiguous() if t is not None and t.dim() == 1 else t for t in weights]
+    out = list(torch.ops.seqlab_compiled.rnn_forward(cell, x, h0, c0, *weights, *masks, save))
+    saved = out[3:]
+    if saved[_H_ALL] is not None and saved[_H_ALL] is saved[_ACT]:
+        saved[_H_ALL] = None  # outputs of a custom op must not alias each other
+    empty = x.new_empty(0)
+    return [t.clone() if t is x or t is h0 else (empty.clone() if t is None else t) for t in out[:3] + saved]
+
+
+@_rnn_layer_op.register_fake
+def _(cell, x, h0, c0, *slots):
+    *slots, save = slots
+    name = {v: k for k, v in _CELL_ID.items()}[cell]
+    w, m = LayerWeights(*slots[:_N_W]), Masks(*slots[_N_W:])
+    T, B, _ = x.shape
+    H = w.w_ih.shape[0] // GATES[name]
+    P = h0.shape[-1]
+    head = [x.new_empty((T, B, P)), x.new_empty((B, P)), x.new_empty((B, H)) if name == "lstm" else x.new_empty(0)]
+    return head + [x.new_empty(s if s is not None else 0) for s in _saved_shapes(name, x, h0, w, m, save)]
+
+
+@torch.library.custom_op("seqlab::rnn_layer_backward", mutates_args=())
+def _rnn_layer_backward_op(cell: int, saved: list[Optional[Tensor]], x: Tensor, h0: Tensor, c0: Optional[Tensor],
+                           weights: list[Optional[Tensor]], masks: list[Optional[Tensor]], dy: Tensor,
+                           dh_T: Optional[Tensor], dc_T: Optional[Tensor], need: list[int]) -> list[Tensor]:
+    weights = [t.contiguous() if t is not None and t.dim() == 1 else t for t in weights]
+    grads = torch.ops.seqlab_compiled.rnn_backward(cell, saved, x, h0, c0, weights, masks, dy, dh_T, dc_T, need)
+    out, seen = [], set()
+    for g in grads:
+        if g is None:
+            g = x.new_empty(0)
+        elif id(g) in seen:  # b_ih and ln_ih_b (b_hh, ln_hh_b) share one sum; custom-op outputs must not alias
+            g = g.clone()
+        seen.add(id(g))
+        out.append(g)
+    return out
+
+
+@_rnn_layer_backward_op.register_fake
+def _(cell, saved, x, h0, c0, weights, masks, dy, dh_T, dc_T, need):
+    like = [x, h0, c0, *weights]
+    return [torch.empty_like(t) if n and t is not None else x.new_empty(0) for t, n in zip(like, need)]
+
+
+def _setup_context(ctx, inputs, output):
+    cell, x, h0, c0, *slots = inputs
+    ctx.cell, ctx.n_w, ctx.n_m = cell, _N_W, len(Masks._fields)
+    ctx.save_for_backward(x, h0, c0, *slots[:-1], *output[3:])
+
+
+def _backward(ctx, grads):
+    s = ctx.saved_tensors
+    x, h0, c0 = s[0], s[1], s[2]
+    weights = list(s[3:3 + ctx.n_w])
+    masks = list(s[3 + ctx.n_w:3 + ctx.n_w + ctx.n_m])
+    name = {v: k for k, v in _CELL_ID.items()}[ctx.cell]
+    saved = _unpack_saved(name, list(s[3 + ctx.n_w + ctx.n_m:]), weights, masks)
+    # every given tensor gets its gradient; autograd drops those nobody asked for
+    need = [int(t is not None) for t in (x, h0, c0, *weights)]
+    dy, dh_T = grads[0], grads[1]
+    dc_T = grads[2] if name == "lstm" else None
+    g = torch.ops.seqlab.rnn_layer_backward(ctx.cell, saved, x, h0, c0, weights, masks, dy, dh_T, dc_T, need)
+    g = [gi if n else None for gi, n in zip(g, need)]
+    return (None, g[0], g[1], g[2], *g[3:]) + (None,) * (ctx.n_m + 1)
+
+
+_rnn_layer_op.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,756 @@
+// The compiled CPU recurrence: the time loops of forward and backward for the Elman RNN,
+// the GRU and the LSTM, with every variant of the kernel contract (kernels/common.py):
+// LayerNorm (LN_ih, LN_hh, LN_c), recurrent dropout (rec), zoneout and padding (keep,
+// keep_c), output masks (out) and the LSTM projection (w_hr).
+//
+// It is the same algorithm as kernels/fused.py (read its docstring first), moved to C++ so
+// that a step costs its two matrix products plus ONE pass over the B*G*H pointwise values
+// instead of a dozen dispatcher calls:
+//
+//   forward   xw = LN_ih(X W_ih^T) + b_ih (+ b_hh)      one product over all T*B rows
+//             per step: W_hh (m ⊙ h_{t-1})               at::mm / addmm_ (BLAS)
+//                       gates, c_t, h_t, masks, LN_hh, LN_c   one loop per batch row
+//   backward  per step: da_t from the saved gates         one loop per batch row
+//                       dh_{t-1} = (dhp_t W_hh) ⊙ m + …   at::mm (BLAS)
+//             after the loop: dW_ih, dW_hh, dW_hr, biases, LN weights, dx, each ONE product
+//             or reduction over all T*B rows.
+//
+// Pointwise rows are written as short loops over contiguous memory so that the compiler
+// vectorises them (-O3); float uses an exp that vectorises (exp_f below), double std::exp.
+// tanh(v) = 2σ(2v) - 1, like the fused path. Nothing here is parallel over the batch:
+// the products use BLAS threads; the pointwise work of one step is small.
+//
+// The ops are registered with the dispatcher (TORCH_LIBRARY) rather than through pybind11:
+// the translation unit then needs no Python headers and builds in about half the time, and
+// the ops are visible to torch.library (see kernels/compiled.py).
+//
+// Symbols (as common.py): T steps, B batch, I input size, H hidden, P = proj or H, G gates
+// (4 LSTM i|f|g|o, 3 GRU r|z|n, 1 RNN), GH = G*H. All tensors are CPU, one dtype
+// (float32 or float64); compiled.py checks shapes, dtypes and devices before calling.
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace seqlab {
+namespace {
+
+using at::Tensor;
+using OptT = c10::optional<Tensor>;
+
+constexpr double LN_EPS = 1e-5;  // common.LN_EPS
+enum Cell : int64_t { RNN_TANH = 0, RNN_RELU = 1, LSTM = 2, GRU = 3 };
+
+// ---------------------------------------------------------------------------------------
+// Scalar math. exp_f: Cephes' expf (range reduction to [-ln2/2, ln2/2], degree-6
+// polynomial, 2^n by exponent bits): about 1 ulp, and branch-free so loops of it vectorise,
+// which glibc's expf does not. Inputs are clamped to where expf is finite and normal.
+
+inline float exp_f(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2)
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+inline float exp_(float x) { return exp_f(x); }
+inline double exp_(double x) { return std::exp(x); }
+
+template <typename T>
+inline T sigmoid_(T v) { return T(1) / (T(1) + exp_(-v)); }
+
+template <typename T>
+inline T tanh_(T v) { return T(2) / (T(1) + exp_(T(-2) * v)) - T(1); }  // 2σ(2v) - 1
+
+// ---------------------------------------------------------------------------------------
+// Row helpers: n contiguous values.
+
+template <typename T>
+void sigmoid_row(T* p, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) p[j] = sigmoid_(p[j]);
+}
+
+template <typename T>
+void tanh_row(T* p, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) p[j] = tanh_(p[j]);
+}
+
+// mean and rstd = (var + eps)^{-1/2} of v[0:n], accumulated in double
+template <typename T>
+void ln_stats(const T* v, int64_t n, double& mean, double& rstd) {
+  double s = 0;
+  for (int64_t j = 0; j < n; ++j) s += v[j];
+  mean = s / n;
+  double q = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const double d = v[j] - mean;
+    q += d * d;
+  }
+  rstd = 1.0 / std::sqrt(q / n + LN_EPS);
+}
+
+// out[j] (+)= (v[j] - mean) rstd w[j] + b[j]   (w, b may be null: 1 and 0)
+template <typename T, bool ACCUMULATE>
+void ln_apply(T* out, const T* v, int64_t n, const T* w, const T* b) {
+  double mean, rstd;
+  ln_stats(v, n, mean, rstd);
+  const T m = static_cast<T>(mean), r = static_cast<T>(rstd);
+  for (int64_t j = 0; j < n; ++j) {
+    T y = (v[j] - m) * r;
+    if (w) y *= w[j];
+    if (b) y += b[j];
+    if (ACCUMULATE) out[j] += y; else out[j] = y;
+  }
+}
+
+// LayerNorm's backward for one row, exact with eps (v̂, rstd recomputed from v):
+//   dv = rstd (dv̂ - mean(dv̂) - v̂ mean(dv̂ ⊙ v̂)),  dv̂ = dout ⊙ w
+// dv may alias dout. The weight and bias gradients are reductions over all rows, done by
+// the caller after the loop from the saved dout.
+template <typename T>
+void ln_backward_row(T* dv, const T* dout, const T* v, int64_t n, const T* w) {
+  double mean, rstd;
+  ln_stats(v, n, mean, rstd);
+  const T m = static_cast<T>(mean), r = static_cast<T>(rstd);
+  double s1 = 0, s2 = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const T g = w ? dout[j] * w[j] : dout[j];
+    s1 += g;
+    s2 += g * ((v[j] - m) * r);
+  }
+  const T m1 = static_cast<T>(s1 / n), m2 = static_cast<T>(s2 / n);
+  for (int64_t j = 0; j < n; ++j) {
+    const T g = w ? dout[j] * w[j] : dout[j];
+    dv[j] = r * (g - m1 - (v[j] - m) * r * m2);
+  }
+}
+
+// dst = a + k ⊙ (prev - a) = (1 - k) ⊙ a + k ⊙ prev, with k a row of n values or one
+// value broadcast (ks = 0: the (T, B, 1) masks of eval-mode zoneout and padding)
+template <typename T>
+void lerp_row(T* dst, const T* a, const T* prev, const T* k, int64_t ks, int64_t n) {
+  if (ks == 0) {
+    const T kk = k[0];
+    for (int64_t j = 0; j < n; ++j) dst[j] = a[j] + kk * (prev[j] - a[j]);
+  } else {
+    for (int64_t j = 0; j < n; ++j) dst[j] = a[j] + k[j] * (prev[j] - a[j]);
+  }
+}
+
+template <typename T>
+const T* ptr_or_null(const OptT& t) {
+  return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
+}
+
+bool given(const OptT& t) { return t.has_value() && t->defined(); }
+
+// A (T, B, n) or (T, B, 1) mask, contiguous: row(t, b) and its stride ks (0 when broadcast).
+template <typename T>
+struct StepMask {
+  const T* p = nullptr;
+  int64_t n = 0, B = 0;
+  StepMask(const OptT& t, int64_t B_) : B(B_) {
+    if (given(t)) { p = t->data_ptr<T>(); n = t->size(2); }
+  }
+  explicit operator bool() const { return p != nullptr; }
+  const T* row(int64_t t, int64_t b) const { return p + (t * B + b) * n; }
+  int64_t ks() const { return n == 1 ? 0 : 1; }
+};
+
+Tensor contiguous_or_undef(const OptT& t) { return given(t) ? t->contiguous() : Tensor(); }
+
+OptT opt(const Tensor& t) { return t.defined() ? OptT(t) : OptT(); }
+
+Tensor add_opt(const Tensor& a, const Tensor& b) {
+  if (!a.defined()) return b;
+  if (!b.defined()) return a;
+  return a + b;
+}
+
+// ---------------------------------------------------------------------------------------
+// Matrix products: y = x W^T (+ bias), W in nn.Linear's (out, in) form.
+//
+// float32 products go to oneDNN (mkldnn::_linear_pointwise, the op inductor uses for CPU
+// linear layers) when torch was built with it and the product is large enough: torch's MKL
+// sgemm takes slow code paths on AMD CPUs, where oneDNN's JIT kernels run about twice as
+// fast; oneDNN is also what torch.nn.LSTM uses on CPU. Below the threshold its per-call
+// overhead (~15 us) costs more than it saves. float64 and small products use at::mm (MKL).
+// set_gemm_threshold (an op, for tests and benchmarks) moves the threshold: 0 = always
+// oneDNN for float32, -1 = never.
+
+int64_t g_dnn_threshold = int64_t(1) << 21;  // m*n*k multiply-adds
+
+struct OneDNN {
+  c10::optional<c10::OperatorHandle> linear, reorder;
+  OneDNN() {
+    auto& d = c10::Dispatcher::singleton();
+    auto l = d.findSchema({"mkldnn::_linear_pointwise", ""});
+    auto r = d.findSchema({"mkldnn::_reorder_linear_weight", ""});
+    if (l && r && l->hasKernelForDispatchKey(c10::DispatchKey::CPU) &&
+        r->hasKernelForDispatchKey(c10::DispatchKey::CPU)) {
+      linear = l;
+      reorder = r;
+    }
+  }
+};
+
+const OneDNN& onednn() {
+  static const OneDNN o;
+  return o;
+}
+
+bool use_dnn(const Tensor& x, int64_t m, int64_t n, int64_t k) {
+  return x.scalar_type() == at::kFloat && g_dnn_threshold >= 0 && m * n * k >= g_dnn_threshold &&
+         onednn().linear.has_value();
+}
+
+// W reordered into oneDNN's blocked layout for a batch of m rows (once per call, used T times)
+Tensor dnn_pack(const Tensor& w, int64_t m) {
+  torch::jit::Stack s{w.contiguous(), c10::IValue(m)};
+  onednn().reorder->callBoxed(&s);
+  return s[0].toTensor();
+}
+
+Tensor dnn_linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
+  torch::jit::Stack s{x, w, bias.defined() ? c10::IValue(bias) : c10::IValue(), c10::IValue(std::string("none")),
+                      c10::IValue(c10::List<c10::optional<c10::Scalar>>()), c10::IValue()};
+  onednn().linear->callBoxed(&s);
+  return s[0].toTensor();
+}
+
+// x (m, k) @ w (n, k)^T + bias (n): a new tensor
+Tensor dense(const Tensor& x, const Tensor& w, const Tensor& bias = Tensor()) {
+  if (use_dnn(x, x.size(0), w.size(0), x.size(1))) return dnn_linear(x, w, bias);
+  return bias.defined() ? at::addmm(bias, x, w.t()) : at::mm(x, w.t());
+}
+
+// a (N, M), b (N, K) -> a^T b (M, K): a weight gradient, a reduction over N = T*B rows.
+// Computed as (b^T a)^T: with the long dimension innermost in both operands oneDNN runs
+// these shapes about 25% faster than a^T b (the transpose of the small result is free).
+Tensor weight_grad(const Tensor& a, const Tensor& b) {
+  return dense(b.t(), a.t()).t().contiguous();  // (K, N) @ (N, M) -> (K, M) -> (M, K)
+}
+
+// One product of the time loop: the same W (n, k) every step, x (m, k). With oneDNN the
+// weight is packed once; with MKL the result goes into a preallocated buffer.
+struct StepLinear {
+  Tensor w, packed;
+  bool dnn = false;
+  StepLinear() = default;
+  StepLinear(const Tensor& w_, int64_t m) : w(w_) {
+    dnn = use_dnn(w_, m, w_.size(0), w_.size(1));
+    if (dnn) packed = dnn_pack(w_, m);
+  }
+  // x W^T, in `buf` (m, n) or a new tensor; the caller uses the returned one
+  Tensor operator()(const Tensor& x, Tensor& buf) const {
+    if (dnn) return dnn_linear(x, packed, Tensor()).contiguous();  // read through raw pointers
+    at::mm_out(buf, x, w.t());
+    return buf;
+  }
+};
+
+int64_t set_gemm_threshold(int64_t n) {
+  const int64_t old = g_dnn_threshold;
+  g_dnn_threshold = n;
+  return old;
+}
+
+bool has_onednn() { return onednn().linear.has_value(); }
+
+// ---------------------------------------------------------------------------------------
+// forward
+//
+// x (T, B, I), h0 (B, P), c0 (B, H) LSTM only; w_ih (GH, I), w_hh (GH, P), b_ih / b_hh (GH),
+// w_hr (P, H), ln_ih_* / ln_hh_* (GH), ln_c_* (H); keep (T, B, P|1), keep_c (T, B, H|1),
+// out (T, B, 1), rec (B, P). save: keep what the backward needs (else per-step scratch).
+//
+// Returns [y (T,B,P), h_T (B,P), c_T (B,H) | undef,   then the saved tensors:
+//          h_all (T,B,P), act (T,B,GH) the gates (LSTM i|f|g|o, GRU r|z|n, RNN h̃),
+//          c_all (T,B,H), c_tilde (T,B,H), tau (T,B,H) = tanh(LN_c(c̃)), q (T,B,H) = o ⊙ tau
+//          (projection only), hw_n (T,B,H) GRU, h_in (T,B,P) = m ⊙ h_{t-1} (rec only),
+//          hp (T,B,GH) = W_hh h_in (LN_hh only), xp (T*B,GH), xp_mean, xp_rstd (LN_ih only)]
+// with undefined tensors for what the call does not have.
+
+enum Saved { S_H_ALL = 0, S_ACT, S_C_ALL, S_C_TILDE, S_TAU, S_Q, S_HW_N, S_H_IN, S_HP, S_XP, S_XP_MEAN,
+             S_XP_RSTD, N_SAVED };
+
+std::vector<Tensor> rnn_forward(
+    int64_t cell, const Tensor& x, const Tensor& h0, const OptT& c0_, const Tensor& w_ih, const Tensor& w_hh,
+    const OptT& b_ih, const OptT& b_hh, const OptT& w_hr, const OptT& ln_ih_w, const OptT& ln_ih_b,
+    const OptT& ln_hh_w, const OptT& ln_hh_b, const OptT& ln_c_w, const OptT& ln_c_b, const OptT& keep_,
+    const OptT& keep_c_, const OptT& out_, const OptT& rec_, bool save) {
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2);
+  const int64_t GH = w_ih.size(0), P = h0.size(1);
+  const bool lstm = cell == LSTM, gru = cell == GRU;
+  const int64_t H = GH / (lstm ? 4 : gru ? 3 : 1);
+  const bool proj = given(w_hr), ln_hh = given(ln_hh_w), ln_c = given(ln_c_w);
+  const auto opts = x.options();
+  TORCH_CHECK(T > 0, "seqlab compiled forward: expected T > 0, got ", T);
+
+  // xw_t = LN_ih(W_ih x_t) + b_ih, all steps in one product; for the LSTM and the RNN b_hh
+  // is folded in too (it is added after LN_hh, so it only shifts xw + hw); the GRU keeps
+  // b_hh in hw, where r multiplies its n block.
+  const Tensor x_rows = x.reshape({T * B, I});  // (T, B, I) -> (T*B, I)
+  const Tensor b_x = add_opt(b_ih.value_or(Tensor()), gru ? Tensor() : b_hh.value_or(Tensor()));
+  std::vector<Tensor> res(3 + N_SAVED);
+  Tensor xw;
+  if (given(ln_ih_w)) {
+    Tensor xp = dense(x_rows, w_ih);  // (T*B, I) @ (I, GH)
+    auto ln = at::native_layer_norm(xp, {GH}, ln_ih_w, opt(add_opt(ln_ih_b.value_or(Tensor()), b_x)), LN_EPS);
+    xw = std::get<0>(ln);
+    if (save) {
+      res[3 + S_XP] = xp;
+      res[3 + S_XP_MEAN] = std::get<1>(ln);
+      res[3 + S_XP_RSTD] = std::get<2>(ln);
+    }
+  } else {
+    xw = dense(x_rows, w_ih, b_x);  // (T*B, I) @ (I, GH) + b
+  }
+  Tensor act = xw.contiguous().view({T, B, GH});  // (T*B, GH) -> (T, B, GH); becomes the gates in place
+
+  const Tensor keep = contiguous_or_undef(keep_), keep_c = contiguous_or_undef(keep_c_);
+  const Tensor rec = contiguous_or_undef(rec_);
+  const Tensor c0 = lstm ? c0_->contiguous() : Tensor();
+  const Tensor h0c = h0.contiguous();
+  const Tensor w_hh_t = w_hh.t();  // (P, GH)
+  const StepLinear lin_hh(w_hh, B), lin_hr = proj ? StepLinear(*w_hr, B) : StepLinear();
+  Tensor hw_buf = at::empty({B, GH}, opts);  // W_hh h_in of a step (MKL path of the GRU and LN_hh-less cells)
+  const int64_t TS = save ? T : 1;  // leading size of buffers only the backward needs
+  auto buf = [&](int64_t t0, int64_t n) { return at::empty({t0, B, n}, opts); };
+
+  // the RNN's h̃_t is computed in place in act (and kept: act'(·) needs it); without keep it is h_t
+  Tensor h_all = (!lstm && !gru && !keep.defined()) ? act : buf(T, P);
+  Tensor c_all, c_tilde, tau, q, hw_n, h_in, hp, hw_tmp, h_tilde;
+  if (lstm) {
+    c_all = buf(T, H);
+    c_tilde = keep_c.defined() ? buf(TS, H) : c_all;
+    tau = buf(TS, H);
+    if (proj) q = buf(TS, H);
+  }
+  if (gru) {
+    hw_n = buf(TS, H);
+  }
+  if (rec.defined()) h_in = buf(TS, P);
+  if (ln_hh) hp = buf(TS, GH);
+  if (keep.defined() || (lstm && proj)) h_tilde = at::empty({B, P}, opts);
+  // b_hh after LN_hh, for the GRU (the LSTM and RNN have it in xw already)
+  const Tensor b_hw = gru ? add_opt(ln_hh_b.value_or(Tensor()), b_hh.value_or(Tensor())).contiguous()
+                          : (ln_hh && given(ln_hh_b) ? ln_hh_b->contiguous() : Tensor());
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "seqlab_rnn_forward", [&] {
+    using T_ = scalar_t;
+    const StepMask<T_> mk(keep, B), mkc(keep_c, B);
+    const T_* rec_p = rec.defined() ? rec.data_ptr<T_>() : nullptr;
+    const T_* lnh_w = ln_hh ? ln_hh_w->data_ptr<T_>() : nullptr;
+    const T_* lnh_b = b_hw.defined() ? b_hw.data_ptr<T_>() : nullptr;
+    const T_* lnc_w = ln_c ? ln_c_w->data_ptr<T_>() : nullptr;
+    const T_* lnc_b = ln_c ? ptr_or_null<T_>(ln_c_b) : nullptr;
+
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t ts = save ? t : 0;
+      const Tensor h_prev = t == 0 ? h0c : h_all[t - 1];  // (B, P)
+      const T_* hprev_p = h_prev.data_ptr<T_>();
+      T_* act_t = act[t].data_ptr<T_>();
+      T_* h_t = h_all[t].data_ptr<T_>();
+
+      // hw_t = LN_hh(W_hh (m ⊙ h_{t-1})) + b_hh
+      Tensor h_in_t = h_prev;
+      if (rec_p) {
+        h_in_t = h_in[ts];
+        T_* d = h_in_t.data_ptr<T_>();
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t j = 0; j < P; ++j) d[b * P + j] = hprev_p[b * P + j] * rec_p[b * P + j];
+      }
+      // the row loops below add hw_add (or LN_hh(hp_t)) to xw_t, or the GRU's hw is hw_tmp
+      const T_* hp_t = nullptr;
+      const T_* hw_add = nullptr;
+      Tensor hw_tmp;  // keeps a oneDNN result alive through the step
+      if (ln_hh) {
+        Tensor hp_ts = hp[ts];
+        Tensor r = lin_hh(h_in_t, hp_ts);  // (B, P) @ (P, GH)
+        if (!r.is_same(hp_ts)) hp_ts.copy_(r);
+        hp_t = hp_ts.data_ptr<T_>();
+        hw_tmp = hw_buf;
+      } else if (gru || lin_hh.dnn) {
+        hw_tmp = lin_hh(h_in_t, hw_buf);  // (B, P) @ (P, GH)
+        if (!gru) hw_add = hw_tmp.data_ptr<T_>();
+      } else {
+        act[t].addmm_(h_in_t, w_hh_t);  // a_t = xw_t + W_hh (m ⊙ h_{t-1})
+      }
+
+      if (lstm) {
+        const T_* c_prev = t == 0 ? c0.data_ptr<T_>() : c_all[t - 1].data_ptr<T_>();
+        T_* ct = c_tilde[keep_c.defined() ? ts : t].data_ptr<T_>();
+        T_* c_t = c_all[t].data_ptr<T_>();
+        T_* tau_t = tau[ts].data_ptr<T_>();
+        // o ⊙ τ goes to q (then W_hr), to h̃ (then keep), or straight to h_t
+        T_* q_t = proj ? q[ts].data_ptr<T_>() : (h_tilde.defined() ? h_tilde.data_ptr<T_>() : h_t);
+        for (int64_t b = 0; b < B; ++b) {
+          T_* a = act_t + b * GH;
+          if (hp_t) ln_apply<T_, true>(a, hp_t + b * GH, GH, lnh_w, lnh_b);
+          if (hw_add) for (int64_t j = 0; j < GH; ++j) a[j] += hw_add[b * GH + j];
+          // i, f, g, o = σ, σ, tanh, σ of a
+          T_ *i = a, *f = a + H, *g = a + 2 * H, *o = a + 3 * H;
+          sigmoid_row(a, 2 * H);
+          tanh_row(g, H);
+          sigmoid_row(o, H);
+          // c̃_t = f ⊙ c_{t-1} + i ⊙ g
+          const T_* cp = c_prev + b * H;
+          T_* c = ct + b * H;
+          for (int64_t j = 0; j < H; ++j) c[j] = f[j] * cp[j] + i[j] * g[j];
+          // τ = tanh(LN_c(c̃_t)); q = o ⊙ τ
+          T_* tb = tau_t + b * H;
+          if (ln_c) ln_apply<T_, false>(tb, c, H, lnc_w, lnc_b);
+          else std::memcpy(tb, c, H * sizeof(T_));
+          tanh_row(tb, H);
+          T_* qb = q_t + b * H;
+          for (int64_t j = 0; j < H; ++j) qb[j] = o[j] * tb[j];
+          // c_t = kc ⊙ c_{t-1} + (1 - kc) ⊙ c̃_t
+          if (mkc) lerp_row(c_t + b * H, c, cp, mkc.row(t, b), mkc.ks(), H);
+        }
+        // h̃_t = W_hr (o ⊙ τ)
+        if (proj) {
+          Tensor dst = keep.defined() ? h_tilde : h_all[t];
+          Tensor r = lin_hr(q[ts], dst);  // (B, H) @ (H, P)
+          if (!r.is_same(dst)) dst.copy_(r);
+        }
+      } else if (gru) {
+        T_* hw = hw_tmp.data_ptr<T_>();
+        T_* hwn_t = hw_n[ts].data_ptr<T_>();
+        T_* dst = h_tilde.defined() ? h_tilde.data_ptr<T_>() : h_t;
+        for (int64_t b = 0; b < B; ++b) {
+          T_* a = act_t + b * GH;
+          T_* hwb = hw + b * GH;
+          if (hp_t) ln_apply<T_, false>(hwb, hp_t + b * GH, GH, lnh_w, lnh_b);
+          else if (lnh_b) for (int64_t j = 0; j < GH; ++j) hwb[j] += lnh_b[j];  // + b_hh
+          // r, z = σ(xw_rz + hw_rz); n = tanh(xw_n + r ⊙ hw_n)
+          for (int64_t j = 0; j < 2 * H; ++j) a[j] += hwb[j];
+          sigmoid_row(a, 2 * H);
+          T_ *r = a, *z = a + H, *n = a + 2 * H;
+          const T_* hn = hwb + 2 * H;
+          for (int64_t j = 0; j < H; ++j) n[j] += r[j] * hn[j];
+          tanh_row(n, H);
+          std::memcpy(hwn_t + b * H, hn, H * sizeof(T_));
+          // h̃_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+          lerp_row(dst + b * H, n, hprev_p + b * P, z, 1, H);
+        }
+      } else {
+        const bool relu = cell == RNN_RELU;
+        for (int64_t b = 0; b < B; ++b) {
+          T_* a = act_t + b * GH;
+          if (hp_t) ln_apply<T_, true>(a, hp_t + b * GH, GH, lnh_w, lnh_b);
+          if (hw_add) for (int64_t j = 0; j < GH; ++j) a[j] += hw_add[b * GH + j];
+          if (relu) {
+            for (int64_t j = 0; j < H; ++j) a[j] = a[j] > T_(0) ? a[j] : T_(0);
+          } else {
+            tanh_row(a, H);
+          }
+        }
+      }
+
+      // h_t = k_t ⊙ h_{t-1} + (1 - k_t) ⊙ h̃_t
+      if (mk) {
+        const T_* src = (lstm || gru) ? h_tilde.data_ptr<T_>() : act_t;
+        for (int64_t b = 0; b < B; ++b) lerp_row(h_t + b * P, src + b * P, hprev_p + b * P, mk.row(t, b), mk.ks(), P);
+      }
+    }
+  });
+
+  // y_t = o_t ⊙ h_t; a fresh tensor (not h_all) when the backward keeps h_all, so that a
+  // caller may modify y in place
+  if (given(out_)) res[0] = h_all * *out_;
+  else res[0] = save ? h_all.clone() : h_all;
+  res[1] = h_all[T - 1].clone();
+  if (lstm) res[2] = c_all[T - 1].clone();
+  if (save) {
+    res[3 + S_H_ALL] = h_all;
+    res[3 + S_ACT] = act;
+    res[3 + S_C_ALL] = c_all;
+    if (keep_c.defined()) res[3 + S_C_TILDE] = c_tilde;
+    res[3 + S_TAU] = tau;
+    res[3 + S_Q] = q;
+    res[3 + S_HW_N] = hw_n;
+    res[3 + S_H_IN] = h_in;
+    res[3 + S_HP] = hp;
+  }
+  return res;
+}
+
+// ---------------------------------------------------------------------------------------
+// backward
+//
+// saved: the N_SAVED tensors of the forward; x, h0, c0 and the 11 weights and 4 masks as
+// given to the forward; dy (T, B, P), dh_T (B, P), dc_T (B, H) (each may be undefined:
+// zero); need: 14 flags (0/1) for x, h0, c0 and the 11 weights in LayerWeights order.
+// Returns the 14 gradients in that order, undefined where not needed.
+//
+//   dL/dh_t = dy_t ⊙ o_t + dL/dh_t from step t+1;   dh̃_t = (1 - k_t) ⊙ dL/dh_t
+//   LSTM  dq = W_hr^T dh̃ (projection) or dh̃;  dτ' = dq ⊙ o ⊙ (1 - τ²), LN_c' on it
+//         dc̃ = dτ'' + (1 - kc) ⊙ dc_t;  da_i = dc̃ g i(1-i), da_f = dc̃ c_{t-1} f(1-f),
+//         da_g = dc̃ i (1-g²), da_o = dq τ o(1-o);  dc_{t-1} = f ⊙ dc̃ + kc ⊙ dc_t
+//   GRU   dn' = dh̃ (1-z)(1-n²);  da = [dr', dz', dn'],  dhw = [dr', dz', dn' ⊙ r],
+//         dr' = dn' hw_n r(1-r), dz' = dh̃ (h_{t-1} - n) z(1-z);  direct z ⊙ dh̃ to h_{t-1}
+//   RNN   da = dh̃ ⊙ act'(h̃)
+//   all   dhp = LN_hh'(dhw);  dh_{t-1} = (dhp W_hh) ⊙ m + k ⊙ dL/dh_t (+ GRU direct)
+
+std::vector<Tensor> rnn_backward(
+    int64_t cell, c10::List<c10::optional<Tensor>> saved_l, const Tensor& x, const Tensor& h0,
+    const OptT& c0_, c10::List<c10::optional<Tensor>> w_l, c10::List<c10::optional<Tensor>> m_l,
+    const Tensor& dy, const OptT& dh_T, const OptT& dc_T, c10::ArrayRef<int64_t> need) {
+  auto get = [](const c10::List<c10::optional<Tensor>>& l, size_t k) -> Tensor {
+    c10::optional<Tensor> v = l.get(k);
+    return v.has_value() ? *v : Tensor();
+  };
+  TORCH_CHECK(saved_l.size() == N_SAVED && w_l.size() == 11 && m_l.size() == 4 && need.size() == 14,
+              "seqlab compiled backward: expected 12 saved, 11 weights, 4 masks and 14 flags, got ",
+              saved_l.size(), ", ", w_l.size(), ", ", m_l.size(), ", ", need.size());
+  const Tensor h_all = get(saved_l, S_H_ALL), act = get(saved_l, S_ACT), c_all = get(saved_l, S_C_ALL);
+  const Tensor tau = get(saved_l, S_TAU), q = get(saved_l, S_Q), hw_n = get(saved_l, S_HW_N);
+  const Tensor h_in = get(saved_l, S_H_IN), hp = get(saved_l, S_HP), xp = get(saved_l, S_XP);
+  const Tensor c_tilde = get(saved_l, S_C_TILDE).defined() ? get(saved_l, S_C_TILDE) : c_all;
+  const Tensor w_ih = get(w_l, 0), w_hh = get(w_l, 1), w_hr = get(w_l, 4);
+  const Tensor ln_ih_w = get(w_l, 5), ln_hh_w = get(w_l, 7), ln_c_w = get(w_l, 9);
+  const Tensor keep = contiguous_or_undef(opt(get(m_l, 0))), keep_c = contiguous_or_undef(opt(get(m_l, 1)));
+  const Tensor out = get(m_l, 2), rec = contiguous_or_undef(opt(get(m_l, 3)));
+  enum { N_X = 0, N_H0, N_C0, N_W_IH, N_W_HH, N_B_IH, N_B_HH, N_W_HR, N_LN_IH_W, N_LN_IH_B, N_LN_HH_W, N_LN_HH_B,
+         N_LN_C_W, N_LN_C_B };
+
+  const int64_t T = act.size(0), B = act.size(1), GH = act.size(2), P = h_all.size(2), I = x.size(2);
+  const bool lstm = cell == LSTM, gru = cell == GRU;
+  const int64_t H = GH / (lstm ? 4 : gru ? 3 : 1);
+  const bool proj = w_hr.defined(), ln_hh = ln_hh_w.defined(), ln_c = ln_c_w.defined();
+  const auto opts = act.options();
+  const Tensor h0c = h0.contiguous();
+  const Tensor c0 = lstm ? c0_->contiguous() : Tensor();
+
+  // dL/dh_t arriving from y_t; the loop adds what comes back from t+1 in place
+  // owned and contiguous: the loop adds into it in place through raw pointers (dy is often a
+  // strided view, e.g. the transposed output of a batch_first layer, and mul keeps its strides)
+  Tensor dY = out.defined() ? at::mul(dy.contiguous(), out).contiguous() : dy.contiguous().clone();
+  Tensor dh = given(dh_T) ? dh_T->contiguous().clone() : at::zeros({B, P}, opts);  // ends as dL/dh0
+  Tensor dc = lstm ? (given(dc_T) ? dc_T->contiguous().clone() : at::zeros({B, H}, opts)) : Tensor();
+  Tensor da = at::empty({T, B, GH}, opts);                      // dL/dxw_t
+  Tensor dhw = gru ? at::empty({T, B, GH}, opts) : da;          // dL/dhw_t (after LN_hh and b_hh)
+  Tensor dhp = ln_hh ? at::empty({T, B, GH}, opts) : dhw;       // dL/d(W_hh h_in)_t
+  // dh̃_t per step: kept for dW_hr under the projection (dY itself holds it without keep)
+  Tensor dht_all = keep.defined() ? (proj ? at::empty({T, B, P}, opts) : at::empty({1, B, P}, opts)) : dY;
+  Tensor dq = (lstm && proj) ? at::empty({B, H}, opts) : Tensor();
+  const Tensor w_hh_tc = w_hh.t().contiguous();  // (P, GH): dh = dhp W_hh is a linear with weight W_hh^T
+  const StepLinear lin_dh(w_hh_tc, B), lin_dq = (lstm && proj) ? StepLinear(w_hr.t().contiguous(), B) : StepLinear();
+  Tensor d_ln_c = ln_c ? at::empty({T, B, H}, opts) : Tensor();  // dL/d LN_c(c̃_t)
+  Tensor dct = lstm ? at::empty({H}, opts) : Tensor();
+  Tensor direct = gru ? at::empty({B, H}, opts) : Tensor();      // z ⊙ dh̃ of the GRU
+
+  AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "seqlab_rnn_backward", [&] {
+    using T_ = scalar_t;
+    const StepMask<T_> mk(keep, B), mkc(keep_c, B);
+    const T_* rec_p = rec.defined() ? rec.data_ptr<T_>() : nullptr;
+    const T_* lnh_w = ln_hh ? ln_hh_w.data_ptr<T_>() : nullptr;
+    const T_* lnc_w = ln_c ? ln_c_w.data_ptr<T_>() : nullptr;
+    T_* dh_p = dh.data_ptr<T_>();
+    T_* dct_p = lstm ? dct.data_ptr<T_>() : nullptr;
+
+    for (int64_t t = T - 1; t >= 0; --t) {
+      // dL/dh_t = from y_t + from step t+1
+      T_* dh_t = dY[t].data_ptr<T_>();
+      for (int64_t k = 0; k < B * P; ++k) dh_t[k] += dh_p[k];
+      // dh̃_t = (1 - k_t) ⊙ dL/dh_t
+      Tensor dht = dY[t];
+      if (mk) {
+        dht = dht_all[proj ? t : 0];
+        T_* d = dht.data_ptr<T_>();
+        for (int64_t b = 0; b < B; ++b) {
+          const T_* k = mk.row(t, b);
+          const int64_t ks = mk.ks();
+          for (int64_t j = 0; j < P; ++j) d[b * P + j] = (T_(1) - k[j * ks]) * dh_t[b * P + j];
+        }
+      }
+      const T_* dht_p = dht.data_ptr<T_>();
+      const T_* a_t = act[t].data_ptr<T_>();
+      T_* da_t = da[t].data_ptr<T_>();
+      T_* dhw_t = dhw[t].data_ptr<T_>();
+      const T_* hp_t = ln_hh ? hp[t].data_ptr<T_>() : nullptr;
+      T_* dhp_t = dhp[t].data_ptr<T_>();
+
+      if (lstm) {
+        const T_* dq_p = dht_p;
+        Tensor dq_t;  // keeps a oneDNN result alive through the step
+        if (proj) {
+          dq_t = lin_dq(dht, dq);  // (B, P) @ (P, H)
+          dq_p = dq_t.data_ptr<T_>();
+        }
+        const T_* c_prev = t == 0 ? c0.data_ptr<T_>() : c_all[t - 1].data_ptr<T_>();
+        const T_* tau_t = tau[t].data_ptr<T_>();
+        const T_* ct_t = ln_c ? c_tilde[t].data_ptr<T_>() : nullptr;
+        T_* dlnc_t = ln_c ? d_ln_c[t].data_ptr<T_>() : nullptr;
+        T_* dc_p = dc.data_ptr<T_>();
+        for (int64_t b = 0; b < B; ++b) {
+          const T_* a = a_t + b * GH;
+          const T_ *i = a, *f = a + H, *g = a + 2 * H, *o = a + 3 * H;
+          T_* d = da_t + b * GH;
+          T_ *d_i = d, *d_f = d + H, *d_g = d + 2 * H, *d_o = d + 3 * H;
+          const T_* dqb = dq_p + b * H;
+          const T_* tb = tau_t + b * H;
+          // dτ' = dq ⊙ o ⊙ (1 - τ²) (into dct, or d_ln_c under LN_c); da_o = dq ⊙ τ ⊙ o(1-o)
+          T_* dtp = ln_c ? dlnc_t + b * H : dct_p;
+          for (int64_t j = 0; j < H; ++j) {
+            dtp[j] = dqb[j] * o[j] * (T_(1) - tb[j] * tb[j]);
+            d_o[j] = dqb[j] * tb[j] * o[j] * (T_(1) - o[j]);
+          }
+          if (ln_c) ln_backward_row(dct_p, dtp, ct_t + b * H, H, lnc_w);
+          const T_* cp = c_prev + b * H;
+          T_* dcb = dc_p + b * H;
+          const T_* kc = mkc ? mkc.row(t, b) : nullptr;
+          const int64_t kcs = mkc ? mkc.ks() : 0;
+          for (int64_t j = 0; j < H; ++j) {
+            const T_ kk = kc ? kc[j * kcs] : T_(0);
+            const T_ dctj = dct_p[j] + (T_(1) - kk) * dcb[j];  // dc̃_t
+            d_i[j] = dctj * g[j] * i[j] * (T_(1) - i[j]);
+            d_f[j] = dctj * cp[j] * f[j] * (T_(1) - f[j]);
+            d_g[j] = dctj * i[j] * (T_(1) - g[j] * g[j]);
+            dcb[j] = f[j] * dctj + kk * dcb[j];  // dc_{t-1}
+          }
+          if (ln_hh) ln_backward_row(dhp_t + b * GH, d, hp_t + b * GH, GH, lnh_w);
+        }
+      } else if (gru) {
+        const T_* hprev = t == 0 ? h0c.data_ptr<T_>() : h_all[t - 1].data_ptr<T_>();
+        const T_* hwn_t = hw_n[t].data_ptr<T_>();
+        T_* dir = direct.data_ptr<T_>();
+        for (int64_t b = 0; b < B; ++b) {
+          const T_* a = a_t + b * GH;
+          const T_ *r = a, *z = a + H, *n = a + 2 * H;
+          const T_* dhb = dht_p + b * P;
+          const T_* hn = hwn_t + b * H;
+          const T_* hpv = hprev + b * P;
+          T_* d = da_t + b * GH;
+          T_* e = dhw_t + b * GH;
+          T_* dr = dir + b * H;
+          for (int64_t j = 0; j < H; ++j) {
+            const T_ dn = dhb[j] * (T_(1) - z[j]) * (T_(1) - n[j] * n[j]);  // dn'
+            const T_ drr = dn * hn[j] * r[j] * (T_(1) - r[j]);
+            const T_ dzz = dhb[j] * (hpv[j] - n[j]) * z[j] * (T_(1) - z[j]);
+            d[j] = drr; d[H + j] = dzz; d[2 * H + j] = dn;
+            e[j] = drr; e[H + j] = dzz; e[2 * H + j] = dn * r[j];
+            dr[j] = z[j] * dhb[j];
+          }
+          if (ln_hh) ln_backward_row(dhp_t + b * GH, e, hp_t + b * GH, GH, lnh_w);
+        }
+      } else {
+        const bool relu = cell == RNN_RELU;
+        for (int64_t b = 0; b < B; ++b) {
+          const T_* hb = a_t + b * GH;  // h̃_t
+          const T_* dhb = dht_p + b * P;
+          T_* d = da_t + b * GH;
+          if (relu) {
+            for (int64_t j = 0; j < H; ++j) d[j] = hb[j] > T_(0) ? dhb[j] : T_(0);
+          } else {
+            for (int64_t j = 0; j < H; ++j) d[j] = dhb[j] * (T_(1) - hb[j] * hb[j]);
+          }
+          if (ln_hh) ln_backward_row(dhp_t + b * GH, d, hp_t + b * GH, GH, lnh_w);
+        }
+      }
+
+      // dh_{t-1} = (dhp_t W_hh) ⊙ m + k_t ⊙ dL/dh_t (+ z ⊙ dh̃_t for the GRU)
+      Tensor r = lin_dh(dhp[t], dh);  // (B, GH) @ (GH, P)
+      if (!r.is_same(dh)) {
+        dh = r;
+        dh_p = dh.data_ptr<T_>();
+      }
+      if (rec_p) for (int64_t k = 0; k < B * P; ++k) dh_p[k] *= rec_p[k];
+      if (mk) {
+        for (int64_t b = 0; b < B; ++b) {
+          const T_* k = mk.row(t, b);
+          const int64_t ks = mk.ks();
+          for (int64_t j = 0; j < P; ++j) dh_p[b * P + j] += k[j * ks] * dh_t[b * P + j];
+        }
+      }
+      if (gru) {
+        const T_* dir = direct.data_ptr<T_>();
+        for (int64_t k = 0; k < B * P; ++k) dh_p[k] += dir[k];
+      }
+    }
+  });
+
+  std::vector<Tensor> g(14);
+  auto rows = [](const Tensor& t) { return t.reshape({-1, t.size(-1)}); };  // (T, B, n) -> (T*B, n)
+  if (need[N_H0]) g[N_H0] = dh;
+  if (lstm && need[N_C0]) g[N_C0] = dc;
+  // ---- recurrent weights: one product / reduction over all T*B rows ----
+  if (need[N_W_HH]) {
+    if (h_in.defined()) {
+      g[N_W_HH] = weight_grad(rows(dhp), rows(h_in));  // (GH, T*B) @ (T*B, P)
+    } else {
+      g[N_W_HH] = weight_grad(dhp[0], h0c);  // (GH, B) @ (B, P)
+      if (T > 1) g[N_W_HH].add_(weight_grad(rows(dhp.narrow(0, 1, T - 1)), rows(h_all.narrow(0, 0, T - 1))));
+    }
+  }
+  if (need[N_B_HH] || need[N_LN_HH_B]) {
+    Tensor db = dhw.sum({0, 1});
+    if (need[N_B_HH]) g[N_B_HH] = db;
+    if (need[N_LN_HH_B]) g[N_LN_HH_B] = db;
+  }
+  if (ln_hh && need[N_LN_HH_W]) {
+    Tensor hp_hat = std::get<0>(at::native_layer_norm(hp, {GH}, {}, {}, LN_EPS));
+    g[N_LN_HH_W] = (dhw * hp_hat).sum({0, 1});
+  }
+  if (proj && need[N_W_HR]) g[N_W_HR] = weight_grad(rows(dht_all), rows(q));  // (P, T*B) @ (T*B, H)
+  if (ln_c && (need[N_LN_C_W] || need[N_LN_C_B])) {
+    if (need[N_LN_C_W]) {
+      Tensor c_hat = std::get<0>(at::native_layer_norm(c_tilde, {H}, {}, {}, LN_EPS));
+      g[N_LN_C_W] = (d_ln_c * c_hat).sum({0, 1});
+    }
+    if (need[N_LN_C_B]) g[N_LN_C_B] = d_ln_c.sum({0, 1});
+  }
+  // ---- input side ----
+  if (need[N_B_IH] || need[N_LN_IH_B]) {
+    Tensor db = da.sum({0, 1});
+    if (need[N_B_IH]) g[N_B_IH] = db;
+    if (need[N_LN_IH_B]) g[N_LN_IH_B] = db;
+  }
+  Tensor dxp = rows(da);  // (T*B, GH)
+  if (ln_ih_w.defined() && (need[N_X] || need[N_W_IH] || need[N_LN_IH_W])) {
+    auto r = at::native_layer_norm_backward(dxp, xp, {GH}, get(saved_l, S_XP_MEAN), get(saved_l, S_XP_RSTD),
+                                            ln_ih_w, {}, {true, need[N_LN_IH_W] != 0, false});
+    dxp = std::get<0>(r);
+    if (need[N_LN_IH_W]) g[N_LN_IH_W] = std::get<1>(r);
+  }
+  if (need[N_W_IH]) g[N_W_IH] = weight_grad(dxp, x.reshape({T * B, I}));   // (GH, T*B) @ (T*B, I)
+  if (need[N_X]) g[N_X] = dense(dxp, w_ih.t().contiguous()).view({T, B, I});  // (T*B, GH) @ (GH, I)
+  return g;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(seqlab_compiled, m) {
+  m.def("rnn_forward(int cell, Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+        "Tensor? b_hh, Tensor? w_hr, Tensor? ln_ih_w, Tensor? ln_ih_b, Tensor? ln_hh_w, Tensor? ln_hh_b, "
+        "Tensor? ln_c_w, Tensor? ln_c_b, Tensor? keep, Tensor? keep_c, Tensor? out, Tensor? rec, bool save) "
+        "-> Tensor[]");
+  m.def("rnn_backward(int cell, Tensor?[] saved, Tensor x, Tensor h0, Tensor? c0, Tensor?[] weights, "
+        "Tensor?[] masks, Tensor dy, Tensor? dh_T, Tensor? dc_T, int[] need) -> Tensor[]");
+  m.def("set_gemm_threshold(int n) -> int", &set_gemm_threshold);
+  m.def("has_onednn() -> bool", &has_onednn);
+}
+
+TORCH_LIBRARY_IMPL(seqlab_compiled, CPU, m) {
+  m.impl("rnn_forward", &rnn_forward);
+  m.impl("rnn_backward", &rnn_backward);
+}
+
+}  // namespace seqlab

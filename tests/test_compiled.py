@@ -1,0 +1,424 @@
+"""The compiled C++ path against the reference loop (the specification) and torch.nn.
+
+Same inputs into both kernels; compared: outputs y, final h and c, the recorded per-step
+values, and the gradients of x, h0, c0 and every weight, for every cell and every
+combination of the contract's variants, in float64 (tight) and float32 (against the float64
+reference, like tests/test_fused.py), with the float32 products on MKL and on oneDNN. Plus
+float64 gradcheck with every variant on, torch.nn parity through seqlab.nn with
+backend='compiled', dispatch, and the fallback when the extension cannot be built.
+
+Tests that need the extension skip, with the build error as the reason, when it cannot be
+built (no compiler); the fallback tests run everywhere.
+"""
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import seqlab.nn as snn
+from seqlab.kernels import compiled, fused, reference
+from seqlab.kernels.common import GATES, LayerWeights, Masks, RECORDED
+from seqlab.kernels.dispatch import choose
+
+T, B, I, H, P = 5, 3, 7, 4, 3  # I = 7 is prime so no other size can divide it
+TOL64 = dict(atol=1e-10, rtol=1e-10)
+# float32 is judged against the float64 reference: at most F32_RATIO times the float32
+# reference's own error plus F32_ATOL (LayerNorm over G*H = 4 units amplifies rounding)
+F32_RATIO, F32_ATOL = 4.0, 1e-5
+CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
+KEEPS = ("none", "zoneout", "zoneout_expect", "padding", "padding_zoneout")
+
+
+@pytest.fixture(scope="module")
+def ext():
+    if not compiled.available():
+        pytest.skip(f"the compiled extension is not available: {compiled.build_error()}")
+    return torch.ops.seqlab_compiled
+
+
+@pytest.fixture(params=["mkl", "onednn"])
+def gemm(request, ext):
+    """Run float32 products on MKL (threshold -1) or on oneDNN for every size (threshold 0)."""
+    if request.param == "onednn" and not ext.has_onednn():
+        pytest.skip("torch was built without oneDNN (mkldnn)")
+    old = ext.set_gemm_threshold(-1 if request.param == "mkl" else 0)
+    yield request.param
+    ext.set_gemm_threshold(old)
+
+
+@pytest.fixture
+def build_state():
+    """Save and restore the module's record of the build, for tests that fake a failure."""
+    saved = dict(compiled._state)
+    yield
+    compiled._state.clear()
+    compiled._state.update(saved)
+
+
+# ----------------------------------------------------------------------------
+# Inputs (the same construction as tests/test_fused.py)
+
+
+def _weights(cell, dtype, bias, layer_norm, proj, gen) -> LayerWeights:
+    G = GATES[cell]
+    p = proj if proj else H
+
+    def r(*shape, scale=0.5):
+        return (torch.randn(*shape, generator=gen, dtype=dtype) * scale).requires_grad_()
+
+    def around_one(n):
+        return (1 + torch.randn(n, generator=gen, dtype=dtype) * 0.2).requires_grad_()
+
+    ln, lstm = layer_norm, cell == "lstm"
+    return LayerWeights(
+        w_ih=r(G * H, I), w_hh=r(G * H, p),
+        b_ih=r(G * H) if bias else None, b_hh=r(G * H) if bias else None,
+        w_hr=r(p, H) if proj else None,
+        ln_ih_w=around_one(G * H) if ln else None, ln_ih_b=r(G * H, scale=0.2) if ln else None,
+        ln_hh_w=around_one(G * H) if ln else None, ln_hh_b=r(G * H, scale=0.2) if ln else None,
+        ln_c_w=around_one(H) if ln and lstm else None, ln_c_b=r(H, scale=0.2) if ln and lstm else None,
+    )
+
+
+def _masks(cell, keep, rec, t, b, p, dtype, gen) -> Masks:
+    lstm = cell == "lstm"
+
+    def bern(shape, prob):
+        return torch.bernoulli(torch.full(shape, prob, dtype=dtype), generator=gen)
+
+    k = kc = out = None
+    if keep in ("zoneout", "padding_zoneout"):  # training-mode zoneout: 0/1 draws per unit
+        k, kc = bern((t, b, p), 0.4), (bern((t, b, H), 0.3) if lstm else None)
+    elif keep == "zoneout_expect":  # eval-mode zoneout: the expectation, broadcast (T, B, 1), stride 0
+        k = torch.full((1, 1, 1), 0.3, dtype=dtype).expand(t, b, 1)
+        kc = torch.full((1, 1, 1), 0.2, dtype=dtype).expand(t, b, 1) if lstm else None
+    if keep.startswith("padding"):
+        lengths = torch.tensor([t, max(t - 2, 1), 1, t, 2][:b])
+        out = (torch.arange(t).unsqueeze(1) < lengths.unsqueeze(0)).to(dtype).unsqueeze(-1)  # (T, B, 1)
+        k = 1 - out if k is None else 1 - out * (1 - k)
+        if lstm:
+            kc = 1 - out if kc is None else 1 - out * (1 - kc)
+    m = bern((b, p), 0.6) / 0.6 if rec else None
+    return Masks(keep=k, keep_c=kc, out=out, rec=m)
+
+
+def _inputs(cell, dtype, bias, layer_norm, proj, rec, keep, seed=0, t=T, b=B):
+    gen = torch.Generator().manual_seed(seed)
+    p = proj if proj else H
+    w = _weights(cell, dtype, bias, layer_norm, proj, gen)
+    # x non-contiguous on purpose: a batch-first tensor seen time-major
+    x = torch.randn(b, t, I, generator=gen, dtype=dtype).transpose(0, 1).requires_grad_()
+    h0 = torch.randn(b, p, generator=gen, dtype=dtype).requires_grad_()
+    c0 = torch.randn(b, H, generator=gen, dtype=dtype).requires_grad_() if cell == "lstm" else None
+    return x, h0, c0, w, _masks(cell, keep, rec, t, b, p, dtype, gen)
+
+
+def _run(kernel, cell, x, h0, c0, w, masks, seed=1):
+    """Outputs, recorded values and the gradients of every input that requires grad."""
+    res = kernel(cell, x, h0, c0, w, masks, record=True)
+    gen = torch.Generator().manual_seed(seed)
+    loss = (res.y * torch.randn(res.y.shape, generator=gen, dtype=x.dtype)).sum()
+    loss = loss + (res.h * torch.randn(res.h.shape, generator=gen, dtype=x.dtype)).sum()
+    if res.c is not None:
+        loss = loss + (res.c * torch.randn(res.c.shape, generator=gen, dtype=x.dtype)).sum()
+    leaves = {"x": x, "h0": h0, "c0": c0, **w._asdict()}
+    leaves = {k: v for k, v in leaves.items() if v is not None and v.requires_grad}
+    grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+    return res, grads
+
+
+def _flatten(res, grads) -> dict:
+    out = {"y": res.y, "h": res.h}
+    if res.c is not None:
+        out["c"] = res.c
+    out.update({f"record[{k}]": v for k, v in res.record.items()})
+    out.update({f"d{k}": v for k, v in grads.items()})
+    return out
+
+
+def _to64(args):
+    def cast(t):
+        return None if t is None else t.detach().double().requires_grad_(t.requires_grad)
+
+    x, h0, c0, w, masks = args
+    return (cast(x), cast(h0), cast(c0), LayerWeights(*(cast(t) for t in w)), Masks(*(cast(t) for t in masks)))
+
+
+def _compare(cell, args, dtype, label):
+    ref, g_ref = _run(reference.run_layer, cell, *args)
+    com, g_com = _run(compiled.run_layer, cell, *args)
+    if cell != "lstm":
+        assert com.c is None
+    assert set(com.record) == set(RECORDED[cell])
+    assert not any(v.requires_grad for v in com.record.values())
+    got, want = _flatten(com, g_com), _flatten(ref, g_ref)
+    assert set(got) == set(want), (label, set(got) ^ set(want))
+    if dtype == torch.float64:
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], **TOL64, msg=lambda m: f"{label} {name}: {m}")
+        return
+    truth = _flatten(*_run(reference.run_layer, cell, *_to64(args)))
+    for name in want:
+        assert got[name].dtype == torch.float32, (label, name)
+        err_com = (got[name].double() - truth[name]).abs().max().item() if got[name].numel() else 0.0
+        err_ref = (want[name].double() - truth[name]).abs().max().item() if want[name].numel() else 0.0
+        assert err_com <= F32_RATIO * err_ref + F32_ATOL, (
+            f"{label} {name}: float32 error {err_com:.2e} against float64, the reference's is {err_ref:.2e}")
+
+
+# ----------------------------------------------------------------------------
+# The kernel against the reference
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_matches_reference_every_variant_f64(ext, cell):
+    projs = (0, P) if cell == "lstm" else (0,)
+    for bias, layer_norm, proj, rec, keep in itertools.product((True, False), (False, True), projs, (False, True),
+                                                                KEEPS):
+        label = f"{cell} bias={bias} ln={layer_norm} proj={proj} rec={rec} keep={keep}"
+        _compare(cell, _inputs(cell, torch.float64, bias, layer_norm, proj, rec, keep), torch.float64, label)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_matches_reference_every_variant_f32(ext, gemm, cell):
+    projs = (0, P) if cell == "lstm" else (0,)
+    for layer_norm, proj, rec, keep in itertools.product((False, True), projs, (False, True), KEEPS):
+        label = f"{cell} [{gemm}] ln={layer_norm} proj={proj} rec={rec} keep={keep}"
+        _compare(cell, _inputs(cell, torch.float32, True, layer_norm, proj, rec, keep), torch.float32, label)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_saturating_activations_f32(ext, cell):
+    """Large pre-activations: the float32 exp is clamped, σ and tanh must still reach 0/±1 exactly-ish."""
+    x, h0, c0, w, masks = _inputs(cell, torch.float32, True, False, 0, False, "none")
+    with torch.no_grad():
+        x.mul_(300.0)
+    _compare(cell, (x, h0, c0, w, masks), torch.float32, f"{cell} saturated")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradcheck_all_variants(ext, cell):
+    """float64 gradcheck of the C++ backward with LN, projection, rec dropout, zoneout and padding."""
+    proj = 2 if cell == "lstm" else 0
+    x, h0, c0, w, masks = _inputs(cell, torch.float64, True, True, proj, True, "padding_zoneout", seed=3, t=3, b=2)
+    names = ["x", "h0"] + (["c0"] if c0 is not None else []) + [k for k, v in w._asdict().items() if v is not None]
+    leaves = {"x": x, "h0": h0, "c0": c0, **w._asdict()}
+
+    def f(*ts):
+        d = dict(zip(names, ts))
+        ww = LayerWeights(**{k: d.get(k) for k in LayerWeights._fields})
+        res = compiled.run_layer(cell, d["x"], d["h0"], d.get("c0"), ww, masks)
+        return (res.y, res.h) + ((res.c,) if res.c is not None else ())
+
+    assert torch.autograd.gradcheck(f, tuple(leaves[k] for k in names), atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_partial_requires_grad(ext, cell):
+    """Only some inputs require grad: the skipped work must not change the ones asked for."""
+    x, h0, c0, w, masks = _inputs(cell, torch.float64, True, True, 0, True, "zoneout")
+    for leaf in (h0, c0, *w):
+        if leaf is not None:
+            leaf.requires_grad_(False)
+    w = w._replace(ln_hh_w=w.ln_hh_w.detach().requires_grad_())
+    _compare(cell, (x, h0, c0, w, masks), torch.float64, f"{cell} x and ln_hh_w only")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_zero_steps(ext, cell):
+    x, h0, c0, w, masks = _inputs(cell, torch.float64, True, False, 0, False, "none", t=0)
+    res = compiled.run_layer(cell, x, h0, c0, w, masks, record=True)
+    assert res.y.shape == (0, B, H)
+    assert res.h is h0 and res.c is c0
+    assert all(res.record[n].shape == (0, B, H) for n in RECORDED[cell])
+
+
+def test_no_grad_matches_and_output_is_writable(ext):
+    x, h0, c0, w, masks = _inputs("lstm", torch.float64, True, True, P, False, "padding")
+    want = reference.run_layer("lstm", x, h0, c0, w, masks)
+    with torch.no_grad():  # the forward then keeps per-step scratch only
+        res = compiled.run_layer("lstm", x, h0, c0, w, masks)
+    assert not res.y.requires_grad
+    for a, b in ((res.y, want.y), (res.h, want.h), (res.c, want.c)):
+        torch.testing.assert_close(a, b.detach(), **TOL64)
+    # y is not a buffer the backward reads, so modifying it in place (dropout(inplace=True)) is fine
+    res = compiled.run_layer("lstm", x, h0, c0, w, masks)
+    res.y.mul_(2)
+    res.y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("keep", ["none", "padding"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_strided_output_gradient(ext, cell, keep):
+    """dL/dy as a transposed view (what a batch_first layer passes back): the C++ loop must not
+    read it as contiguous."""
+    args = _inputs(cell, torch.float64, True, False, 0, False, keep)
+    grads = []
+    for kernel in (reference.run_layer, compiled.run_layer):
+        res = kernel(cell, *args)
+        g_y = torch.randn(B, T, H, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+        loss = (res.y.transpose(0, 1) * g_y).sum()  # dL/dy = g_y.transpose(0, 1), a strided view
+        grads.append(torch.autograd.grad(loss, [args[0], args[1], args[3].w_hh]))
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, want, **TOL64)
+
+
+def test_recorded_values_are_copies(ext):
+    x, h0, c0, w, masks = _inputs("gru", torch.float64, True, False, 0, False, "none")
+    res = compiled.run_layer("gru", x, h0, c0, w, masks, record=True)
+    before = {k: v.clone() for k, v in res.record.items()}
+    res.y.sum().backward()
+    for k, v in res.record.items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_double_backward_is_refused(ext):
+    x, h0, c0, w, masks = _inputs("gru", torch.float64, True, False, 0, False, "none")
+    res = compiled.run_layer("gru", x, h0, c0, w, masks)
+    gy = torch.ones_like(res.y, requires_grad=True)
+    (gx,) = torch.autograd.grad(res.y, x, gy, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()
+
+
+def test_argument_checks(ext):
+    x, h0, c0, w, masks = _inputs("lstm", torch.float32, True, False, 0, False, "none")
+    with pytest.raises(ValueError, match=r"expected h0 of shape \(3, 4\), got \(3, 7\)"):
+        compiled.run_layer("lstm", x, torch.zeros(B, 7), c0, w, masks)
+    with pytest.raises(ValueError, match=r"masks.out"):
+        compiled.run_layer("lstm", x, h0, c0, w, Masks(out=torch.ones(T, B, 2)))
+    with pytest.raises(ValueError, match="LSTM needs c0"):
+        compiled.run_layer("lstm", x, h0, None, w, masks)
+    with pytest.raises(ValueError, match="float32 and float64"):
+        compiled.run_layer("lstm", x.detach().to(torch.bfloat16), h0, c0, w, masks)
+
+
+# ----------------------------------------------------------------------------
+# Through the layers: torch.nn parity, dispatch
+
+
+def _torch_pair(cls_t, cls_s, dtype, **kw):
+    torch.manual_seed(0)
+    mod_t = cls_t(I, H, **kw).to(dtype)
+    mod_s = cls_s(I, H, **kw, backend="compiled").to(dtype)
+    mod_s.load_state_dict(mod_t.state_dict())
+    return mod_t, mod_s
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name,cls_t,cls_s,kw", [
+    ("rnn_tanh", nn.RNN, snn.RNN, {}),
+    ("rnn_relu", nn.RNN, snn.RNN, dict(nonlinearity="relu")),
+    ("gru", nn.GRU, snn.GRU, {}),
+    ("lstm", nn.LSTM, snn.LSTM, {}),
+    ("lstm_proj", nn.LSTM, snn.LSTM, dict(proj_size=P)),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_matches_torch_nn(ext, name, cls_t, cls_s, kw, dtype):
+    """Two layers, bidirectional, batch_first, given initial states, a packed batch: same as torch.nn."""
+    tol = TOL64 if dtype == torch.float64 else dict(atol=2e-5, rtol=1e-4)
+    mod_t, mod_s = _torch_pair(cls_t, cls_s, dtype, num_layers=2, bidirectional=True, batch_first=True, **kw)
+    x = torch.randn(B, T, I, dtype=dtype)
+    p = P if kw.get("proj_size") else H
+    h0 = torch.randn(4, B, p, dtype=dtype)
+    hx = (h0, torch.randn(4, B, H, dtype=dtype)) if "lstm" in name else h0
+    lengths = torch.tensor([T, 2, 4])
+    outs = []
+    for mod in (mod_t, mod_s):
+        xx = x.clone().requires_grad_()
+        hh = tuple(s.clone().requires_grad_() for s in hx) if isinstance(hx, tuple) else hx.clone().requires_grad_()
+        packed = nn.utils.rnn.pack_padded_sequence(xx, lengths, batch_first=True, enforce_sorted=False)
+        y, st = mod(packed, hh)
+        y, _ = nn.utils.rnn.pad_packed_sequence(y, batch_first=True)
+        states = st if isinstance(st, tuple) else (st,)
+        weights = torch.linspace(-1, 1, y.numel(), dtype=dtype).view_as(y)
+        loss = (y * weights).sum() + sum(s.pow(2).sum() for s in states)
+        leaves = [xx] + list(hh if isinstance(hh, tuple) else (hh,)) + list(mod.parameters())
+        outs.append([y, *states, *torch.autograd.grad(loss, leaves)])
+    assert mod_s.last_dispatch.backend == "compiled", mod_s.last_dispatch
+    for a, b in zip(outs[1], outs[0]):
+        torch.testing.assert_close(a, b, **tol)
+
+
+def test_variants_through_the_layer_match_reference(ext):
+    """layer_norm + recurrent_dropout + zoneout + lengths, training mode, same masks (same seed)."""
+    kw = dict(num_layers=2, bidirectional=True, layer_norm=True, recurrent_dropout=0.3, zoneout=(0.2, 0.1),
+              dtype=torch.float64)
+    torch.manual_seed(0)
+    ref = snn.LSTM(I, H, **kw, backend="reference")
+    com = snn.LSTM(I, H, **kw, backend="compiled")
+    com.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    lengths = torch.tensor([T, 3, 1])
+    res = []
+    for mod in (ref, com):
+        torch.manual_seed(7)
+        y, (h, c) = mod(x, lengths=lengths)
+        grads = torch.autograd.grad(y.sum() + h.sum() + c.pow(2).sum(), list(mod.parameters()))
+        res.append([y, h, c, *grads])
+    for a, b in zip(res[1], res[0]):
+        torch.testing.assert_close(a, b, **TOL64)
+
+
+def test_auto_prefers_compiled_on_cpu(ext):
+    x, h0, c0, w, masks = _inputs("lstm", torch.float32, True, False, 0, False, "none")
+    kernel, why = choose("auto", "lstm", x, w, masks)
+    assert kernel is compiled.run_layer and why == ("compiled", "")
+    # bfloat16: the compiled path refuses and says why; the fused path takes it
+    cast = LayerWeights(*(None if t is None else t.detach().to(torch.bfloat16) for t in w))
+    xb = x.detach().to(torch.bfloat16)
+    kernel, why = choose("auto", "lstm", xb, cast, Masks())
+    assert kernel is fused.run_layer and why.backend == "fused"
+    assert "compiled" in why.reason and "bfloat16" in why.reason
+    with pytest.raises(ValueError, match="backend='compiled' cannot run this call: .*bfloat16"):
+        choose("compiled", "lstm", xb, cast, Masks())
+    mod = snn.GRU(I, H)
+    mod(torch.randn(T, B, I))
+    assert mod.last_dispatch == ("compiled", "")
+
+
+# ----------------------------------------------------------------------------
+# The fallback: no extension (SEQLAB_NO_COMPILE=1, or a failed build)
+
+
+def test_no_compile_env_falls_back_to_fused(build_state, monkeypatch):
+    monkeypatch.setenv("SEQLAB_NO_COMPILE", "1")
+    compiled._reset_for_tests()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # switching it off on purpose is not worth a warning
+        assert not compiled.available()
+    assert "SEQLAB_NO_COMPILE" in compiled.build_error()
+    x, h0, c0, w, masks = _inputs("gru", torch.float32, True, False, 0, False, "none")
+    kernel, why = choose("auto", "gru", x, w, masks)
+    assert kernel is fused.run_layer and why.backend == "fused" and "SEQLAB_NO_COMPILE" in why.reason
+    with pytest.raises(ValueError, match="SEQLAB_NO_COMPILE"):
+        choose("compiled", "gru", x, w, masks)
+
+
+def test_failed_build_warns_once_and_falls_back(build_state, monkeypatch):
+    monkeypatch.delenv("SEQLAB_NO_COMPILE", raising=False)
+
+    def broken_load(verbose=False):
+        raise RuntimeError("Error building extension 'seqlab_compiled':\n[1/2] c++ -O3 ...\n"
+                           "recurrent.cpp:1:10: fatal error: ATen/ATen.h: No such file or directory")
+
+    monkeypatch.setattr(compiled, "load", broken_load)
+    compiled._reset_for_tests()
+    torch.manual_seed(0)
+    mod = snn.LSTM(I, H, num_layers=2)
+    ref = snn.LSTM(I, H, num_layers=2, backend="fused")
+    ref.load_state_dict(mod.state_dict())
+    x = torch.randn(T, B, I)
+    with pytest.warns(RuntimeWarning, match="could not be built.*fatal error: ATen/ATen.h.*fused Python path"):
+        y, _ = mod(x)
+    assert mod.last_dispatch.backend == "fused"
+    assert "could not be built" in mod.last_dispatch.reason and "ATen.h" in mod.last_dispatch.reason
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one warning, not one per call
+        y2, _ = mod(x)
+    torch.testing.assert_close(y, ref(x)[0], atol=0, rtol=0)  # the fallback is the fused path itself
+    torch.testing.assert_close(y2, y, atol=0, rtol=0)
