@@ -89,3 +89,41 @@ class LayerResult(NamedTuple):
     h: Tensor  # (B, P) final h_T
     c: Optional[Tensor]  # (B, H) final c_T, LSTM only
     record: Optional[dict]  # name -> (T, B, ·) per-step values, when record=True
+
+
+def refuse_call(path: str, cell: str, x, w: LayerWeights, masks: Masks, floats: tuple) -> Optional[str]:
+    """The checks every fast path makes before it takes a call: None, or a one-line reason.
+
+    A fast path computes in x's dtype into buffers it allocates, treats masks as constants
+    and knows the LSTM-only slots; anything else is for the reference loop (or an error).
+    """
+    if cell not in GATES:
+        return f"unknown cell {cell!r}; the {path} path runs {sorted(GATES)}"
+    if not isinstance(x, Tensor):
+        return f"input is a {type(x).__name__}, not a Tensor"
+    if x.dtype not in floats:
+        return f"input dtype {x.dtype} is not a floating dtype the {path} path computes in ({', '.join(map(str, floats))})"
+    if x.dim() != 3:
+        return f"the {path} path takes time-major (T, B, I) input, got {x.dim()}D"
+    named = [(f"w.{n}", t) for n, t in zip(LayerWeights._fields, w)]
+    named += [(f"masks.{n}", t) for n, t in zip(Masks._fields, masks)]
+    for name, t in named:
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            return f"{name} is a {type(t).__name__}, not a Tensor"
+        if t.dtype != x.dtype:
+            # buffers are allocated in x's dtype; mixing would silently change precision
+            return f"{name} has dtype {t.dtype} but the input has {x.dtype}; the {path} path does not mix dtypes"
+        if t.device != x.device:
+            return f"{name} is on {t.device} but the input is on {x.device}"
+    for name, t in zip(Masks._fields, masks):
+        if t is not None and t.requires_grad:
+            return f"masks.{name} requires grad; the {path} path treats masks as constants"
+    if cell != "lstm":
+        for name in ("w_hr", "ln_c_w", "ln_c_b"):
+            if getattr(w, name) is not None:
+                return f"w.{name} is given but only the LSTM has it (cell {cell!r})"
+        if masks.keep_c is not None:
+            return f"masks.keep_c is given but only the LSTM has a cell state (cell {cell!r})"
+    return None

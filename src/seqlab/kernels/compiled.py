@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .common import GATES, LayerResult, LayerWeights, Masks, RECORDED
+from .common import GATES, LayerResult, LayerWeights, Masks, RECORDED, refuse_call
 
 __all__ = ["run_layer", "supports", "available", "build_error", "load", "SOURCES"]
 
@@ -177,36 +177,11 @@ def supports(cell: str, x: Tensor, w: LayerWeights, masks: Masks) -> Optional[st
     Checks the cheap things first, so that a call the path could never run (CUDA, bfloat16)
     does not trigger a build.
     """
-    if cell not in GATES:
-        return f"unknown cell {cell!r}; the compiled path runs {sorted(GATES)}"
-    if not isinstance(x, Tensor):
-        return f"input is a {type(x).__name__}, not a Tensor"
-    if x.device.type != "cpu":
+    if isinstance(x, Tensor) and x.device.type != "cpu":
         return f"the compiled path runs on CPU, the input is on {x.device}"
-    if x.dtype not in _FLOATS:
-        return f"the compiled path runs float32 and float64, the input is {x.dtype}"
-    if x.dim() != 3:
-        return f"the compiled path takes time-major (T, B, I) input, got {x.dim()}D"
-    named = [(f"w.{n}", t) for n, t in zip(LayerWeights._fields, w)]
-    named += [(f"masks.{n}", t) for n, t in zip(Masks._fields, masks)]
-    for name, t in named:
-        if t is None:
-            continue
-        if not isinstance(t, Tensor):
-            return f"{name} is a {type(t).__name__}, not a Tensor"
-        if t.dtype != x.dtype:
-            return f"{name} has dtype {t.dtype} but the input has {x.dtype}; the compiled path does not mix dtypes"
-        if t.device != x.device:
-            return f"{name} is on {t.device} but the input is on {x.device}"
-    for name, t in zip(Masks._fields, masks):
-        if t is not None and t.requires_grad:
-            return f"masks.{name} requires grad; the compiled path treats masks as constants"
-    if cell != "lstm":
-        for name in ("w_hr", "ln_c_w", "ln_c_b"):
-            if getattr(w, name) is not None:
-                return f"w.{name} is given but only the LSTM has it (cell {cell!r})"
-        if masks.keep_c is not None:
-            return f"masks.keep_c is given but only the LSTM has a cell state (cell {cell!r})"
+    why = refuse_call("compiled", cell, x, w, masks, _FLOATS)
+    if why is not None:
+        return why
     if not available():
         return build_error()
     return None

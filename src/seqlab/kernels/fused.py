@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .common import GATES, LN_EPS, LayerResult, LayerWeights, Masks, RECORDED
+from .common import GATES, LN_EPS, LayerResult, LayerWeights, Masks, RECORDED, refuse_call
 
 __all__ = ["run_layer", "supports"]
 
@@ -61,36 +61,7 @@ _N_W = len(LayerWeights._fields)  # 11 weight slots, then the 4 mask slots, in `
 
 def supports(cell: str, x: Tensor, w: LayerWeights, masks: Masks) -> Optional[str]:
     """None when the fused path can run this call, else a one-line reason why not."""
-    if cell not in GATES:
-        return f"unknown cell {cell!r}; the fused path runs {sorted(GATES)}"
-    if not isinstance(x, Tensor):
-        return f"input is a {type(x).__name__}, not a Tensor"
-    if x.dtype not in _FLOATS:
-        return f"input dtype {x.dtype} is not a real floating dtype ({', '.join(map(str, _FLOATS))})"
-    if x.dim() != 3:
-        return f"the fused path takes time-major (T, B, I) input, got {x.dim()}D"
-    named = [(f"w.{n}", t) for n, t in zip(LayerWeights._fields, w)]
-    named += [(f"masks.{n}", t) for n, t in zip(Masks._fields, masks)]
-    for name, t in named:
-        if t is None:
-            continue
-        if not isinstance(t, Tensor):
-            return f"{name} is a {type(t).__name__}, not a Tensor"
-        if t.dtype != x.dtype:
-            # the out= buffers are allocated in x's dtype; mixing would silently change precision
-            return f"{name} has dtype {t.dtype} but the input has {x.dtype}; the fused path does not mix dtypes"
-        if t.device != x.device:
-            return f"{name} is on {t.device} but the input is on {x.device}"
-    for name, t in zip(Masks._fields, masks):
-        if t is not None and t.requires_grad:
-            return f"masks.{name} requires grad; the fused path treats masks as constants"
-    if cell != "lstm":
-        for name in ("w_hr", "ln_c_w", "ln_c_b"):
-            if getattr(w, name) is not None:
-                return f"w.{name} is given but only the LSTM has it (cell {cell!r})"
-        if masks.keep_c is not None:
-            return f"masks.keep_c is given but only the LSTM has a cell state (cell {cell!r})"
-    return None
+    return refuse_call("fused", cell, x, w, masks, _FLOATS)
 
 
 def run_layer(

@@ -37,13 +37,14 @@ model use it is described at ``seqlab.nn.transformer``.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ._checks import _check_size
 
 __all__ = [
     "MultiheadAttention",
@@ -262,14 +263,6 @@ class TransformerCache:
 
 # ----------------------------------------------------------------------------
 # The module
-
-
-def _check_size(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} should be an int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 class MultiheadAttention(nn.Module):

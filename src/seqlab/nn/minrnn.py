@@ -62,7 +62,8 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .rnn import _RNNBase, _check_prob, _check_size, _gather_time, _reverse_index
+from ._checks import _check_prob, _check_size
+from .rnn import _RNNBase, _gather_time, _reverse_index
 
 __all__ = ["MinGRU", "MinLSTM", "MODES"]
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 import warnings
 from typing import Iterator, NamedTuple, Optional, Union
 
@@ -43,6 +42,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..kernels import reference
+from ._checks import _check_prob, _check_size
 from ..kernels.common import GATES, LayerWeights, Masks, RECORDED
 from ..kernels.dispatch import BACKENDS, Dispatch, choose
 
@@ -110,22 +110,6 @@ def record_gates() -> Iterator[GateRecorder]:
 
 # ----------------------------------------------------------------------------
 # Argument checks
-
-
-def _check_size(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} should be an int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_prob(name: str, p) -> float:
-    if isinstance(p, bool) or not isinstance(p, numbers.Real):
-        raise TypeError(f"{name} should be a number in [0, 1), got {type(p).__name__} ({p!r})")
-    if not 0 <= p < 1:
-        raise ValueError(f"{name} should be a probability in [0, 1), got {p}")
-    return float(p)
 
 
 def _reverse_index(lengths: Optional[Tensor], T: int, B: int, device) -> Optional[Tensor]:
