@@ -208,6 +208,27 @@ def test_tiny_compare_writes_every_file_and_section(tiny_run):
     assert "http://" not in page and "https://" not in page  # self-contained
 
 
+@pytest.mark.parametrize("eval_every", [0, 3])
+def test_lm_cell_curve_is_bpc_against_training_time(eval_every):
+    from seqlab.experiments.lm import LMCellConfig, train_lm
+
+    ticks = []
+    cfg = LMCellConfig(arch="gru", target_params=3000, context=16, batch_size=4, budget=0.4, eval_every=eval_every,
+                       eval_points=4, train_chars=5000, valid_chars=200)
+    rec = train_lm(cfg, tick=ticks.append)
+    h = rec["history"]
+    assert h[0] == {"step": 0, "time": 0.0, "bpc": h[0]["bpc"]} and h[-1]["step"] == rec["steps"]
+    assert [x["step"] for x in h] == sorted({x["step"] for x in h})  # one point per evaluation, in order
+    assert [x["time"] for x in h] == sorted(x["time"] for x in h) and h[-1]["time"] == rec["train_time"] >= 0.4
+    # every eval_every steps (3, or chosen from the measured step time for about eval_points), and at the end
+    assert rec["eval_every"] == (eval_every or rec["eval_every"]) >= 1
+    assert [x["step"] for x in h[1:-1]] == list(range(rec["eval_every"], rec["steps"], rec["eval_every"]))
+    assert all(x["bpc"] > 0 and x["train_bpc"] > 0 for x in h[1:])
+    assert sum(ticks) == pytest.approx(rec["train_time"], abs=1e-3)
+    assert rec["tokens_per_s"] > 0 and set(rec) >= {"config", "model_config", "params", "vocab_size", "best_bpc",
+                                                    "final_bpc"}
+
+
 def test_resume_skips_finished_cells_and_reruns_only_what_changed(tiny_run):
     out, _ = tiny_run
     before = json.loads((out / "results.json").read_text())["cells"]

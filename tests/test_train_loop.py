@@ -2,6 +2,7 @@
 import json
 import math
 import random
+import time
 
 import pytest
 import torch
@@ -80,6 +81,10 @@ def assert_same(a, b, atol=1e-7):
         assert torch.allclose(a[k], b[k], rtol=0, atol=atol), k
 
 
+def untimed(entries):
+    return [{k: v for k, v in e.items() if k != "train_time"} for e in entries]
+
+
 class Interrupt(Exception):
     pass
 
@@ -134,7 +139,7 @@ def test_resume_after_interruption_ends_with_the_same_weights(run_a, tmp_path, k
     result = tr.fit(resume=True)
     assert result["step"] == 2 * N
     assert_same(weights(tr.model), w_a, atol=0)  # bitwise on the CPU
-    assert result["history"] == result_a["history"]
+    assert untimed(result["history"]) == untimed(result_a["history"])  # train_time is a clock, not a result
     assert [e["loss"] for e in result["log"]] == [e["loss"] for e in result_a["log"]]
 
 
@@ -181,6 +186,46 @@ def test_max_time_stops_cleanly_and_resume_completes(run_a, tmp_path):
     tr = make_trainer(tmp_path, model=make_model(seed=7))
     assert tr.fit(resume=True)["stopped"] == "max_steps"
     assert_same(weights(tr.model), run_a[0], atol=0)
+
+
+def sleepy(fn, seconds):
+    def wrapped(*args):
+        time.sleep(seconds)
+        return fn(*args)
+    return wrapped
+
+
+def test_max_time_counts_training_time_only(tmp_path):
+    """Slow evaluations and checkpoints (0.15 s each, every 2nd step) do not eat a 0.2 s training budget
+    of 0.02 s steps: a wall-clock budget would stop at step 2."""
+    pause = 0.15
+    tr = make_trainer(tmp_path, loss_fn=sleepy(lm_loss, 0.02), evaluate=sleepy(lm_eval, pause), max_steps=1000,
+                      eval_every=2, checkpoint_every=2, max_time=0.2)
+    tr.extra_fn = sleepy(tr.extra_fn, pause)
+    start = time.perf_counter()
+    result = tr.fit()
+    wall = time.perf_counter() - start
+    assert result["stopped"] == "max_time" and result["step"] >= 4
+    assert result["train_time"] >= 0.2 and result["history"][-1]["train_time"] == result["train_time"]
+    # One evaluation and one checkpoint every 2nd step and at the stop: none of them on the clock.
+    assert result["train_time"] + 2 * pause * len(result["history"]) <= wall
+    times = [h["train_time"] for h in result["history"]]
+    assert times == sorted(times) and len(set(times)) == len(times) and times[0] >= 0.04
+
+
+def test_history_and_log_carry_train_time_across_resume(tmp_path):
+    slow = sleepy(lm_loss, 0.02)  # >= 0.02 s of training per step
+    with pytest.raises(Interrupt):
+        make_trainer(tmp_path, loss_fn=sleepy(interrupting(N + 2), 0.02)).fit()
+    saved = load_checkpoint(tmp_path, model_class="TinyLM").state["extra"]["trainer"]
+    assert saved["step"] == N and saved["train_time"] >= 0.02 * N
+    result = make_trainer(tmp_path, loss_fn=slow).fit(resume=True)
+    times = [h["train_time"] for h in result["history"]]
+    assert [h["step"] for h in result["history"]] == [3, 6, 8]
+    assert times[0] == saved["history"][0]["train_time"] < saved["train_time"] < times[1] < times[2]
+    assert times[2] == result["train_time"] >= saved["train_time"] + 0.02 * N  # cumulative, not since the resume
+    logged = [e["train_time"] for e in result["log"]]
+    assert len(logged) == 2 * N and logged == sorted(logged) and logged[N - 1] == saved["train_time"]
 
 
 def test_evaluation_does_not_disturb_the_training_rng(run_a, tmp_path):

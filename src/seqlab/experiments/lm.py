@@ -1,31 +1,37 @@
 r"""Character-level language modelling on the embedded stdlib corpus: bits per character against
-wall-clock time and against parameters.
+training time and against parameters.
 
 Every architecture is a :class:`seqlab.models.LanguageModel` of the same embedding size, untied
-output, its width chosen so the parameter count is closest to the target. Training draws random
-windows of ``context + 1`` characters from the first ``train_chars`` of the training split (a
-fresh zero state for each window, so every architecture sees the same context of at most
-``context`` characters); validation bits per character are measured on non-overlapping windows of
-the first ``valid_chars`` of the validation split, every ``eval_every`` steps:
+output, its width chosen so the parameter count is closest to the target. Training walks the first
+``train_chars`` of the training split as ``batch_size`` parallel rows, in windows of ``context + 1``
+characters (:class:`seqlab.data.BPTTBatcher`), from a fresh zero state for each window, so every
+architecture sees the same context of at most ``context`` characters. Validation bits per
+character are measured on non-overlapping windows of the first ``valid_chars`` of the validation
+split, before training and every ``eval_every`` steps:
 
 .. math:: \text{bpc} = \frac{1}{N \ln 2} \sum_{i=1}^{N} -\ln p(x_i \mid x_{<i})
 
-The loop here is a plain time-budgeted Adam loop rather than ``seqlab.train.Trainer``: the
-comparison needs a clock that excludes evaluation and a history sampled in time, and none of the
-trainer's checkpointing.
+The loop is :class:`seqlab.train.Trainer` with ``max_time = budget``: its clock counts training
+only (evaluation and checkpoints excluded) and stamps ``train_time`` on every evaluation, which
+is the time axis of the curve. The optimiser is plain Adam at a constant rate (AdamW with no
+decay, no warm-up), since a time budget has no step count for a schedule to end at.
 """
 from __future__ import annotations
 
+import copy
 import math
+import tempfile
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-from ..data import Vocab, stdlib_corpus
+from ..data import BPTTBatcher, Vocab, stdlib_corpus
 from ..models import ModelConfig, build_model
+from ..train import TrainConfig, Trainer
 
 
 @dataclass
@@ -44,7 +50,8 @@ class LMCellConfig:
     transformer_lr_scale: float = 0.33
     clip_norm: float = 1.0
     budget: float = 60.0            # seconds of training (evaluation excluded)
-    eval_every: int = 50
+    eval_every: int = 0             # steps between evaluations; 0 = about eval_points over the budget
+    eval_points: int = 20           # for eval_every = 0: the step time is measured before training
     train_chars: int = 1_000_000
     valid_chars: int = 20_000
     seed: int = 0
@@ -122,44 +129,86 @@ def valid_bpc(model, valid: torch.Tensor, context: int, batch_size: int = 64) ->
     return total / (n * context) / math.log(2)
 
 
-def train_lm(cfg: LMCellConfig, *, tick: Optional[Callable[[float], None]] = None) -> dict:
-    """Train one LM cell for ``cfg.budget`` seconds; returns a JSON-able record with the bpc history."""
+def window_loss(model, window: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed next-character cross entropy of one (B, T+1) window from a zero state; (loss, B*T)."""
+    x, y = window[:, :-1], window[:, 1:]  # (B, T) each
+    logits, _ = model(x)  # (B, T, V)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"), y.numel()
+
+
+def _steps_per_eval(cfg: LMCellConfig, model, window: torch.Tensor) -> int:
+    """``cfg.eval_every``, or (if 0) the steps that make about ``eval_points`` evaluations in the budget,
+    from the median time of a few training steps on a copy of the model (the weights and RNGs stay
+    untouched). Timing is noisy on a busy machine, so the number of points is only roughly right."""
+    if cfg.eval_every:
+        return cfg.eval_every
+    if cfg.eval_points < 1:
+        raise ValueError(f"LMCellConfig.eval_points: expected an int >= 1 (with eval_every = 0), got {cfg.eval_points}")
+    probe = copy.deepcopy(model)
+    opt = torch.optim.Adam(probe.parameters(), lr=cfg.lr)
+    seconds = []
+    with torch.random.fork_rng(devices=[]):
+        for _ in range(4):
+            t0 = time.perf_counter()
+            loss, count = window_loss(probe, window)
+            opt.zero_grad(set_to_none=True)
+            (loss / count).backward()
+            opt.step()
+            seconds.append(time.perf_counter() - t0)
+    step = sorted(seconds[1:])[1]  # the median, leaving out the first step's one-off costs (allocation)
+    return max(1, round(cfg.budget / (cfg.eval_points * step)))
+
+
+def train_lm(cfg: LMCellConfig, *, tick: Optional[Callable[[float], None]] = None,
+             run_dir: Optional[str | Path] = None) -> dict:
+    """Train one LM cell for ``cfg.budget`` seconds of training; returns a JSON-able record with the
+    bpc history (``time`` is training seconds). The trainer's checkpoint goes to ``run_dir``, or to a
+    temporary directory that is removed afterwards."""
+    if run_dir is None:
+        with tempfile.TemporaryDirectory(prefix="seqlab-lm-") as tmp:
+            return train_lm(cfg, tick=tick, run_dir=tmp)
     vocab, train, valid = lm_data(cfg.train_chars, cfg.valid_chars)
     mcfg = matched_lm_config(cfg, len(vocab))
     torch.manual_seed(cfg.seed)
     model = build_model(mcfg)
-    lr = cfg.lr * (cfg.transformer_lr_scale if cfg.arch == "transformer" else 1.0)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    offsets = torch.arange(cfg.context + 1)  # (C+1,)
+    batches = BPTTBatcher(train, cfg.batch_size, cfg.context)
+    eval_every = _steps_per_eval(cfg, model, next(iter(BPTTBatcher(train, cfg.batch_size, cfg.context))))
+    tcfg = TrainConfig(
+        max_steps=10 ** 9,  # the budget ends the run
+        batch_size=cfg.batch_size, lr=cfg.lr * (cfg.transformer_lr_scale if cfg.arch == "transformer" else 1.0),
+        weight_decay=0.0, warmup_steps=0, decay="constant", clip_norm=cfg.clip_norm, eval_every=eval_every,
+        checkpoint_every=0, seed=cfg.seed, log_every=eval_every, max_time=cfg.budget, keep_checkpoints=1)
+    tokens = [0]
+
+    def loss_fn(net, window):
+        loss, count = window_loss(net, window)
+        tokens[0] += count
+        return loss, count
+
+    last = [0.0]
+
+    def evaluate(net) -> dict:
+        if tick is not None:
+            tick(trainer.train_time - last[0])
+            last[0] = trainer.train_time
+        return {"bpc": valid_bpc(net, valid, cfg.context)}
+
+    trainer = Trainer(model, tcfg, batches=batches, loss_fn=loss_fn, evaluate=evaluate, run_dir=run_dir,
+                      config={"model_class": type(model).__name__, "model": mcfg.to_dict(), "lm": cfg.to_dict()},
+                      monitor="bpc", progress=False)
     history = [{"step": 0, "time": 0.0, "bpc": valid_bpc(model, valid, cfg.context)}]
-    train_time, step, last_tick = 0.0, 0, 0.0
-    while train_time < cfg.budget:
-        t0 = time.perf_counter()
-        starts = torch.randint(0, train.numel() - cfg.context - 1, (cfg.batch_size,), generator=gen)
-        window = train[starts.unsqueeze(1) + offsets]  # (B, C+1)
-        logits, _ = model(window[:, :-1])  # (B, C, V)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), window[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-        opt.step()
-        train_time += time.perf_counter() - t0
-        step += 1
-        if step % cfg.eval_every == 0 or train_time >= cfg.budget:
-            history.append({"step": step, "time": round(train_time, 3), "train_bpc": loss.item() / math.log(2),
-                            "bpc": valid_bpc(model, valid, cfg.context)})
-            if tick is not None:
-                tick(train_time - last_tick)
-                last_tick = train_time
+    result = trainer.fit()
+    history += [{"step": h["step"], "time": round(h["train_time"], 3), "train_bpc": h["train_loss"] / math.log(2),
+                 "bpc": h["bpc"]} for h in result["history"]]
     return {
         "config": cfg.to_dict(),
         "model_config": mcfg.to_dict(),
         "params": sum(p.numel() for p in model.parameters()),
         "vocab_size": len(vocab),
-        "steps": step,
-        "train_time": round(train_time, 3),
-        "tokens_per_s": step * cfg.batch_size * cfg.context / max(train_time, 1e-9),
+        "steps": result["step"],
+        "eval_every": eval_every,
+        "train_time": round(result["train_time"], 3),
+        "tokens_per_s": tokens[0] / max(result["train_time"], 1e-9),
         "final_bpc": history[-1]["bpc"],
         "best_bpc": min(h["bpc"] for h in history),
         "history": history,

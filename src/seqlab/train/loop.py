@@ -23,6 +23,12 @@ Every ``eval_every`` steps rank 0 evaluates; every ``checkpoint_every`` steps an
 rank 0 writes a checkpoint (seqlab.train.checkpoint) holding the weights, the optimizer,
 the schedule, every RNG and the data position, so ``fit(resume=True)`` in a new process
 continues exactly where the checkpoint left off.
+
+Time is training time: the clock runs while batches are fetched and steps are taken and stops
+while the trainer evaluates and writes checkpoints. ``train_time`` (seconds, cumulative across
+resumes) is stamped on every history entry (one per evaluation) and log entry, ``max_time``
+and the log's units per second count the same clock, so "validation metric against training
+seconds" curves and time budgets do not depend on how often or how slowly one evaluates.
 """
 from __future__ import annotations
 
@@ -68,7 +74,7 @@ class TrainConfig:
     patience: int = 0  # evaluations without improvement before stopping early; 0 = never stop early
     seed: int = 0  # seeds Python's and torch's RNGs (rank r uses seed + r) at the start of a fresh run
     log_every: int = 10  # steps between progress-bar updates and entries of the training log
-    max_time: float = 0.0  # seconds of training in this invocation; 0 = no limit (stops cleanly, checkpoints)
+    max_time: float = 0.0  # training seconds in this invocation, evaluation and checkpoints excluded; 0 = no limit
     keep_checkpoints: int = 2  # the newest ones kept on disk
 
     def __post_init__(self) -> None:
@@ -173,8 +179,8 @@ class Trainer:
     dropout matches one process in distribution, not bitwise.
 
     Resuming: model, optimizer (including its learning rates), RNGs, data position and the
-    trainer's counters come from the checkpoint; the schedule follows the current config,
-    so raising ``max_steps`` continues a finished run along the longer schedule. A loss_fn
+    trainer's counters (``train_time`` included) come from the checkpoint; the schedule follows
+    the current config, so raising ``max_steps`` continues a finished run along the longer schedule. A loss_fn
     that carries state between batches (a hidden state across BPTT windows) resumes exactly
     only if it restarts that state at checkpoint boundaries, since the trainer cannot see it.
     """
@@ -211,6 +217,8 @@ class Trainer:
         self.history: list[dict] = []  # one entry per evaluation
         self.log: list[dict] = []  # one entry per log_every steps
         self.stopped: Optional[str] = None
+        self.train_time = 0.0  # seconds of training so far, across resumes; evaluation and checkpoints excluded
+        self._window_start = 0.0  # train_time at the last log entry
         self._since_eval = [0.0, 0.0]  # (loss sum, count) since the last evaluation
         self._window = [0.0, 0.0]  # ... since the last log entry
         self._grad_norm = self._lr = math.nan  # of the latest update, for the log
@@ -236,7 +244,8 @@ class Trainer:
         data = iter(self.batches)
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True,
                    disable=not (self.progress and rank == 0))
-        start = tick = time.perf_counter()
+        budget_end = self.train_time + cfg.max_time  # max_time counts this invocation only
+        running = time.perf_counter()  # the training clock runs from here to the next pause
         try:
             while self.stopped is None:
                 batch, data = self._next_batch(data)
@@ -245,20 +254,18 @@ class Trainer:
                 for acc in (self._since_eval, self._window):
                     acc[0] += loss * count
                     acc[1] += count
+                self.train_time += time.perf_counter() - running  # the clock stops: what follows is not training
                 if self.step % cfg.log_every == 0:
-                    now = time.perf_counter()
-                    entry = self._log_entry(now - tick)
+                    entry = self._log_entry()
                     bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}",
                                     tok_s=f"{entry['tokens_per_s']:.0f}")
-                    tick = now
-                paused = time.perf_counter()
                 evaluated = False
                 if self.evaluate_fn is not None and cfg.eval_every and self.step % cfg.eval_every == 0:
                     if self._evaluate(bar):
                         self.stopped = "early_stop"
                     evaluated = True
                 if self.stopped is None and cfg.max_time > 0:
-                    if D.broadcast_object(time.perf_counter() - start >= cfg.max_time):  # rank 0's clock decides
+                    if D.broadcast_object(self.train_time >= budget_end):  # rank 0's clock decides
                         self.stopped = "max_time"
                 if self.stopped is None and self.step >= cfg.max_steps:
                     self.stopped = "max_steps"
@@ -266,7 +273,7 @@ class Trainer:
                     self._evaluate(bar)  # the final score; no early-stop decision left to make
                 if self.stopped is not None or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
                     self.save()
-                tick += time.perf_counter() - paused  # units per second count training time only
+                running = time.perf_counter()
         finally:
             bar.close()
         return self.summary()
@@ -281,12 +288,13 @@ class Trainer:
             except StopIteration:
                 raise ValueError("batches: expected a new epoch of batches, got an empty one") from None
 
-    def _log_entry(self, seconds: float) -> dict:
-        units = self._window[1]
+    def _log_entry(self) -> dict:
+        units, seconds = self._window[1], self.train_time - self._window_start
         entry = {"step": self.step, "loss": self._window[0] / units, "lr": self._lr,
-                 "tokens_per_s": units / max(seconds, 1e-9), "grad_norm": self._grad_norm}
+                 "tokens_per_s": units / max(seconds, 1e-9), "grad_norm": self._grad_norm,
+                 "train_time": self.train_time}
         self.log.append(entry)
-        self._window = [0.0, 0.0]
+        self._window, self._window_start = [0.0, 0.0], self.train_time
         return entry
 
     def _train_step(self, net: nn.Module, batch: Any, rank: int, world: int) -> tuple[float, float]:
@@ -344,7 +352,8 @@ class Trainer:
             better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
             best, bad = (value, 0) if better else (self.best, self.bad_evals + 1)
             since = self._since_eval
-            entry = {"step": self.step, **({"train_loss": since[0] / since[1]} if since[1] else {}), **metrics}
+            entry = {"step": self.step, "train_time": self.train_time,
+                     **({"train_loss": since[0] / since[1]} if since[1] else {}), **metrics}
             stop = self.cfg.patience > 0 and bad >= self.cfg.patience
             decision = (metrics, best, bad, entry, stop)
             if self.progress:
@@ -363,6 +372,7 @@ class Trainer:
         return {"step": self.step, "best": self.best, "bad_evals": self.bad_evals, "metrics": self.metrics,
                 "history": self.history, "log": self.log, "stopped": self.stopped,
                 "data": self.batches.state_dict(), "since_eval": self._since_eval, "window": self._window,
+                "train_time": self.train_time, "window_start": self._window_start,
                 "train_config": self.cfg.to_dict(), "world_size": D.get_world_size()}
 
     def save(self) -> Optional[Path]:
@@ -400,6 +410,9 @@ class Trainer:
         self.step, self.best, self.bad_evals = ts["step"], ts["best"], ts["bad_evals"]
         self.metrics, self.history, self.log, self.stopped = ts["metrics"], ts["history"], ts["log"], ts["stopped"]
         self._since_eval, self._window = list(ts["since_eval"]), list(ts["window"])
+        # Rank 0's clock for every rank; checkpoints written before train_time existed start it at 0.
+        self.train_time = float(ts.get("train_time", 0.0))
+        self._window_start = float(ts.get("window_start", self.train_time))
         rank, world = D.get_rank(), D.get_world_size()
         if rank > 0:
             saved = ts.get("rank_rng")
@@ -412,7 +425,7 @@ class Trainer:
 
     def summary(self) -> dict:
         return {"step": self.step, "metrics": self.metrics, "best": self.best, "history": self.history,
-                "stopped": self.stopped or "max_steps", "log": self.log}
+                "stopped": self.stopped or "max_steps", "log": self.log, "train_time": self.train_time}
 
 
 def _describe(x: Any) -> str:
