@@ -175,6 +175,9 @@ class App:
     monitor: ClassVar[str] = "loss"     # the metric that picks the best checkpoint / early stop
     mode: ClassVar[str] = "min"
     eval_batch_size: ClassVar[int] = 128
+    # Set by train_run to the trainer's checkpoint interval: an app that carries state between
+    # batches (lm) restarts it where checkpoints fall, so resuming from one is exact.
+    checkpoint_every: int = 0
 
     def __init__(self, options: DataOptions):
         if not isinstance(options, self.Options):

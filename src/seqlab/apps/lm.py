@@ -16,8 +16,9 @@ The loss is the mean negative log-likelihood per token,
 
 (bits per character at char level; per word at word level, reported as ``bits_per_token``).
 
-The carried state is not part of a checkpoint, so a resumed run starts its next window from a
-zero state, like the start of an epoch; with ``carry_state=false`` a resumed run is exact.
+The carried state restarts from zero at the start of every epoch and in the window after every
+checkpoint the trainer writes (every ``checkpoint_every`` steps). A checkpoint therefore never
+needs the state, and a run resumed from one ends with the same weights as an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -52,15 +53,25 @@ class LMOptions(DataOptions):
 
 class _Windows(BPTTBatcher):
     """BPTT windows as 1-tuples (the trainer shards tuples by rows), remembering whether the
-    window just handed out starts an epoch (where the carried state is reset)."""
+    window just handed out starts an epoch, and how many windows were handed out in all (saved
+    with the data position), which is where the carried state is reset."""
 
     starts_epoch = True
+    served = 0
 
     def __iter__(self):
         for window in super().__iter__():
             # The parent advanced position past this window before yielding it.
             self.starts_epoch = self.position == self.bptt
+            self.served += 1
             yield (window,)  # (B, <=bptt+1)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "served": self.served}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.served = int(state.get("served", 0))  # checkpoints from before this field: 0
 
 
 class LMApp(App):
@@ -124,8 +135,11 @@ class LMApp(App):
 
     def loss_fn(self, model: nn.Module, batch: tuple) -> tuple[Tensor, int]:
         (window,) = batch  # (B, T+1)
-        if self._windows is not None and self._windows.starts_epoch:
+        w = self._windows
+        if w is not None and w.starts_epoch:
             self._state = None  # rows wrap to the stream's start: the old state belongs elsewhere
+        elif w is not None and self.checkpoint_every > 0 and (w.served - 1) % self.checkpoint_every == 0:
+            self._state = None  # the first window after a checkpoint: where a resumed run starts
         x, y = window[:, :-1], window[:, 1:]  # (B, T) each
         logits, state = model(x, self._state)  # (B, T, V)
         self._state = unwrap(model).detach_state(state) if self.options.carry_state else None

@@ -182,6 +182,7 @@ def train_run(kind: str, *, arch: Optional[str] = None, task: Optional[str] = No
         model = build_model(mcfg)
         config = {"model_class": type(model).__name__, "kind": kind, "model": mcfg.to_dict(),
                   "train": dataclasses.asdict(tcfg), "data": options.to_dict(), "seqlab": seqlab.__version__}
+        app.checkpoint_every = tcfg.checkpoint_every
         trainer = Trainer(model, tcfg, batches=app.batches(tcfg.batch_size, tcfg.seed), loss_fn=app.loss_fn,
                           evaluate=lambda m: app.evaluate(m, "validation", during_training=True), run_dir=out,
                           config=config, extra=lambda: {"vocab": app.vocab_dict()}, monitor=app.monitor,
