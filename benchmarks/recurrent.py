@@ -43,6 +43,8 @@ except ImportError:  # run from a checkout without installing: python benchmarks
     import seqlab.nn as snn
 
 SIZES = [(16, 200, 64), (32, 100, 256), (64, 100, 512), (128, 50, 128)]  # (batch, steps, hidden = input)
+# the GPU grid of the Triton kernels: batch {1, 16, 64} x hidden {64, 256, 1024} x 512 steps
+GPU_SIZES = [(b, 512, h) for b in (1, 16, 64) for h in (64, 256, 1024)]
 QUICK_SIZES = [(4, 8, 16)]
 CELLS = ("rnn", "gru", "lstm")
 # the "lstm+<variant>" rows: one variant each, so the cost of each is visible on its own
@@ -149,7 +151,11 @@ def time_module(mod: nn.Module, x: torch.Tensor, cfg: Config, device) -> tuple[f
 def bench(cfg: Config, log=print) -> list[Row]:
     device = torch.device(cfg.device)
     rows: list[Row] = []
-    paths = ("fused", "compiled") if cfg.compiled and compiled_available(log) else ("fused",)
+    if device.type == "cuda":
+        # on a GPU: the Triton kernels next to the fused path, both against cuDNN
+        paths = ("fused", "triton") if triton_available(log) else ("fused",)
+    else:
+        paths = ("fused", "compiled") if cfg.compiled and compiled_available(log) else ("fused",)
     cases = [(cell, b, b, {}) for cell in cfg.cells for b in paths]
     if cfg.variants and "lstm" in cfg.cells:
         cases += [(f"lstm+{name}", b, b, kw) for name, kw in VARIANTS.items() for b in paths]
@@ -182,6 +188,15 @@ def bench(cfg: Config, log=print) -> list[Row]:
                 f"train {_fmt(row.train_ratio, 'x')} infer {_fmt(row.infer_ratio, 'x')}"
                 + (f"  [{err}]" if err else ""))
     return rows
+
+
+def triton_available(log=print) -> bool:
+    from seqlab.kernels import triton_rnn
+
+    ok = triton_rnn.available()
+    if not ok:
+        log("# triton path skipped: triton is not installed")
+    return ok
 
 
 def compiled_available(log=print) -> bool:
@@ -272,6 +287,8 @@ def parse_args(argv=None) -> tuple[Config, Optional[str]]:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:k]")
     ap.add_argument("--no-variants", action="store_true", help="skip the LSTM + variants rows")
+    ap.add_argument("--gpu-grid", action="store_true",
+                    help="batch {1,16,64} x hidden {64,256,1024} x 512 steps (with --device cuda: triton vs cuDNN)")
     ap.add_argument("--no-compiled", action="store_true", help="skip backend='compiled' (no C++ build)")
     ap.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                     help="wall time, or this process's CPU time (steadier on a shared machine with --threads 1)")
@@ -285,6 +302,8 @@ def parse_args(argv=None) -> tuple[Config, Optional[str]]:
                  compiled=not args.no_compiled and args.device == "cpu", clock=args.clock)
     if args.clock == "cpu" and args.device != "cpu":
         ap.error("--clock cpu measures host CPU time; use the wall clock for --device cuda")
+    if args.gpu_grid:
+        cfg.sizes = list(GPU_SIZES)
     if args.quick:
         cfg.sizes, cfg.warmup, cfg.repeats = list(QUICK_SIZES), 1, 1
     if args.repeats is not None:
