@@ -229,6 +229,56 @@ def test_partial_requires_grad(ext, cell):
 
 
 @pytest.mark.parametrize("cell", CELLS)
+def test_each_layer_norm_alone(ext, cell):
+    """LN_ih, LN_hh and LN_c one at a time: the kernel fuses each into the step loop on its own
+    (LN_ih's backward writes dL/dxp over da, or into a buffer of its own when, without LN_hh,
+    da is also the recurrent gradient), so no combination may lean on another being present."""
+    alone = {"ih": ("ln_ih_w", "ln_ih_b"), "hh": ("ln_hh_w", "ln_hh_b"), "c": ("ln_c_w", "ln_c_b")}
+    for which, bias, keep in itertools.product(["ih", "hh", "c"] if cell == "lstm" else ["ih", "hh"],
+                                               (True, False), ("none", "padding_zoneout")):
+        x, h0, c0, w, masks = _inputs(cell, torch.float64, bias, True, 0, True, keep)
+        w = w._replace(**{n: None for k, names in alone.items() if k != which for n in names})
+        _compare(cell, (x, h0, c0, w, masks), torch.float64, f"{cell} LN_{which} only bias={bias} keep={keep}")
+
+
+def test_large_buffers_match_reference_and_survive_retain_graph(ext):
+    """Sizes where the loop's buffers (>= 2 MiB) come from the kernel's buffer pool: same values
+    as the reference on two calls with different inputs (the second call runs in the first
+    call's recycled, not zeroed, buffers), and a second backward through the same graph
+    (retain_graph) gives the same gradients, so the backward does not write into the forward's
+    saved buffers."""
+    t, b, i, h = 8, 64, 5, 128  # (T, B, 4H) float64 = 2 MiB
+    gen = torch.Generator().manual_seed(11)
+
+    def r(*shape, scale=0.1):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).requires_grad_()
+
+    w = LayerWeights(w_ih=r(4 * h, i), w_hh=r(4 * h, h), b_ih=r(4 * h), b_hh=r(4 * h),
+                     ln_ih_w=(1 + r(4 * h)).detach().requires_grad_(), ln_ih_b=r(4 * h),
+                     ln_hh_w=(1 + r(4 * h)).detach().requires_grad_(), ln_hh_b=r(4 * h),
+                     ln_c_w=(1 + r(h)).detach().requires_grad_(), ln_c_b=r(h))
+    for call in range(2):
+        x, h0, c0 = r(t, b, i, scale=1.0), r(b, h, scale=1.0), r(b, h, scale=1.0)
+        leaves = [x, h0, c0, *(t for t in w if t is not None)]
+        g_y = torch.randn(t, b, h, generator=gen, dtype=torch.float64)
+
+        def grads(kernel, retain=False):
+            res = kernel("lstm", x, h0, c0, w, Masks())
+            loss = (res.y * g_y).sum() + res.h.sum() + res.c.sum()
+            first = torch.autograd.grad(loss, leaves, retain_graph=retain)
+            return res, first, (torch.autograd.grad(loss, leaves) if retain else None)
+
+        res_ref, g_ref, _ = grads(reference.run_layer)
+        res_com, g_com, g_again = grads(compiled.run_layer, retain=True)
+        for a, b_ in ((res_com.y, res_ref.y), (res_com.h, res_ref.h), (res_com.c, res_ref.c)):
+            torch.testing.assert_close(a, b_, **TOL64)
+        for k, (got, again, want) in enumerate(zip(g_com, g_again, g_ref)):
+            torch.testing.assert_close(got, want, **TOL64, msg=lambda m: f"call {call} leaf {k}: {m}")
+            assert torch.equal(got, again), f"call {call} leaf {k}: the second backward differs"
+        del res_com, g_com, g_again  # free the buffers, for the next call to reuse
+
+
+@pytest.mark.parametrize("cell", CELLS)
 def test_zero_steps(ext, cell):
     x, h0, c0, w, masks = _inputs(cell, torch.float64, True, False, 0, False, "none", t=0)
     res = compiled.run_layer(cell, x, h0, c0, w, masks, record=True)

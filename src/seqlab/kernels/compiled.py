@@ -3,7 +3,7 @@ r"""The compiled CPU path: the time loops of forward and backward as one C++ ext
 Same contract as ``reference.run_layer`` (the specification) and the same algorithm as
 ``fused.py`` (one matrix product per step each way, the weight gradients as one product
 after the loop), with the per-step pointwise work (gates, state update, masks, LayerNorm of
-the recurrent projection and of the LSTM cell) fused into one C++ loop per batch row. What
+the input and recurrent projections and of the LSTM cell) fused into one C++ loop per batch row. What
 it removes is the per-step Python and dispatcher overhead, which is most of the time of a
 step at small sizes (hidden <= 128); see ``benchmarks/recurrent.py``.
 
@@ -23,7 +23,10 @@ Layers: this module validates and calls the two ops ``torch.ops.seqlab_compiled.
 float32 and float64 on CPU. Large float32 products go to oneDNN when torch has it, else MKL
 (see ``dense`` in the C++; ``torch.ops.seqlab_compiled.set_gemm_threshold`` moves the switch).
 Double backward is not supported (``once_differentiable``): use the reference path for
-gradient-of-gradient work.
+gradient-of-gradient work. Memory: the loop's large buffers (2 MiB and more: saved activations,
+per-step gradients) are recycled through a pool in the C++ that keeps up to 512 MiB of freed
+buffers for the next call of the same shapes (see ``loop_buffer``; ``SEQLAB_POOL_MB`` sets the
+cap, 0 turns the pool off); what it keeps is not returned to the system while the process runs.
 
 torch.compile: the same kernels are also registered as custom ops ``seqlab::rnn_layer`` and
 ``seqlab::rnn_layer_backward`` (``torch.library.custom_op`` with ``register_fake`` and

@@ -7,13 +7,14 @@
 // that a step costs its two matrix products plus ONE pass over the B*G*H pointwise values
 // instead of a dozen dispatcher calls:
 //
-//   forward   xw = LN_ih(X W_ih^T) + b_ih (+ b_hh)      one product over all T*B rows
+//   forward   xp = X W_ih^T                              one product over all T*B rows
 //             per step: W_hh (m ⊙ h_{t-1})               at::mm / addmm_ (BLAS)
-//                       gates, c_t, h_t, masks, LN_hh, LN_c   one loop per batch row
-//   backward  per step: da_t from the saved gates         one loop per batch row
+//                       LN_ih, gates, c_t, h_t, masks, LN_hh, LN_c   one loop per batch row
+//   backward  per step: da_t from the saved gates, LN_hh', LN_c', LN_ih'   one loop per row
 //                       dh_{t-1} = (dhp_t W_hh) ⊙ m + …   at::mm (BLAS)
-//             after the loop: dW_ih, dW_hh, dW_hr, biases, LN weights, dx, each ONE product
-//             or reduction over all T*B rows.
+//             after the loop: dW_ih, dW_hh, dW_hr, biases, dx, each ONE product or reduction
+//             over all T*B rows; the LN weights' gradients are summed in the loop, where the
+//             normalised rows are at hand (no second pass over T*B rows to rebuild them).
 //
 // Pointwise rows are written as short loops over contiguous memory so that the compiler
 // vectorises them (-O3); float uses an exp that vectorises (exp_f below), double std::exp.
@@ -33,8 +34,15 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace seqlab {
 namespace {
@@ -91,54 +99,111 @@ void tanh_row(T* p, int64_t n) {
   for (int64_t j = 0; j < n; ++j) p[j] = tanh_(p[j]);
 }
 
-// mean and rstd = (var + eps)^{-1/2} of v[0:n], accumulated in double
-template <typename T>
-void ln_stats(const T* v, int64_t n, double& mean, double& rstd) {
-  double s = 0;
-  for (int64_t j = 0; j < n; ++j) s += v[j];
-  mean = s / n;
-  double q = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    const double d = v[j] - mean;
-    q += d * d;
-  }
-  rstd = 1.0 / std::sqrt(q / n + LN_EPS);
+// Row reductions (the LayerNorm statistics and the sums of its backward) run in LANES
+// independent partial sums. Without -ffast-math the compiler must keep one running sum in
+// program order, which is scalar and bound by the add latency: that way the LayerNorm rows
+// were the largest cost of the LayerNorm LSTM's step after the products. Independent lanes
+// vectorise, and are folded as a tree. They accumulate in double, also for float rows (the
+// widening vectorises too): float sums would change the rounding that the float32 tests
+// measure against the reference. The backward's two sums share one pass.
+constexpr int64_t LANES = 16;
+
+inline double fold(double (&a)[LANES]) {
+  for (int64_t w = LANES / 2; w > 0; w /= 2)
+    for (int64_t k = 0; k < w; ++k) a[k] += a[k + w];
+  return a[0];
 }
 
-// out[j] (+)= (v[j] - mean) rstd w[j] + b[j]   (w, b may be null: 1 and 0)
+// s1 = Σ_j f(j), s2 = Σ_j g(j) over j < n, in one pass
+template <typename F, typename G>
+inline void lane_sums(int64_t n, F f, G g, double& s1, double& s2) {
+  double a1[LANES] = {}, a2[LANES] = {};
+  int64_t j = 0;
+  for (; j + LANES <= n; j += LANES) {
+    for (int64_t k = 0; k < LANES; ++k) {
+      a1[k] += f(j + k);
+      a2[k] += g(j + k);
+    }
+  }
+  for (int64_t k = 0; j < n; ++j, ++k) {  // the tail: k < LANES
+    a1[k] += f(j);
+    a2[k] += g(j);
+  }
+  s1 = fold(a1);
+  s2 = fold(a2);
+}
+
+// Σ_j f(j) over j < n
+template <typename F>
+inline double lane_sum(int64_t n, F f) {
+  double a[LANES] = {};
+  int64_t j = 0;
+  for (; j + LANES <= n; j += LANES)
+    for (int64_t k = 0; k < LANES; ++k) a[k] += f(j + k);
+  for (int64_t k = 0; j < n; ++j, ++k) a[k] += f(j);
+  return fold(a);
+}
+
+// mean and rstd = (var + eps)^{-1/2} of v[0:n]: two passes (the variance of v - mean)
+template <typename T>
+void ln_stats(const T* v, int64_t n, T& mean, T& rstd) {
+  const double m = lane_sum(n, [&](int64_t j) { return static_cast<double>(v[j]); }) / n;
+  const double var = lane_sum(n, [&](int64_t j) { const double d = v[j] - m; return d * d; }) / n;
+  mean = static_cast<T>(m);
+  rstd = static_cast<T>(1.0 / std::sqrt(var + LN_EPS));
+}
+
+// out[j] (+)= (v[j] - mean) rstd w[j] + b[j]   (b may be null: 0); the row's mean and rstd
+// go to *mean_out / *rstd_out when given (the backward of LN_ih reads them)
 template <typename T, bool ACCUMULATE>
-void ln_apply(T* out, const T* v, int64_t n, const T* w, const T* b) {
-  double mean, rstd;
-  ln_stats(v, n, mean, rstd);
-  const T m = static_cast<T>(mean), r = static_cast<T>(rstd);
-  for (int64_t j = 0; j < n; ++j) {
-    T y = (v[j] - m) * r;
-    if (w) y *= w[j];
-    if (b) y += b[j];
-    if (ACCUMULATE) out[j] += y; else out[j] = y;
+void ln_apply(T* out, const T* v, int64_t n, const T* w, const T* b, T* mean_out = nullptr,
+              T* rstd_out = nullptr) {
+  T m, r;
+  ln_stats(v, n, m, r);
+  if (mean_out) { *mean_out = m; *rstd_out = r; }
+  if (b) {
+    for (int64_t j = 0; j < n; ++j) {
+      const T y = (v[j] - m) * r * w[j] + b[j];
+      if (ACCUMULATE) out[j] += y; else out[j] = y;
+    }
+  } else {
+    for (int64_t j = 0; j < n; ++j) {
+      const T y = (v[j] - m) * r * w[j];
+      if (ACCUMULATE) out[j] += y; else out[j] = y;
+    }
   }
 }
 
-// LayerNorm's backward for one row, exact with eps (v̂, rstd recomputed from v):
-//   dv = rstd (dv̂ - mean(dv̂) - v̂ mean(dv̂ ⊙ v̂)),  dv̂ = dout ⊙ w
-// dv may alias dout. The weight and bias gradients are reductions over all rows, done by
-// the caller after the loop from the saved dout.
+// LayerNorm's backward for one row, exact with eps, from v and its (mean m, rstd r):
+//   dv = r (dv̂ - mean(dv̂) - v̂ mean(dv̂ ⊙ v̂)),  v̂ = (v - m) r,  dv̂ = dout ⊙ w
+// dv may alias dout. The weight and bias gradients, reductions over all T*B rows, are
+// accumulated here while the row is in cache (dw += dout ⊙ v̂, db += dout; db only with dw;
+// either may be null), in double: a float running sum over thousands of rows would lose digits.
 template <typename T>
-void ln_backward_row(T* dv, const T* dout, const T* v, int64_t n, const T* w) {
-  double mean, rstd;
-  ln_stats(v, n, mean, rstd);
-  const T m = static_cast<T>(mean), r = static_cast<T>(rstd);
-  double s1 = 0, s2 = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    const T g = w ? dout[j] * w[j] : dout[j];
-    s1 += g;
-    s2 += g * ((v[j] - m) * r);
-  }
+void ln_backward_row(T* dv, const T* dout, const T* v, int64_t n, const T* w, T m, T r, double* dw,
+                     double* db) {
+  double s1, s2;  // Σ dv̂, Σ dv̂ ⊙ v̂
+  lane_sums(n, [&](int64_t j) { return static_cast<double>(dout[j] * w[j]); },
+            [&](int64_t j) { return static_cast<double>(dout[j] * w[j] * ((v[j] - m) * r)); }, s1, s2);
   const T m1 = static_cast<T>(s1 / n), m2 = static_cast<T>(s2 / n);
-  for (int64_t j = 0; j < n; ++j) {
-    const T g = w ? dout[j] * w[j] : dout[j];
-    dv[j] = r * (g - m1 - (v[j] - m) * r * m2);
+  if (dw && db) {
+    for (int64_t j = 0; j < n; ++j) {
+      dw[j] += static_cast<double>(dout[j] * ((v[j] - m) * r));
+      db[j] += static_cast<double>(dout[j]);
+    }
+  } else if (dw) {
+    for (int64_t j = 0; j < n; ++j) dw[j] += static_cast<double>(dout[j] * ((v[j] - m) * r));
   }
+  for (int64_t j = 0; j < n; ++j) dv[j] = r * (dout[j] * w[j] - m1 - (v[j] - m) * r * m2);
+}
+
+// the same, with the row's statistics recomputed from v (LN_hh and LN_c: saving them would
+// cost more memory traffic than one vectorised pass over a row in cache)
+template <typename T>
+void ln_backward_row(T* dv, const T* dout, const T* v, int64_t n, const T* w, double* dw, double* db) {
+  T m, r;
+  ln_stats(v, n, m, r);
+  ln_backward_row(dv, dout, v, n, w, m, r, dw, db);
 }
 
 // dst = a + k ⊙ (prev - a) = (1 - k) ⊙ a + k ⊙ prev, with k a row of n values or one
@@ -172,6 +237,84 @@ struct StepMask {
   const T* row(int64_t t, int64_t b) const { return p + (t * B + b) * n; }
   int64_t ks() const { return n == 1 ? 0 : 1; }
 };
+
+// A buffer of the time loop that only the kernels see (saved activations, the backward's
+// per-step gradients). These are T*B rows of up to G*H values, allocated fresh every call:
+// from the system allocator, a buffer of megabytes is often mapped anew each time (glibc
+// maps large blocks and trims its heap when they are freed), so the loop first touches
+// fresh pages, one page fault and one zeroed page per 4 KiB. At (B, T, H) = (128, 50, 128)
+// a LayerNorm-LSTM training step faulted in ~60 MB and spent about 18 of its 64 ms in the
+// kernel. So buffers of 2 MiB and more come from a small pool instead: a freed buffer is
+// kept (up to pool_max_bytes() in all) and handed to the next request of the same rounded
+// size, which the next training step of the same shapes makes. Fresh blocks are 2 MiB
+// aligned and advised as transparent huge pages (Linux "madvise" mode), so that even their
+// first touch costs 1 fault per 2 MiB. Smaller buffers, and what the caller gets back as its
+// own (y, h_T, c_T: from_blob storage cannot be resized), use at::empty.
+constexpr size_t POOL_PAGE = size_t(2) << 20;
+// What the pool may keep while nothing uses it: SEQLAB_POOL_MB (read once; 0 turns the pool
+// off), default 512 MiB, enough for the buffers of one LSTM step at (64, 100, 512).
+size_t pool_max_bytes() {
+  static const size_t cap = [] {
+    const char* env = std::getenv("SEQLAB_POOL_MB");
+    const long long mb = env && *env ? std::atoll(env) : 512;
+    return static_cast<size_t>(mb > 0 ? mb : 0) << 20;
+  }();
+  return cap;
+}
+
+class BufferPool {
+ public:
+  void* take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = free_.find(bytes);
+      if (it != free_.end()) {
+        void* p = it->second;
+        free_.erase(it);
+        held_ -= bytes;
+        return p;
+      }
+    }
+    void* p = std::aligned_alloc(POOL_PAGE, bytes);  // bytes is a multiple of POOL_PAGE
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (p) madvise(p, bytes, MADV_HUGEPAGE);  // advice only: where refused the pages are small
+#endif
+    return p;
+  }
+  void give(void* p, size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (held_ + bytes <= pool_max_bytes()) {
+        free_.emplace(bytes, p);
+        held_ += bytes;
+        return;
+      }
+    }
+    std::free(p);
+  }
+
+ private:
+  std::mutex mu_;
+  std::multimap<size_t, void*> free_;  // rounded size -> block
+  size_t held_ = 0;
+};
+
+// never destroyed: tensors may release their buffers during static destruction at exit
+BufferPool& pool() {
+  static BufferPool* p = new BufferPool();
+  return *p;
+}
+
+Tensor loop_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * opts.dtype().itemsize();
+  if (bytes >= POOL_PAGE) {
+    const size_t rounded = (bytes + POOL_PAGE - 1) / POOL_PAGE * POOL_PAGE;
+    if (void* p = pool().take(rounded)) {
+      return at::from_blob(p, sizes, [rounded](void* q) { pool().give(q, rounded); }, opts);
+    }
+  }
+  return at::empty(sizes, opts);
+}
 
 Tensor contiguous_or_undef(const OptT& t) { return given(t) ? t->contiguous() : Tensor(); }
 
@@ -295,6 +438,10 @@ std::vector<Tensor> rnn_forward(
     const OptT& b_ih, const OptT& b_hh, const OptT& w_hr, const OptT& ln_ih_w, const OptT& ln_ih_b,
     const OptT& ln_hh_w, const OptT& ln_hh_b, const OptT& ln_c_w, const OptT& ln_c_b, const OptT& keep_,
     const OptT& keep_c_, const OptT& out_, const OptT& rec_, bool save) {
+  // The kernel differentiates itself: the ATen calls inside it (a few selects and products per
+  // step) skip the autograd and view-tracking layers, which otherwise cost about as much as a
+  // small step's pointwise work
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2);
   const int64_t GH = w_ih.size(0), P = h0.size(1);
   const bool lstm = cell == LSTM, gru = cell == GRU;
@@ -309,20 +456,27 @@ std::vector<Tensor> rnn_forward(
   const Tensor x_rows = x.reshape({T * B, I});  // (T, B, I) -> (T*B, I)
   const Tensor b_x = add_opt(b_ih.value_or(Tensor()), gru ? Tensor() : b_hh.value_or(Tensor()));
   std::vector<Tensor> res(3 + N_SAVED);
-  Tensor xw;
-  if (given(ln_ih_w)) {
-    Tensor xp = dense(x_rows, w_ih);  // (T*B, I) @ (I, GH)
-    auto ln = at::native_layer_norm(xp, {GH}, ln_ih_w, opt(add_opt(ln_ih_b.value_or(Tensor()), b_x)), LN_EPS);
-    xw = std::get<0>(ln);
+  const bool ln_ih = given(ln_ih_w);
+  Tensor act, xp, x_mean, x_rstd, b_xln;
+  if (ln_ih) {
+    // LN_ih is applied row by row inside the step loop, just before the step reads the row:
+    // a separate ATen layer_norm over all T*B rows would write and read xw through memory
+    // once more (and allocate it). act starts empty; each step fills its rows first.
+    xp = dense(x_rows, w_ih).contiguous();  // (T*B, I) @ (I, GH)
+    act = save ? loop_buffer({T, B, GH}, opts) : at::empty({T, B, GH}, opts);  // (RNN: may be y)
+    x_mean = at::empty({T * B, 1}, opts);  // per-row statistics, as native_layer_norm returns them
+    x_rstd = at::empty({T * B, 1}, opts);
+    b_xln = add_opt(ln_ih_b.value_or(Tensor()), b_x);
+    if (b_xln.defined()) b_xln = b_xln.contiguous();
     if (save) {
       res[3 + S_XP] = xp;
-      res[3 + S_XP_MEAN] = std::get<1>(ln);
-      res[3 + S_XP_RSTD] = std::get<2>(ln);
+      res[3 + S_XP_MEAN] = x_mean;
+      res[3 + S_XP_RSTD] = x_rstd;
     }
   } else {
-    xw = dense(x_rows, w_ih, b_x);  // (T*B, I) @ (I, GH) + b
+    // (T*B, I) @ (I, GH) + b -> (T, B, GH); becomes the gates in place
+    act = dense(x_rows, w_ih, b_x).contiguous().view({T, B, GH});
   }
-  Tensor act = xw.contiguous().view({T, B, GH});  // (T*B, GH) -> (T, B, GH); becomes the gates in place
 
   const Tensor keep = contiguous_or_undef(keep_), keep_c = contiguous_or_undef(keep_c_);
   const Tensor rec = contiguous_or_undef(rec_);
@@ -332,7 +486,8 @@ std::vector<Tensor> rnn_forward(
   const StepLinear lin_hh(w_hh, B), lin_hr = proj ? StepLinear(*w_hr, B) : StepLinear();
   Tensor hw_buf = at::empty({B, GH}, opts);  // W_hh h_in of a step (MKL path of the GRU and LN_hh-less cells)
   const int64_t TS = save ? T : 1;  // leading size of buffers only the backward needs
-  auto buf = [&](int64_t t0, int64_t n) { return at::empty({t0, B, n}, opts); };
+  // under save every buffer is the kernels' own (y is a copy of h_all); without, h_all is y
+  auto buf = [&](int64_t t0, int64_t n) { return save ? loop_buffer({t0, B, n}, opts) : at::empty({t0, B, n}, opts); };
 
   // the RNN's h̃_t is computed in place in act (and kept: act'(·) needs it); without keep it is h_t
   Tensor h_all = (!lstm && !gru && !keep.defined()) ? act : buf(T, P);
@@ -362,12 +517,26 @@ std::vector<Tensor> rnn_forward(
     const T_* lnc_w = ln_c ? ln_c_w->data_ptr<T_>() : nullptr;
     const T_* lnc_b = ln_c ? ptr_or_null<T_>(ln_c_b) : nullptr;
 
+    const T_* xp_p = ln_ih ? xp.data_ptr<T_>() : nullptr;
+    const T_* lnx_w = ln_ih ? ln_ih_w->data_ptr<T_>() : nullptr;
+    const T_* lnx_b = b_xln.defined() ? b_xln.data_ptr<T_>() : nullptr;
+    T_* xm_p = ln_ih ? x_mean.data_ptr<T_>() : nullptr;
+    T_* xr_p = ln_ih ? x_rstd.data_ptr<T_>() : nullptr;
+
     for (int64_t t = 0; t < T; ++t) {
       const int64_t ts = save ? t : 0;
       const Tensor h_prev = t == 0 ? h0c : h_all[t - 1];  // (B, P)
       const T_* hprev_p = h_prev.data_ptr<T_>();
       T_* act_t = act[t].data_ptr<T_>();
       T_* h_t = h_all[t].data_ptr<T_>();
+
+      // xw_t = LN_ih(W_ih x_t) + b_ih (+ b_hh): first, the LSTM / RNN addmm_ below adds to it
+      if (xp_p) {
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t row = t * B + b;
+          ln_apply<T_, false>(act_t + b * GH, xp_p + row * GH, GH, lnx_w, lnx_b, xm_p + row, xr_p + row);
+        }
+      }
 
       // hw_t = LN_hh(W_hh (m ⊙ h_{t-1})) + b_hh
       Tensor h_in_t = h_prev;
@@ -513,6 +682,7 @@ std::vector<Tensor> rnn_backward(
     int64_t cell, c10::List<c10::optional<Tensor>> saved_l, const Tensor& x, const Tensor& h0,
     const OptT& c0_, c10::List<c10::optional<Tensor>> w_l, c10::List<c10::optional<Tensor>> m_l,
     const Tensor& dy, const OptT& dh_T, const OptT& dc_T, c10::ArrayRef<int64_t> need) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;  // as in the forward
   auto get = [](const c10::List<c10::optional<Tensor>>& l, size_t k) -> Tensor {
     c10::optional<Tensor> v = l.get(k);
     return v.has_value() ? *v : Tensor();
@@ -545,16 +715,29 @@ std::vector<Tensor> rnn_backward(
   Tensor dY = out.defined() ? at::mul(dy.contiguous(), out).contiguous() : dy.contiguous().clone();
   Tensor dh = given(dh_T) ? dh_T->contiguous().clone() : at::zeros({B, P}, opts);  // ends as dL/dh0
   Tensor dc = lstm ? (given(dc_T) ? dc_T->contiguous().clone() : at::zeros({B, H}, opts)) : Tensor();
-  Tensor da = at::empty({T, B, GH}, opts);                      // dL/dxw_t
-  Tensor dhw = gru ? at::empty({T, B, GH}, opts) : da;          // dL/dhw_t (after LN_hh and b_hh)
-  Tensor dhp = ln_hh ? at::empty({T, B, GH}, opts) : dhw;       // dL/d(W_hh h_in)_t
+  Tensor da = loop_buffer({T, B, GH}, opts);                    // dL/dxw_t
+  Tensor dhw = gru ? loop_buffer({T, B, GH}, opts) : da;        // dL/dhw_t (after LN_hh and b_hh)
+  Tensor dhp = ln_hh ? loop_buffer({T, B, GH}, opts) : dhw;     // dL/d(W_hh h_in)_t
   // dh̃_t per step: kept for dW_hr under the projection (dY itself holds it without keep)
   Tensor dht_all = keep.defined() ? (proj ? at::empty({T, B, P}, opts) : at::empty({1, B, P}, opts)) : dY;
   Tensor dq = (lstm && proj) ? at::empty({B, H}, opts) : Tensor();
   const Tensor w_hh_tc = w_hh.t().contiguous();  // (P, GH): dh = dhp W_hh is a linear with weight W_hh^T
   const StepLinear lin_dh(w_hh_tc, B), lin_dq = (lstm && proj) ? StepLinear(w_hr.t().contiguous(), B) : StepLinear();
-  Tensor d_ln_c = ln_c ? at::empty({T, B, H}, opts) : Tensor();  // dL/d LN_c(c̃_t)
+  Tensor dtau = ln_c ? at::empty({H}, opts) : Tensor();  // dL/d LN_c(c̃_t) of one row
   Tensor dct = lstm ? at::empty({H}, opts) : Tensor();
+  // LN_ih's backward runs in the loop too, on each step's rows of da while they are in cache,
+  // in place (da becomes dL/dxp) unless the recurrent side still reads da after the loop
+  // (dhp is da without LN_hh)
+  const bool ln_ih = ln_ih_w.defined();
+  Tensor dxp = !ln_ih ? da : (dhp.is_same(da) ? loop_buffer({T, B, GH}, opts) : da);
+  const Tensor xpc = ln_ih ? xp.contiguous() : Tensor();
+  const Tensor x_mean = ln_ih ? get(saved_l, S_XP_MEAN).contiguous() : Tensor();
+  const Tensor x_rstd = ln_ih ? get(saved_l, S_XP_RSTD).contiguous() : Tensor();
+  // the LayerNorm weight and bias gradients, summed over all rows in the loop (double):
+  // db_x = Σ da (b_ih, ln_ih_b: da is overwritten), dw_x = Σ da ⊙ x̂p, dw_h = Σ dhw ⊙ ĥp,
+  // dw_c / db_c for LN_c
+  std::vector<double> db_x(ln_ih ? GH : 0), dw_x(ln_ih ? GH : 0), dw_h(ln_hh ? GH : 0);
+  std::vector<double> dw_c(ln_c ? H : 0), db_c(ln_c ? H : 0);
   Tensor direct = gru ? at::empty({B, H}, opts) : Tensor();      // z ⊙ dh̃ of the GRU
 
   AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "seqlab_rnn_backward", [&] {
@@ -565,6 +748,11 @@ std::vector<Tensor> rnn_backward(
     const T_* lnc_w = ln_c ? ln_c_w.data_ptr<T_>() : nullptr;
     T_* dh_p = dh.data_ptr<T_>();
     T_* dct_p = lstm ? dct.data_ptr<T_>() : nullptr;
+    T_* dtau_p = ln_c ? dtau.data_ptr<T_>() : nullptr;
+    const T_* lnx_w = ln_ih ? ln_ih_w.data_ptr<T_>() : nullptr;
+    const T_* xp_p = ln_ih ? xpc.data_ptr<T_>() : nullptr;
+    const T_* xm_p = ln_ih ? x_mean.data_ptr<T_>() : nullptr;
+    const T_* xr_p = ln_ih ? x_rstd.data_ptr<T_>() : nullptr;
 
     for (int64_t t = T - 1; t >= 0; --t) {
       // dL/dh_t = from y_t + from step t+1
@@ -598,7 +786,6 @@ std::vector<Tensor> rnn_backward(
         const T_* c_prev = t == 0 ? c0.data_ptr<T_>() : c_all[t - 1].data_ptr<T_>();
         const T_* tau_t = tau[t].data_ptr<T_>();
         const T_* ct_t = ln_c ? c_tilde[t].data_ptr<T_>() : nullptr;
-        T_* dlnc_t = ln_c ? d_ln_c[t].data_ptr<T_>() : nullptr;
         T_* dc_p = dc.data_ptr<T_>();
         for (int64_t b = 0; b < B; ++b) {
           const T_* a = a_t + b * GH;
@@ -607,13 +794,13 @@ std::vector<Tensor> rnn_backward(
           T_ *d_i = d, *d_f = d + H, *d_g = d + 2 * H, *d_o = d + 3 * H;
           const T_* dqb = dq_p + b * H;
           const T_* tb = tau_t + b * H;
-          // dτ' = dq ⊙ o ⊙ (1 - τ²) (into dct, or d_ln_c under LN_c); da_o = dq ⊙ τ ⊙ o(1-o)
-          T_* dtp = ln_c ? dlnc_t + b * H : dct_p;
+          // dτ' = dq ⊙ o ⊙ (1 - τ²) (into dct, or dtau under LN_c); da_o = dq ⊙ τ ⊙ o(1-o)
+          T_* dtp = ln_c ? dtau_p : dct_p;
           for (int64_t j = 0; j < H; ++j) {
             dtp[j] = dqb[j] * o[j] * (T_(1) - tb[j] * tb[j]);
             d_o[j] = dqb[j] * tb[j] * o[j] * (T_(1) - o[j]);
           }
-          if (ln_c) ln_backward_row(dct_p, dtp, ct_t + b * H, H, lnc_w);
+          if (ln_c) ln_backward_row(dct_p, dtp, ct_t + b * H, H, lnc_w, dw_c.data(), db_c.data());
           const T_* cp = c_prev + b * H;
           T_* dcb = dc_p + b * H;
           const T_* kc = mkc ? mkc.row(t, b) : nullptr;
@@ -626,7 +813,7 @@ std::vector<Tensor> rnn_backward(
             d_g[j] = dctj * i[j] * (T_(1) - g[j] * g[j]);
             dcb[j] = f[j] * dctj + kk * dcb[j];  // dc_{t-1}
           }
-          if (ln_hh) ln_backward_row(dhp_t + b * GH, d, hp_t + b * GH, GH, lnh_w);
+          if (ln_hh) ln_backward_row(dhp_t + b * GH, d, hp_t + b * GH, GH, lnh_w, dw_h.data(), nullptr);
         }
       } else if (gru) {
         const T_* hprev = t == 0 ? h0c.data_ptr<T_>() : h_all[t - 1].data_ptr<T_>();
@@ -649,7 +836,7 @@ std::vector<Tensor> rnn_backward(
             e[j] = drr; e[H + j] = dzz; e[2 * H + j] = dn * r[j];
             dr[j] = z[j] * dhb[j];
           }
-          if (ln_hh) ln_backward_row(dhp_t + b * GH, e, hp_t + b * GH, GH, lnh_w);
+          if (ln_hh) ln_backward_row(dhp_t + b * GH, e, hp_t + b * GH, GH, lnh_w, dw_h.data(), nullptr);
         }
       } else {
         const bool relu = cell == RNN_RELU;
@@ -662,7 +849,7 @@ std::vector<Tensor> rnn_backward(
           } else {
             for (int64_t j = 0; j < H; ++j) d[j] = dhb[j] * (T_(1) - hb[j] * hb[j]);
           }
-          if (ln_hh) ln_backward_row(dhp_t + b * GH, d, hp_t + b * GH, GH, lnh_w);
+          if (ln_hh) ln_backward_row(dhp_t + b * GH, d, hp_t + b * GH, GH, lnh_w, dw_h.data(), nullptr);
         }
       }
 
@@ -684,6 +871,15 @@ std::vector<Tensor> rnn_backward(
         const T_* dir = direct.data_ptr<T_>();
         for (int64_t k = 0; k < B * P; ++k) dh_p[k] += dir[k];
       }
+      // dxp_t = LN_ih'(da_t), last: without LN_hh the product above read da_t as dhp_t
+      if (ln_ih) {
+        T_* dxp_t = dxp[t].data_ptr<T_>();
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t row = t * B + b;
+          ln_backward_row(dxp_t + b * GH, da_t + b * GH, xp_p + row * GH, GH, lnx_w, xm_p[row], xr_p[row],
+                          dw_x.data(), db_x.data());
+        }
+      }
     }
   });
 
@@ -700,38 +896,32 @@ std::vector<Tensor> rnn_backward(
       if (T > 1) g[N_W_HH].add_(weight_grad(rows(dhp.narrow(0, 1, T - 1)), rows(h_all.narrow(0, 0, T - 1))));
     }
   }
-  if (need[N_B_HH] || need[N_LN_HH_B]) {
-    Tensor db = dhw.sum({0, 1});
+  // a (n) double accumulator as a new tensor of the gradients' dtype (copy=true: for float64
+  // `to` would otherwise return the view of the vector, freed on return)
+  auto acc = [&](std::vector<double>& v) {
+    return at::from_blob(v.data(), {int64_t(v.size())}, at::TensorOptions().dtype(at::kDouble))
+        .to(opts.dtype(), /*non_blocking=*/false, /*copy=*/true);
+  };
+  // ---- input side ----
+  Tensor db_ih;  // Σ da: b_ih and ln_ih_b, and b_hh / ln_hh_b too where dhw is da (LSTM, RNN)
+  const bool need_db_hh = need[N_B_HH] || need[N_LN_HH_B];
+  if (need[N_B_IH] || need[N_LN_IH_B] || (dhw.is_same(da) && need_db_hh)) db_ih = ln_ih ? acc(db_x) : da.sum({0, 1});
+  if (need[N_B_IH]) g[N_B_IH] = db_ih;
+  if (need[N_LN_IH_B]) g[N_LN_IH_B] = db_ih;
+  if (ln_ih && need[N_LN_IH_W]) g[N_LN_IH_W] = acc(dw_x);
+  // ---- recurrent side ----
+  if (need_db_hh) {
+    Tensor db = dhw.is_same(da) ? db_ih : dhw.sum({0, 1});
     if (need[N_B_HH]) g[N_B_HH] = db;
     if (need[N_LN_HH_B]) g[N_LN_HH_B] = db;
   }
-  if (ln_hh && need[N_LN_HH_W]) {
-    Tensor hp_hat = std::get<0>(at::native_layer_norm(hp, {GH}, {}, {}, LN_EPS));
-    g[N_LN_HH_W] = (dhw * hp_hat).sum({0, 1});
-  }
+  if (ln_hh && need[N_LN_HH_W]) g[N_LN_HH_W] = acc(dw_h);
   if (proj && need[N_W_HR]) g[N_W_HR] = weight_grad(rows(dht_all), rows(q));  // (P, T*B) @ (T*B, H)
-  if (ln_c && (need[N_LN_C_W] || need[N_LN_C_B])) {
-    if (need[N_LN_C_W]) {
-      Tensor c_hat = std::get<0>(at::native_layer_norm(c_tilde, {H}, {}, {}, LN_EPS));
-      g[N_LN_C_W] = (d_ln_c * c_hat).sum({0, 1});
-    }
-    if (need[N_LN_C_B]) g[N_LN_C_B] = d_ln_c.sum({0, 1});
-  }
-  // ---- input side ----
-  if (need[N_B_IH] || need[N_LN_IH_B]) {
-    Tensor db = da.sum({0, 1});
-    if (need[N_B_IH]) g[N_B_IH] = db;
-    if (need[N_LN_IH_B]) g[N_LN_IH_B] = db;
-  }
-  Tensor dxp = rows(da);  // (T*B, GH)
-  if (ln_ih_w.defined() && (need[N_X] || need[N_W_IH] || need[N_LN_IH_W])) {
-    auto r = at::native_layer_norm_backward(dxp, xp, {GH}, get(saved_l, S_XP_MEAN), get(saved_l, S_XP_RSTD),
-                                            ln_ih_w, {}, {true, need[N_LN_IH_W] != 0, false});
-    dxp = std::get<0>(r);
-    if (need[N_LN_IH_W]) g[N_LN_IH_W] = std::get<1>(r);
-  }
-  if (need[N_W_IH]) g[N_W_IH] = weight_grad(dxp, x.reshape({T * B, I}));   // (GH, T*B) @ (T*B, I)
-  if (need[N_X]) g[N_X] = dense(dxp, w_ih.t().contiguous()).view({T, B, I});  // (T*B, GH) @ (GH, I)
+  if (ln_c && need[N_LN_C_W]) g[N_LN_C_W] = acc(dw_c);
+  if (ln_c && need[N_LN_C_B]) g[N_LN_C_B] = acc(db_c);
+  const Tensor dxp_rows = rows(dxp);  // (T*B, GH)
+  if (need[N_W_IH]) g[N_W_IH] = weight_grad(dxp_rows, x.reshape({T * B, I}));   // (GH, T*B) @ (T*B, I)
+  if (need[N_X]) g[N_X] = dense(dxp_rows, w_ih.t().contiguous()).view({T, B, I});  // (T*B, GH) @ (GH, I)
   return g;
 }
 
