@@ -127,3 +127,55 @@ def refuse_call(path: str, cell: str, x, w: LayerWeights, masks: Masks, floats: 
         if masks.keep_c is not None:
             return f"masks.keep_c is given but only the LSTM has a cell state (cell {cell!r})"
     return None
+
+
+def _check_shape(name: str, t: Optional[Tensor], want: tuple) -> None:
+    if t is not None and tuple(t.shape) != want:
+        raise ValueError(f"expected {name} of shape {want}, got {tuple(t.shape)}")
+
+
+def _check_mask(name: str, t: Optional[Tensor], T: int, B: int, n: int) -> None:
+    if t is not None and tuple(t.shape) not in ((T, B, n), (T, B, 1)):
+        raise ValueError(f"expected {name} of shape {(T, B, n)} or {(T, B, 1)}, got {tuple(t.shape)}")
+
+
+def check_layer_shapes(cell: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w: LayerWeights,
+                       masks: Masks) -> tuple[int, int, int, int]:
+    """Check every shape of a ``run_layer`` call against x (T, B, I) and w_ih (G*H, I); return (T, B, H, P).
+
+    The fast paths call this before they allocate anything, so a wrong shape is a clear
+    ValueError, not an error from deep inside a kernel.
+    """
+    T, B, I = x.shape
+    G = GATES[cell]
+    if w.w_ih.dim() != 2 or w.w_ih.shape[1] != I or w.w_ih.shape[0] % G != 0:
+        raise ValueError(f"expected w_ih of shape ({G}*H, {I}) for cell {cell!r}, got {tuple(w.w_ih.shape)}")
+    GH = w.w_ih.shape[0]
+    H = GH // G
+    P = H if w.w_hr is None else w.w_hr.shape[0]
+    _check_shape("w_hh", w.w_hh, (GH, P))
+    _check_shape("h0", h0, (B, P))
+    for name in ("b_ih", "b_hh", "ln_ih_w", "ln_ih_b", "ln_hh_w", "ln_hh_b"):
+        _check_shape(name, getattr(w, name), (GH,))
+    _check_shape("w_hr", w.w_hr, (P, H))
+    _check_shape("ln_c_w", w.ln_c_w, (H,))
+    _check_shape("ln_c_b", w.ln_c_b, (H,))
+    if cell == "lstm":
+        if c0 is None:
+            raise ValueError("the LSTM needs c0 of shape (B, H), got None")
+        _check_shape("c0", c0, (B, H))
+    for name, t in (("h0", h0), ("c0", c0 if cell == "lstm" else None)):
+        if t is not None and (t.dtype != x.dtype or t.device != x.device):
+            raise ValueError(f"expected {name} of dtype {x.dtype} on {x.device}, got {t.dtype} on {t.device}")
+    _check_mask("masks.keep", masks.keep, T, B, P)
+    _check_mask("masks.keep_c", masks.keep_c, T, B, H)
+    _check_mask("masks.out", masks.out, T, B, 1)
+    _check_shape("masks.rec", masks.rec, (B, P))
+    return T, B, H, P
+
+
+def empty_result(cell: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], H: int, record: bool) -> LayerResult:
+    """T == 0: nothing to run; the states pass through unchanged (same objects, so gradients flow)."""
+    B, P = h0.shape
+    rec = {name: x.new_zeros((0, B, P if name == "h" else H)) for name in RECORDED[cell]} if record else None
+    return LayerResult(x.new_zeros((0, B, P)), h0, c0 if cell == "lstm" else None, rec)

@@ -46,7 +46,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .common import GATES, LN_EPS, LayerResult, LayerWeights, Masks, RECORDED, refuse_call
+from .common import (GATES, LN_EPS, LayerResult, LayerWeights, Masks, RECORDED, check_layer_shapes, empty_result,
+                     refuse_call)
 
 __all__ = ["run_layer", "supports"]
 
@@ -81,35 +82,9 @@ def run_layer(
     reason = supports(cell, x, w, masks)
     if reason is not None:
         raise ValueError(f"the fused path cannot run this call: {reason}")
-    T, B, I = x.shape
-    G = GATES[cell]
-    if w.w_ih.dim() != 2 or w.w_ih.shape[1] != I or w.w_ih.shape[0] % G != 0:
-        raise ValueError(f"expected w_ih of shape ({G}*H, {I}) for cell {cell!r}, got {tuple(w.w_ih.shape)}")
-    GH = w.w_ih.shape[0]
-    H = GH // G
-    P = H if w.w_hr is None else w.w_hr.shape[0]
-    _check_shape("w_hh", w.w_hh, (GH, P))
-    _check_shape("h0", h0, (B, P))
-    for name in ("b_ih", "b_hh", "ln_ih_w", "ln_ih_b", "ln_hh_w", "ln_hh_b"):
-        _check_shape(name, getattr(w, name), (GH,))
-    _check_shape("w_hr", w.w_hr, (P, H))
-    _check_shape("ln_c_w", w.ln_c_w, (H,))
-    _check_shape("ln_c_b", w.ln_c_b, (H,))
-    if cell == "lstm":
-        if c0 is None:
-            raise ValueError("the LSTM needs c0 of shape (B, H), got None")
-        _check_shape("c0", c0, (B, H))
-    _check_mask("masks.keep", masks.keep, T, B, P)
-    _check_mask("masks.keep_c", masks.keep_c, T, B, H)
-    _check_mask("masks.out", masks.out, T, B, 1)
-    _check_shape("masks.rec", masks.rec, (B, P))
-
+    T, B, H, P = check_layer_shapes(cell, x, h0, c0, w, masks)
     if T == 0:
-        # nothing to run: the states pass through unchanged (same objects, so gradients flow)
-        rec = None
-        if record:
-            rec = {name: x.new_zeros((0, B, P if name == "h" else H)) for name in RECORDED[cell]}
-        return LayerResult(x.new_zeros((0, B, P)), h0, c0 if cell == "lstm" else None, rec)
+        return empty_result(cell, x, h0, c0, H, record)
 
     recorded: Optional[dict] = {} if record else None
     y, h, c = _Fused.apply(cell, recorded, x, h0, c0 if cell == "lstm" else None, *w, *masks)
@@ -118,16 +93,6 @@ def run_layer(
         # the user gets copies so a later backward() cannot change what they are looking at
         recorded = {name: recorded[name].detach().clone() for name in RECORDED[cell]}
     return LayerResult(y, h, c, recorded)
-
-
-def _check_shape(name: str, t: Optional[Tensor], want: tuple) -> None:
-    if t is not None and tuple(t.shape) != want:
-        raise ValueError(f"expected {name} of shape {want}, got {tuple(t.shape)}")
-
-
-def _check_mask(name: str, t: Optional[Tensor], T: int, B: int, n: int) -> None:
-    if t is not None and tuple(t.shape) not in ((T, B, n), (T, B, 1)):
-        raise ValueError(f"expected {name} of shape {(T, B, n)} or {(T, B, 1)}, got {tuple(t.shape)}")
 
 
 # ----------------------------------------------------------------------------

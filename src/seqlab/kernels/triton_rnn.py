@@ -60,8 +60,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .common import GATES, LayerResult, LayerWeights, Masks, RECORDED, refuse_call
-from .fused import _check_mask, _check_shape  # the same argument checks, the same messages
+from .common import GATES, LayerResult, LayerWeights, Masks, RECORDED, check_layer_shapes, empty_result, refuse_call
 
 __all__ = ["run_layer", "supports", "available", "PERSISTENT_MAX_HIDDEN", "MAX_TILE"]
 
@@ -144,28 +143,9 @@ def run_layer(
     reason = supports(cell, x, w, masks)
     if reason is not None:
         raise ValueError(f"the triton path cannot run this call: {reason}")
-    T, B, I = x.shape
-    G = GATES[cell]
-    if w.w_ih.dim() != 2 or w.w_ih.shape[1] != I or w.w_ih.shape[0] % G != 0:
-        raise ValueError(f"expected w_ih of shape ({G}*H, {I}) for cell {cell!r}, got {tuple(w.w_ih.shape)}")
-    GH = w.w_ih.shape[0]
-    H = GH // G
-    _check_shape("w_hh", w.w_hh, (GH, H))
-    _check_shape("h0", h0, (B, H))
-    _check_shape("b_ih", w.b_ih, (GH,))
-    _check_shape("b_hh", w.b_hh, (GH,))
-    if cell == "lstm":
-        if c0 is None:
-            raise ValueError("the LSTM needs c0 of shape (B, H), got None")
-        _check_shape("c0", c0, (B, H))
-    _check_mask("masks.keep", masks.keep, T, B, H)
-    _check_mask("masks.keep_c", masks.keep_c, T, B, H)
-    _check_mask("masks.out", masks.out, T, B, 1)
-
+    T, B, H, _ = check_layer_shapes(cell, x, h0, c0, w, masks)  # P == H: no proj_size here
     if T == 0:
-        # nothing to run: the states pass through unchanged (same objects, so gradients flow)
-        rec = {name: x.new_zeros((0, B, H)) for name in RECORDED[cell]} if record else None
-        return LayerResult(x.new_zeros((0, B, H)), h0, c0 if cell == "lstm" else None, rec)
+        return empty_result(cell, x, h0, c0, H, record)
 
     recorded: Optional[dict] = {} if record else None
     y, h, c = _TritonRNN.apply(cell, recorded, x, h0, c0 if cell == "lstm" else None, *w, *masks)
