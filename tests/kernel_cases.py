@@ -1,0 +1,138 @@
+"""Inputs and the comparison shared by the kernel tests (test_fused.py, test_compiled.py).
+
+Tiny sizes, every variant of the kernel contract: weights with and without bias, LayerNorm
+and projection; state-update masks for zoneout (training and eval), padding and both;
+recurrent dropout; a non-contiguous x. ``compare`` runs a fast path and the reference loop on
+the same inputs and compares outputs, final states, recorded values and every gradient.
+"""
+from __future__ import annotations
+
+import torch
+
+from seqlab.kernels import reference
+from seqlab.kernels.common import GATES, LayerWeights, Masks, RECORDED
+
+T, B, I, H, P = 5, 3, 7, 4, 3  # I = 7 is prime so no other size can divide it
+TOL64 = dict(atol=1e-10, rtol=1e-10)
+# float32 is judged against the float64 reference: the fused error may be at most F32_RATIO times
+# the float32 reference's own error, plus F32_ATOL. A fixed tolerance does not fit: LayerNorm over
+# few units (G*H = 4 for the RNN) has a large rstd, which amplifies float32 rounding in both kernels.
+F32_RATIO, F32_ATOL = 4.0, 1e-5
+CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
+#: how the state-update masks are drawn (see ``_masks``)
+KEEPS = ("none", "zoneout", "zoneout_expect", "padding", "padding_zoneout")
+
+
+def _weights(cell, dtype, bias, layer_norm, proj, gen, t_in=I) -> LayerWeights:
+    G = GATES[cell]
+    p = proj if proj else H
+
+    def r(*shape, scale=0.5):
+        return (torch.randn(*shape, generator=gen, dtype=dtype) * scale).requires_grad_()
+
+    ln = layer_norm
+    lstm = cell == "lstm"
+    return LayerWeights(
+        w_ih=r(G * H, t_in), w_hh=r(G * H, p),
+        b_ih=r(G * H) if bias else None, b_hh=r(G * H) if bias else None,
+        w_hr=r(p, H) if proj else None,
+        # LN weights around 1 and biases around 0, but not exactly, so that their gradients matter
+        ln_ih_w=(1 + r(G * H, scale=0.2)).detach().requires_grad_() if ln else None,
+        ln_ih_b=r(G * H, scale=0.2) if ln else None,
+        ln_hh_w=(1 + r(G * H, scale=0.2)).detach().requires_grad_() if ln else None,
+        ln_hh_b=r(G * H, scale=0.2) if ln else None,
+        ln_c_w=(1 + r(H, scale=0.2)).detach().requires_grad_() if ln and lstm else None,
+        ln_c_b=r(H, scale=0.2) if ln and lstm else None,
+    )
+
+
+def _masks(cell, keep, rec, t, b, p, dtype, gen) -> Masks:
+    lstm = cell == "lstm"
+
+    def bern(shape, prob):
+        return torch.bernoulli(torch.full(shape, prob, dtype=dtype), generator=gen)
+
+    k = kc = out = None
+    if keep in ("zoneout", "padding_zoneout"):  # training-mode zoneout: 0/1 draws per unit
+        k, kc = bern((t, b, p), 0.4), (bern((t, b, H), 0.3) if lstm else None)
+    elif keep == "zoneout_expect":  # eval-mode zoneout: the expectation, broadcast (T, B, 1)
+        k = torch.full((1, 1, 1), 0.3, dtype=dtype).expand(t, b, 1)
+        kc = torch.full((1, 1, 1), 0.2, dtype=dtype).expand(t, b, 1) if lstm else None
+    if keep.startswith("padding"):
+        lengths = torch.tensor([t, max(t - 2, 1), 1, t, 2][:b])
+        out = (torch.arange(t).unsqueeze(1) < lengths.unsqueeze(0)).to(dtype).unsqueeze(-1)  # (T, B, 1)
+        k = 1 - out if k is None else 1 - out * (1 - k)
+        if lstm:
+            kc = 1 - out if kc is None else 1 - out * (1 - kc)
+    m = bern((b, p), 0.6) / 0.6 if rec else None
+    return Masks(keep=k, keep_c=kc, out=out, rec=m)
+
+
+def _inputs(cell, dtype, bias, layer_norm, proj, rec, keep, seed=0, t=T, b=B):
+    gen = torch.Generator().manual_seed(seed)
+    p = proj if proj else H
+    w = _weights(cell, dtype, bias, layer_norm, proj, gen)
+    # x non-contiguous on purpose: a batch-first tensor seen time-major
+    x = torch.randn(b, t, I, generator=gen, dtype=dtype).transpose(0, 1).requires_grad_()
+    h0 = torch.randn(b, p, generator=gen, dtype=dtype).requires_grad_()
+    c0 = torch.randn(b, H, generator=gen, dtype=dtype).requires_grad_() if cell == "lstm" else None
+    return x, h0, c0, w, _masks(cell, keep, rec, t, b, p, dtype, gen)
+
+
+def _run(kernel, cell, x, h0, c0, w, masks, seed=1):
+    """Outputs, recorded values and the gradients of every input that requires grad."""
+    res = kernel(cell, x, h0, c0, w, masks, record=True)
+    gen = torch.Generator().manual_seed(seed)
+    loss = (res.y * torch.randn(res.y.shape, generator=gen, dtype=x.dtype)).sum()
+    loss = loss + (res.h * torch.randn(res.h.shape, generator=gen, dtype=x.dtype)).sum()
+    if res.c is not None:
+        loss = loss + (res.c * torch.randn(res.c.shape, generator=gen, dtype=x.dtype)).sum()
+    leaves = {"x": x, "h0": h0, "c0": c0, **w._asdict()}
+    leaves = {k: v for k, v in leaves.items() if v is not None and v.requires_grad}
+    grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+    return res, grads
+
+
+def _flatten(res, grads) -> dict:
+    """name -> tensor for everything compared: y, h, c, record[·], d·."""
+    out = {"y": res.y, "h": res.h}
+    if res.c is not None:
+        out["c"] = res.c
+    out.update({f"record[{k}]": v for k, v in res.record.items()})
+    out.update({f"d{k}": v for k, v in grads.items()})
+    return out
+
+
+def _to64(args):
+    """The same inputs in float64, as fresh leaves where the originals require grad."""
+    def cast(t):
+        if t is None:
+            return None
+        return t.detach().double().requires_grad_(t.requires_grad)
+
+    x, h0, c0, w, masks = args
+    return (cast(x), cast(h0), cast(c0), LayerWeights(*(cast(t) for t in w)), Masks(*(cast(t) for t in masks)))
+
+
+def compare(kernel, cell, args, dtype, label):
+    """``kernel`` against ``reference.run_layer`` on ``args``: float64 at TOL64; float32 judged
+    against the float64 reference (see F32_RATIO)."""
+    ref, g_ref = _run(reference.run_layer, cell, *args)
+    fast, g_fast = _run(kernel, cell, *args)
+    if cell != "lstm":
+        assert fast.c is None
+    assert set(fast.record) == set(RECORDED[cell])
+    assert not any(v.requires_grad for v in fast.record.values())
+    got, want = _flatten(fast, g_fast), _flatten(ref, g_ref)
+    assert set(got) == set(want), (label, set(got) ^ set(want))
+    if dtype == torch.float64:
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], **TOL64, msg=lambda m: f"{label} {name}: {m}")
+        return
+    truth = _flatten(*_run(reference.run_layer, cell, *_to64(args)))
+    for name in want:
+        assert got[name].dtype == torch.float32, (label, name)
+        err_fast = (got[name].double() - truth[name]).abs().max().item() if got[name].numel() else 0.0
+        err_ref = (want[name].double() - truth[name]).abs().max().item() if want[name].numel() else 0.0
+        assert err_fast <= F32_RATIO * err_ref + F32_ATOL, (
+            f"{label} {name}: float32 error {err_fast:.2e} against float64, the reference's is {err_ref:.2e}")
