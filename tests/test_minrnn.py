@@ -5,9 +5,12 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from seqlab.kernels import compiled
 from seqlab.nn.minrnn import MinGRU, MinLSTM, _cell_step, _linear_scan_
 
 CLASSES = [MinGRU, MinLSTM]
+# the paths checked against 'sequential' (the specification); 'compiled' only where the C++ builds
+FAST_MODES = (("compiled",) if compiled.available() else ()) + ("scan", "log_scan")
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 # The log-space scan cancels numbers of size |Σ log a| (module docstring): its
 # float32 gradients agree to ~1e-4 even at T=11, so it gets its own bound.
@@ -24,7 +27,7 @@ def _run(m, x, h0, lengths, mode, grad_out):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("cls,mode,batch_first,bidirectional,num_layers,with_h0,with_lengths", list(itertools.product(
-    CLASSES, ["scan", "log_scan"], [False, True], [False, True], [1, 2], [False, True], [False, True])))
+    CLASSES, ["compiled", "scan", "log_scan"], [False, True], [False, True], [1, 2], [False, True], [False, True])))
 def test_fast_paths_match_sequential(cls, mode, batch_first, bidirectional, num_layers, with_h0, with_lengths, dtype):
     torch.manual_seed(0)
     T, B, I, H = 11, 3, 7, 5
@@ -48,7 +51,7 @@ def test_fast_paths_match_sequential(cls, mode, batch_first, bidirectional, num_
 
 
 @pytest.mark.parametrize("cls", CLASSES)
-@pytest.mark.parametrize("mode", ["scan", "log_scan", "sequential"])
+@pytest.mark.parametrize("mode", ["compiled", "scan", "log_scan", "sequential"])
 def test_gradcheck_float64(cls, mode):
     torch.manual_seed(0)
     m = cls(3, 2, num_layers=2, bidirectional=True, dtype=torch.float64)
@@ -81,13 +84,13 @@ def test_zero_h0_equals_none_and_h_n_continues_the_sequence(cls):
     # negative initial states are fine in every mode
     h_neg = -torch.rand(2, 3, 5)
     ref = m(x, h_neg, mode="sequential")
-    for mode in ("scan", "log_scan"):
+    for mode in FAST_MODES:
         for r, o in zip(ref, m(x, h_neg, mode=mode)):
             torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("cls", CLASSES)
-@pytest.mark.parametrize("mode", ["scan", "log_scan", "sequential"])
+@pytest.mark.parametrize("mode", ["compiled", "scan", "log_scan", "sequential"])
 def test_lengths_match_each_sequence_alone(cls, mode):
     torch.manual_seed(0)
     T, B, I, H = 9, 4, 7, 5
@@ -135,13 +138,14 @@ def test_long_sequence_stays_finite_and_accurate(cls):
     m = cls(3, 4)
     x = torch.randn(4096, 2, 3, requires_grad=True)
     ref = _run(m, x, None, None, "sequential", (torch.ones(4096, 2, 4), torch.ones(1, 2, 4)))
-    for mode in ("scan", "log_scan"):
+    for mode in FAST_MODES:
         got = _run(m, x, None, None, mode, (torch.ones(4096, 2, 4), torch.ones(1, 2, 4)))
         assert all(torch.isfinite(v).all() for v in got), mode
-    # the chunked scan keeps float32 accuracy at any length; the log-space scan does not (see module docstring)
-    got = _run(m, x, None, None, "scan", (torch.ones(4096, 2, 4), torch.ones(1, 2, 4)))
-    for r, o in zip(ref, got):
-        torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
+        # the chunked scan and the C++ loop keep float32 accuracy at any length; the
+        # log-space scan does not (see module docstring)
+        if mode != "log_scan":
+            for r, o in zip(ref, got):
+                torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("cls", CLASSES)
@@ -150,7 +154,7 @@ def test_extreme_preactivations_stay_finite(cls):
     with torch.no_grad():
         m.weight_ih_l0.fill_(60.0)  # pre-activations of ±120: σ(−120) underflows to 0 in float32, so f + i = 0
     x = torch.tensor([[[1.0, 1.0]], [[-1.0, -1.0]], [[-1.0, -1.0]]], requires_grad=True)
-    for mode in ("scan", "log_scan"):
+    for mode in FAST_MODES:
         out, h_n = m(x, mode=mode)
         (g,) = torch.autograd.grad(out.sum(), x)
         assert torch.isfinite(out).all() and torch.isfinite(h_n).all() and torch.isfinite(g).all(), mode
@@ -192,6 +196,8 @@ def test_mode_choice_and_layout_details():
     m(torch.randn(1, 2, 7))
     assert m.last_mode.mode == "sequential"
     m(torch.randn(4, 2, 7))
+    assert m.last_mode.mode == ("compiled" if compiled.available() else "scan"), m.last_mode
+    m(torch.randn(4, 2, 7), mode="scan")
     assert m.last_mode.mode == "scan"
     m(torch.randn(4, 2, 7), mode="log_scan")
     assert m.last_mode.mode == "log_scan"
@@ -203,7 +209,7 @@ def test_mode_choice_and_layout_details():
     assert len(list(nb.parameters())) == 1
     # non-contiguous input
     x = torch.randn(7, 2, 9)[..., :7]  # (T, B, 7) view with row stride 9
-    for mode in ("scan", "log_scan"):
+    for mode in FAST_MODES:
         torch.testing.assert_close(nb(x, mode=mode)[0], nb(x.contiguous(), mode=mode)[0])
     # dropout between layers only in training
     d = MinGRU(7, 5, num_layers=2, dropout=0.5).eval()
@@ -248,3 +254,33 @@ def test_bad_arguments_say_what_was_expected(cls):
         m.step(torch.randn(3, 7), torch.zeros(2, 2, 5))
     with pytest.raises(ValueError, match="x_t to be 1D"):
         m.step(torch.randn(1, 3, 7))
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_compiled_gradients_of_every_output_form(cls):
+    """The C++ backward reads ∂L/∂h through its strides and takes ∂L/∂h_n as a separate input."""
+    if not compiled.available():
+        pytest.skip(f"the compiled path is not available here: {compiled.build_error()}")
+    torch.manual_seed(0)
+    m = cls(6, 4)
+    x = torch.randn(9, 3, 6, requires_grad=True)
+    params = [x, *m.parameters()]
+    losses = {
+        "out.sum() (an expanded scalar gradient)": lambda out, h_n: out.sum(),
+        "h_n only (no gradient reaches out)": lambda out, h_n: (h_n ** 2).sum(),
+        "a transposed gradient": lambda out, h_n: (out * torch.arange(out.numel()).view(4, 3, 9).permute(2, 1, 0)).sum(),
+        "a slice of out": lambda out, h_n: out[::2, :, 1:].sum() + h_n.sum(),
+    }
+    for what, loss in losses.items():
+        ref = torch.autograd.grad(loss(*m(x, mode="sequential")), params)
+        got = torch.autograd.grad(loss(*m(x, mode="compiled")), params)
+        for r, o in zip(ref, got):
+            torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5, msg=what)
+
+
+def test_compiled_mode_refuses_what_it_cannot_run():
+    m = MinGRU(3, 2).to(torch.bfloat16)
+    with pytest.raises(ValueError, match="mode='compiled' cannot run this call: .*float32 and float64.*bfloat16"):
+        m(torch.randn(4, 1, 3, dtype=torch.bfloat16), mode="compiled")
+    m(torch.randn(4, 1, 3, dtype=torch.bfloat16))  # auto falls back to the scan, saying why
+    assert m.last_mode.mode == "scan" and "compiled path refused" in m.last_mode.reason

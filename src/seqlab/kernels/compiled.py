@@ -51,13 +51,14 @@ from torch.autograd.function import once_differentiable
 
 from .common import GATES, LayerResult, LayerWeights, Masks, RECORDED, check_layer_shapes, empty_result, refuse_call
 
-__all__ = ["run_layer", "supports", "available", "build_error", "load", "SOURCES"]
+__all__ = ["run_layer", "supports", "run_min_layer", "supports_min", "available", "build_error", "load", "SOURCES"]
 
 #: the C++ sources of the extension (one translation unit keeps the cold build short)
 SOURCES = (Path(__file__).resolve().parent / "csrc" / "recurrent.cpp",)
 #: dtypes the C++ loops are instantiated for (AT_DISPATCH_FLOATING_TYPES)
 _FLOATS = (torch.float32, torch.float64)
 _CELL_ID = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
+_MIN_CELL_ID = {"mingru": 0, "minlstm": 1}  # csrc/recurrent.cpp ``MinCell``
 _N_SAVED = 12  # the forward's saved tensors, in csrc/recurrent.cpp's ``Saved`` order
 _EXT_NAME = "seqlab_compiled"
 
@@ -86,7 +87,11 @@ def _build_dir() -> Path:
 
 
 def _cflags() -> list[str]:
-    flags = ["-O3"]
+    # -fno-trapping-math: without it GCC will not if-convert the clamps and the float-to-int
+    # conversion in the C++'s exp, so no loop over exp, σ or tanh vectorises (GCC 12 reports
+    # "control flow in loop"). It changes no value, only whether floating-point exception
+    # flags may be raised speculatively, which nothing here reads.
+    flags = ["-O3", "-fno-trapping-math"]
     if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
         flags.append("-march=native" if platform.machine() in ("x86_64", "AMD64") else "-mcpu=native")
     return flags
@@ -281,6 +286,65 @@ class _Compiled(torch.autograd.Function):
 def _hidden_size(w_ih: Tensor, cell: str) -> int:
     """H from W_ih (G*H, I)."""
     return w_ih.shape[0] // GATES[cell]
+
+
+# ----------------------------------------------------------------------------
+# minGRU / minLSTM (nn/minrnn.py): one C++ pass over time each way, the products as one
+# oneDNN/BLAS call each (csrc/recurrent.cpp, ``min_forward`` / ``min_backward``).
+
+
+def supports_min(x: Tensor, weight: Tensor, bias: Optional[Tensor], h0: Tensor) -> Optional[str]:
+    """None when the compiled minGRU/minLSTM loop can run this call, else a one-line reason why not."""
+    for name, t in (("input", x), ("weight_ih", weight), ("bias_ih", bias), ("h_0", h0)):
+        if t is None:
+            continue
+        if t.device.type != "cpu":
+            return f"the compiled path runs on CPU, {name} is on {t.device}"
+        if t.dtype not in _FLOATS:
+            return f"the compiled path runs float32 and float64, {name} is {t.dtype}"
+    if torch.compiler.is_compiling():
+        return "under torch.compile the minGRU/minLSTM loop is not a registered op; the Python scan traces"
+    if not available():
+        return build_error()
+    return None
+
+
+def run_min_layer(cell: str, x: Tensor, weight: Tensor, bias: Optional[Tensor], h0: Tensor) -> tuple[Tensor, Tensor]:
+    """minGRU / minLSTM over x (T, B, I) from h0 (B, H): returns h (T, B, H) and h_T (B, H).
+
+    weight (G·H, I) and bias (G·H,) hold the gates as in :class:`seqlab.nn.MinGRU`
+    (z|h̃) and :class:`seqlab.nn.MinLSTM` (f|i|h̃). Gradients flow to x, weight, bias
+    and h0; double backward is not supported.
+    """
+    reason = supports_min(x, weight, bias, h0)
+    if reason is not None:
+        raise ValueError(f"the compiled path cannot run this call: {reason}")
+    return _CompiledMin.apply(cell, x, weight, bias, h0)
+
+
+class _CompiledMin(torch.autograd.Function):
+    """forward(cell, x, weight, bias, h0) -> (h (T, B, H), h_T (B, H)).
+
+    h_T is its own output (not a view of h), so that its gradient arrives on its own and
+    enters the C++ backward as the adjoint's start, instead of autograd building a
+    full-size (T, B, H) zero tensor for a select's backward and adding it to ∂L/∂h.
+    """
+
+    @staticmethod
+    def forward(ctx, cell, x, weight, bias, h0):
+        bias = bias.contiguous() if bias is not None else None  # read through raw pointers
+        h, pre = torch.ops.seqlab_compiled.min_forward(_MIN_CELL_ID[cell], x, weight, bias, h0)
+        ctx.cell = cell
+        ctx.save_for_backward(x, weight, pre, h, h0)
+        return h, h[-1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dh, dh_T):
+        x, weight, pre, h, h0 = ctx.saved_tensors
+        need = [int(n) for n in ctx.needs_input_grad[1:5]]
+        grads = torch.ops.seqlab_compiled.min_backward(_MIN_CELL_ID[ctx.cell], x, weight, pre, h, h0, dh, dh_T, need)
+        return (None,) + tuple(g if n else None for g, n in zip(grads, need))
 
 
 # ----------------------------------------------------------------------------

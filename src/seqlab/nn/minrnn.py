@@ -11,7 +11,7 @@ with a_t and b_t known for all t from the input alone, so training computes
 all T steps at once with a parallel scan, and generation runs one step at a
 time in constant memory (:meth:`MinGRU.step`).
 
-Three ways to run the same equations, chosen by ``mode`` (one place,
+Four ways to run the same equations, chosen by ``mode`` (one place,
 :func:`_choose_mode`; ``module.last_mode`` says which ran and why):
 
 - ``'sequential'``: the step loop, written from the equations. It is the
@@ -19,8 +19,16 @@ Three ways to run the same equations, chosen by ``mode`` (one place,
 - ``'log_scan'``: the paper's log-space formulation with Heinsen's (2023)
   scan, ``log h_t = a*_t + logcumsumexp_{s≤t}(log b_s − a*_s)`` with
   ``a*_t = Σ_{s≤t} log a_s``, on ``torch.logcumsumexp``.
-- ``'scan'`` (the default for T > 1): a two-level chunked scan in linear
-  space with a hand-written backward (:class:`_MinScan`).
+- ``'scan'``: a two-level chunked scan in linear space with a hand-written
+  backward (:class:`_MinScan`), in torch ops: runs on any device.
+- ``'compiled'`` (the default for T > 1 on the CPU, where the C++ extension
+  builds): the same recurrence as one C++ pass over time each way, gates,
+  state update and adjoint fused per element, the products one oneDNN/BLAS
+  call each (``kernels/compiled.py``, ``min_forward``/``min_backward`` in
+  ``csrc/recurrent.cpp``). A sequential pass is the cheapest scan on a CPU:
+  the recurrence costs a few flops per element, and every extra pass over
+  (T, B, H) that a parallel scan makes costs more than that. Where the
+  extension is absent, on GPUs and under torch.compile, auto takes 'scan'.
 
 Why the default is not the paper's log-space scan (measured on the 2-core
 CPU this was written on, T=4096, B=16, H=128, float32):
@@ -54,7 +62,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -62,30 +70,38 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from ..kernels import compiled
 from ._checks import _check_prob, _check_size
 from .rnn import _RNNBase, _gather_time, _reverse_index
 
 __all__ = ["MinGRU", "MinLSTM", "MODES"]
 
-MODES = ("auto", "scan", "log_scan", "sequential")
+MODES = ("auto", "compiled", "scan", "log_scan", "sequential")
 _GATES = {"mingru": 2, "minlstm": 3}  # blocks of H rows in weight_ih: z|h̃ and f|i|h̃
 _NAMES = {"mingru": "MinGRU", "minlstm": "MinLSTM"}
 
 
 class ModeChoice(NamedTuple):
-    mode: str  # the path that ran: 'scan', 'log_scan' or 'sequential'
+    mode: str  # the path that ran: 'compiled', 'scan', 'log_scan' or 'sequential'
     reason: str  # why it was chosen
 
 
-def _choose_mode(mode: str, T: int) -> ModeChoice:
-    """The one place where the path is chosen."""
+def _choose_mode(mode: str, T: int, why_not_compiled: Callable[[], Optional[str]]) -> ModeChoice:
+    """The one place where the path is chosen; ``why_not_compiled()`` is None when the C++ loop can run."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "compiled":
+        why = why_not_compiled()
+        if why is not None:
+            raise ValueError(f"mode='compiled' cannot run this call: {why}")
     if mode != "auto":
         return ModeChoice(mode, f"mode={mode!r} was asked for")
     if T == 1:
         return ModeChoice("sequential", "one step: a scan would only add set-up cost")
-    return ModeChoice("scan", "T > 1: the chunked scan is the fast path")
+    why = why_not_compiled()
+    if why is None:
+        return ModeChoice("compiled", "T > 1 on the CPU: the C++ loop is the fast path")
+    return ModeChoice("scan", f"T > 1: the chunked scan; compiled path refused: {why}")
 
 
 # ----------------------------------------------------------------------------
@@ -468,7 +484,8 @@ class _MinRNNBase(nn.Module):
         if lengths is not None and not packed:
             lengths = _RNNBase._check_lengths(lengths, T, B)
         h0 = self._initial_state(hx, unbatched, B, x)  # (D·L, B, H)
-        self.last_mode = _choose_mode(self.mode if mode is None else mode, T)
+        self.last_mode = _choose_mode(self.mode if mode is None else mode, T,
+                                      lambda: compiled.supports_min(x, *self._weights(0, 0), h0))
         run = self.last_mode.mode
 
         valid = None
@@ -487,15 +504,20 @@ class _MinRNNBase(nn.Module):
             for direction in range(D):
                 k = layer * D + direction
                 seq = layer_input if direction == 0 else _gather_time(layer_input, rev_idx)  # (T, B, ·)
+                y_T = None  # h at the last step, where the path returns it as its own output
                 if run == "sequential":
                     y = _run_sequential(self.cell, self._project(seq, layer, direction), h0[k], valid)
                 elif run == "log_scan":
                     y = _run_log_scan(self.cell, self._project(seq, layer, direction), h0[k])
+                elif run == "compiled":
+                    y, y_T = compiled.run_min_layer(self.cell, seq, *self._weights(layer, direction), h0[k])
                 else:
                     y = _MinScan.apply(self.cell, seq, *self._weights(layer, direction), h0[k])
                 # padding comes after each sequence (also reversed), so the scan's
                 # valid steps never saw it; only h_n needs picking out
-                h_n.append(y[-1] if last_idx is None else y.gather(0, last_idx).squeeze(0))  # (B, H)
+                if last_idx is not None:
+                    y_T = y.gather(0, last_idx).squeeze(0)  # (B, H)
+                h_n.append(y[-1] if y_T is None else y_T)  # (B, H)
                 outs.append(y if direction == 0 else _gather_time(y, rev_idx))
             layer_output = outs[0] if D == 1 else torch.cat(outs, dim=-1)  # (T, B, D·H)
             if valid is not None:
@@ -593,8 +615,9 @@ class MinGRU(_MinRNNBase):
             h = (1 - z) * h + z * g(p)
 
     Gates are stacked z|h̃ in ``weight_ih_l{k}`` (2H, I or D·H) and ``bias_ih_l{k}``
-    (2H,). ``mode``: 'auto' (the default: 'scan' when T > 1), 'scan',
-    'log_scan' or 'sequential'; see the module docstring. h_0 may be any real
+    (2H,). ``mode``: 'auto' (the default: 'compiled' when T > 1 on the CPU,
+    else 'scan'), 'compiled', 'scan', 'log_scan' or 'sequential'; see the
+    module docstring. h_0 may be any real
     tensor; h_n is returned unchanged in meaning, so it can be fed back.
 
     >>> rnn = MinGRU(3, 5, batch_first=True)
