@@ -1,11 +1,13 @@
 """torch.compile over seqlab recurrent layers: the compiled path is a registered op, no graph break.
 
-``seqlab::rnn_layer`` / ``seqlab::rnn_layer_backward`` (kernels/compiled.py) wrap the C++
+``seqlab::rnn_layer`` / ``seqlab::rnn_layer_backward`` and ``seqlab::min_layer`` /
+``seqlab::min_layer_backward`` (minGRU / minLSTM) (kernels/compiled.py) wrap the C++
 kernels with fake (shape) kernels and autograd. Checked: torch.library.opcheck on the op,
 one graph and no break under torch._dynamo.explain, the same outputs and gradients as eager
 under ``fullgraph=True`` (backend ``aot_eager``, which runs the fake kernels and the
-registered autograd without inductor's own C++ build), and the op path called eagerly
-against the reference loop.
+registered autograd without inductor's own C++ build) and once under inductor (the default
+backend, which builds its own C++ around the op), and the op path called eagerly against the
+reference loop.
 """
 from __future__ import annotations
 
@@ -133,3 +135,61 @@ def test_library_op_eager_matches_reference(library_op, cell):
         results.append([res.y, res.h, *res.record.values(), *torch.autograd.grad(loss, leaves)])
     for got, want in zip(results[1], results[0]):
         torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
+def test_inductor_matches_eager():
+    """The default backend, inductor, which generates and builds its own C++ around the op (~30 s)."""
+    torch.manual_seed(0)
+    model = TinyModel(snn.LSTM, num_layers=2)
+    x = torch.randn(T, B, I)
+    loss = model(x)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    torch._dynamo.reset()
+    loss_c = torch.compile(model, fullgraph=True)(x)
+    grads_c = torch.autograd.grad(loss_c, list(model.parameters()))
+    torch.testing.assert_close(loss_c, loss, atol=1e-5, rtol=1e-5)
+    for g_c, g in zip(grads_c, grads):
+        torch.testing.assert_close(g_c, g, atol=1e-5, rtol=1e-5)
+
+
+MIN_CASES = [("mingru", snn.MinGRU), ("minlstm", snn.MinLSTM)]
+
+
+class TinyMinModel(nn.Module):
+    def __init__(self, cls):
+        super().__init__()
+        self.rnn = cls(I, H, num_layers=2, bidirectional=True)
+        self.head = nn.Linear(2 * H, 3)
+
+    def forward(self, x):
+        y, h_n = self.rnn(x)
+        return self.head(y).sum() + h_n.pow(2).sum()
+
+
+@pytest.mark.parametrize("name,cls", MIN_CASES, ids=[c[0] for c in MIN_CASES])
+def test_min_layers_compile_in_one_graph_and_match_eager(name, cls):
+    torch.manual_seed(0)
+    model = TinyMinModel(cls).double()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    loss = model(x)
+    assert model.rnn.last_mode.mode == "compiled"
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    torch._dynamo.reset()
+    explain = torch._dynamo.explain(model)(x)
+    assert (explain.graph_count, explain.graph_break_count) == (1, 0), [b.reason for b in explain.break_reasons]
+    torch._dynamo.reset()
+    loss_c = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+    grads_c = torch.autograd.grad(loss_c, list(model.parameters()))
+    torch.testing.assert_close(loss_c, loss, atol=1e-12, rtol=1e-12)
+    for g_c, g in zip(grads_c, grads):
+        torch.testing.assert_close(g_c, g, atol=1e-12, rtol=1e-12)
+
+
+def test_min_opcheck():
+    gen = torch.Generator().manual_seed(3)
+    r = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    for cell, G in ((0, 2), (1, 3)):
+        for bias in (r(G * H), None):
+            args = (cell, r(T, B, I), r(G * H, I), bias, r(B, H))
+            result = torch.library.opcheck(torch.ops.seqlab.min_layer.default, args)
+            assert all(v == "SUCCESS" for v in result.values()), result

@@ -302,8 +302,6 @@ def supports_min(x: Tensor, weight: Tensor, bias: Optional[Tensor], h0: Tensor) 
             return f"the compiled path runs on CPU, {name} is on {t.device}"
         if t.dtype not in _FLOATS:
             return f"the compiled path runs float32 and float64, {name} is {t.dtype}"
-    if torch.compiler.is_compiling():
-        return "under torch.compile the minGRU/minLSTM loop is not a registered op; the Python scan traces"
     if not available():
         return build_error()
     return None
@@ -314,37 +312,14 @@ def run_min_layer(cell: str, x: Tensor, weight: Tensor, bias: Optional[Tensor], 
 
     weight (G·H, I) and bias (G·H,) hold the gates as in :class:`seqlab.nn.MinGRU`
     (z|h̃) and :class:`seqlab.nn.MinLSTM` (f|i|h̃). Gradients flow to x, weight, bias
-    and h0; double backward is not supported.
+    and h0; double backward is not supported. One custom op (``seqlab::min_layer``, below)
+    in eager mode and under torch.compile alike.
     """
     reason = supports_min(x, weight, bias, h0)
     if reason is not None:
         raise ValueError(f"the compiled path cannot run this call: {reason}")
-    return _CompiledMin.apply(cell, x, weight, bias, h0)
-
-
-class _CompiledMin(torch.autograd.Function):
-    """forward(cell, x, weight, bias, h0) -> (h (T, B, H), h_T (B, H)).
-
-    h_T is its own output (not a view of h), so that its gradient arrives on its own and
-    enters the C++ backward as the adjoint's start, instead of autograd building a
-    full-size (T, B, H) zero tensor for a select's backward and adding it to ∂L/∂h.
-    """
-
-    @staticmethod
-    def forward(ctx, cell, x, weight, bias, h0):
-        bias = bias.contiguous() if bias is not None else None  # read through raw pointers
-        h, pre = torch.ops.seqlab_compiled.min_forward(_MIN_CELL_ID[cell], x, weight, bias, h0)
-        ctx.cell = cell
-        ctx.save_for_backward(x, weight, pre, h, h0)
-        return h, h[-1].clone()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dh, dh_T):
-        x, weight, pre, h, h0 = ctx.saved_tensors
-        need = [int(n) for n in ctx.needs_input_grad[1:5]]
-        grads = torch.ops.seqlab_compiled.min_backward(_MIN_CELL_ID[ctx.cell], x, weight, pre, h, h0, dh, dh_T, need)
-        return (None,) + tuple(g if n else None for g, n in zip(grads, need))
+    h, h_T, _pre = torch.ops.seqlab.min_layer(_MIN_CELL_ID[cell], x, weight, bias, h0)
+    return h, h_T
 
 
 # ----------------------------------------------------------------------------
@@ -478,3 +453,57 @@ def _backward(ctx, grads):
 
 
 _rnn_layer_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# minGRU / minLSTM as custom ops. h_T is its own output (not a view of h), so that its gradient
+# arrives on its own and enters the C++ backward as the adjoint's start, instead of autograd
+# building a full-size (T, B, H) zero tensor for a select's backward and adding it to ∂L/∂h.
+# pre (the gates' pre-activations) is an output only so that the backward can have it.
+
+
+@torch.library.custom_op("seqlab::min_layer", mutates_args=())
+def _min_layer_op(cell: int, x: Tensor, weight: Tensor, bias: OptT, h0: Tensor) -> list[Tensor]:
+    """[h (T, B, H), h_T (B, H), pre (T, B, G·H)] (see recurrent.cpp's min_forward)."""
+    bias = bias.contiguous() if bias is not None else None  # read through raw pointers
+    h, pre = torch.ops.seqlab_compiled.min_forward(cell, x, weight, bias, h0)
+    return [h, h[-1].clone(), pre]
+
+
+@_min_layer_op.register_fake
+def _(cell, x, weight, bias, h0):
+    T, B, _ = x.shape
+    H = h0.shape[-1]
+    return [x.new_empty((T, B, H)), x.new_empty((B, H)), x.new_empty((T, B, weight.shape[0]))]
+
+
+@torch.library.custom_op("seqlab::min_layer_backward", mutates_args=())
+def _min_layer_backward_op(cell: int, x: Tensor, weight: Tensor, pre: Tensor, h: Tensor, h0: Tensor, dh: Tensor,
+                           dh_T: OptT, need: list[int]) -> list[Tensor]:
+    """[dx, dW, db, dh0], an empty tensor where need[k] is 0."""
+    grads = torch.ops.seqlab_compiled.min_backward(cell, x, weight, pre, h, h0, dh, dh_T, need)
+    return [x.new_empty(0) if g is None else g for g in grads]
+
+
+@_min_layer_backward_op.register_fake
+def _(cell, x, weight, pre, h, h0, dh, dh_T, need):
+    like = [x, weight, weight.new_empty(weight.shape[0]), h0]
+    return [torch.empty_like(t) if n else x.new_empty(0) for t, n in zip(like, need)]
+
+
+def _min_setup_context(ctx, inputs, output):
+    cell, x, weight, bias, h0 = inputs
+    ctx.cell = cell
+    ctx.save_for_backward(x, weight, h0, output[0], output[2])
+
+
+def _min_backward(ctx, grads):
+    x, weight, h0, h, pre = ctx.saved_tensors
+    dh, dh_T = grads[0], grads[1]
+    if dh is None:  # only h_T was used
+        dh = h.new_zeros(()).expand(h.shape)
+    need = [int(n) for n in ctx.needs_input_grad[1:5]]  # x, weight, bias, h0
+    g = torch.ops.seqlab.min_layer_backward(ctx.cell, x, weight, pre, h, h0, dh, dh_T, need)
+    return (None,) + tuple(gi if n else None for gi, n in zip(g, need))
+
+
+_min_layer_op.register_autograd(_min_backward, setup_context=_min_setup_context)

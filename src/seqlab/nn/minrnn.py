@@ -27,8 +27,10 @@ Four ways to run the same equations, chosen by ``mode`` (one place,
   call each (``kernels/compiled.py``, ``min_forward``/``min_backward`` in
   ``csrc/recurrent.cpp``). A sequential pass is the cheapest scan on a CPU:
   the recurrence costs a few flops per element, and every extra pass over
-  (T, B, H) that a parallel scan makes costs more than that. Where the
-  extension is absent, on GPUs and under torch.compile, auto takes 'scan'.
+  (T, B, H) that a parallel scan makes costs more than that. It is one
+  registered op (``seqlab::min_layer``), so torch.compile traces a model
+  with these layers without a graph break. Where the extension is absent
+  and on GPUs, auto takes 'scan'.
 
 Why the default is not the paper's log-space scan (measured on the 2-core
 CPU this was written on, T=4096, B=16, H=128, float32):
