@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqlab.data import EOS, BPTTBatcher, DataError, Vocab, read_examples
 from seqlab.decoding import sample as sample_tokens
+from seqlab.models.lm import next_token_nll
 
 from .base import App, ConfigError, DataOptions, unwrap
 
@@ -140,11 +140,9 @@ class LMApp(App):
             self._state = None  # rows wrap to the stream's start: the old state belongs elsewhere
         elif w is not None and self.checkpoint_every > 0 and (w.served - 1) % self.checkpoint_every == 0:
             self._state = None  # the first window after a checkpoint: where a resumed run starts
-        x, y = window[:, :-1], window[:, 1:]  # (B, T) each
-        logits, state = model(x, self._state)  # (B, T, V)
+        loss, count, state = next_token_nll(model, window, self._state)
         self._state = unwrap(model).detach_state(state) if self.options.carry_state else None
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")  # (B*T, V)
-        return loss, y.numel()
+        return loss, count
 
     @torch.no_grad()
     def score(self, model: nn.Module, ids: Tensor) -> tuple[float, int]:
@@ -155,11 +153,10 @@ class LMApp(App):
             raise DataError(f"a split of {ids.numel()} tokens is too short to score; expected at least 2")
         total, count, state = 0.0, 0, None
         for window in BPTTBatcher(ids, rows, self.options.bptt):  # (rows, <=T+1)
-            x, y = window[:, :-1], window[:, 1:]
-            logits, state = raw(x, state)  # (rows, T, V)
+            loss, n, state = next_token_nll(raw, window, state)
             state = raw.detach_state(state)
-            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"))
-            count += y.numel()
+            total += float(loss)
+            count += n
         return total, count
 
     def evaluate(self, model: nn.Module, split: str = "validation", *, during_training: bool = False

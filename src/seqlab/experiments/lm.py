@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..data import BPTTBatcher, Vocab, stdlib_corpus
 from ..models import ModelConfig, build_model
+from ..models.lm import next_token_nll
 from ..train import TrainConfig, Trainer
 
 
@@ -116,24 +116,14 @@ def valid_bpc(model, valid: torch.Tensor, context: int, batch_size: int = 64) ->
     n = (valid.numel() - 1) // context
     if n < 1:
         raise ValueError(f"the validation slice needs more than {context} characters, got {valid.numel()}")
-    x = valid[: n * context].view(n, context)  # (N, C)
-    y = valid[1: n * context + 1].view(n, context)  # (N, C)
+    windows = valid[: n * context + 1].unfold(0, context + 1, context)  # (N, C+1), each from a zero state
     was = model.training
     model.eval()
     total = 0.0
     for i in range(0, n, batch_size):
-        logits, _ = model(x[i:i + batch_size])  # (b, C, V)
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[i:i + batch_size].reshape(-1),
-                                 reduction="sum").item()
+        total += next_token_nll(model, windows[i:i + batch_size])[0].item()
     model.train(was)
     return total / (n * context) / math.log(2)
-
-
-def window_loss(model, window: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed next-character cross entropy of one (B, T+1) window from a zero state; (loss, B*T)."""
-    x, y = window[:, :-1], window[:, 1:]  # (B, T) each
-    logits, _ = model(x)  # (B, T, V)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"), y.numel()
 
 
 def _steps_per_eval(cfg: LMCellConfig, model, window: torch.Tensor) -> int:
@@ -150,7 +140,7 @@ def _steps_per_eval(cfg: LMCellConfig, model, window: torch.Tensor) -> int:
     with torch.random.fork_rng(devices=[]):
         for _ in range(4):
             t0 = time.perf_counter()
-            loss, count = window_loss(probe, window)
+            loss, count, _ = next_token_nll(probe, window)
             opt.zero_grad(set_to_none=True)
             (loss / count).backward()
             opt.step()
@@ -181,7 +171,7 @@ def train_lm(cfg: LMCellConfig, *, tick: Optional[Callable[[float], None]] = Non
     tokens = [0]
 
     def loss_fn(net, window):
-        loss, count = window_loss(net, window)
+        loss, count, _ = next_token_nll(net, window)  # every window from a zero state
         tokens[0] += count
         return loss, count
 

@@ -11,7 +11,7 @@ from ..nn import TransformerCache
 from .config import ModelConfig
 from .encoders import SequenceEncoder, check_tokens, detach, index_state
 
-__all__ = ["LanguageModel", "TiedOutput"]
+__all__ = ["LanguageModel", "TiedOutput", "next_token_nll"]
 
 
 class TiedOutput(nn.Module):
@@ -139,3 +139,15 @@ class LanguageModel(nn.Module):
         if isinstance(state, Tensor) and self.encoder.is_transformer:
             return state.index_select(0, index)  # token window (B, W)
         return index_state(state, index, dim=1)
+
+
+def next_token_nll(model: nn.Module, window: Tensor, state: Any = None) -> tuple[Tensor, int, Any]:
+    """Summed next-token cross entropy of one (B, T+1) window: ``(loss_sum, B*T, state)``.
+
+    Positions 0..T-1 predict 1..T, continuing from ``state`` (None: a fresh start). ``model``
+    is called, not unwrapped, so that a DistributedDataParallel wrapper sees the forward pass.
+    """
+    x, y = window[:, :-1], window[:, 1:]  # (B, T) each
+    logits, state = model(x, state)  # (B, T, V)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")  # (B*T, V) vs (B*T,)
+    return loss, y.numel(), state
