@@ -52,14 +52,15 @@ def loss_fn(model, batch):
     return loss, int((y != 0).sum())
 
 
-def trainer(run_dir, evaluate, loss=loss_fn, dropout=0.0, **cfg):
+def trainer(run_dir, evaluate, loss=loss_fn, dropout=0.0, stop_when=None, **cfg):
     torch.manual_seed(0)
     model = Tiny(dropout)
     base = dict(max_steps=STEPS, batch_size=GLOBAL_BATCH, lr=2e-2, warmup_steps=1, eval_every=3,
                 checkpoint_every=3, log_every=1)
     base.update(cfg)
     return Trainer(model, TrainConfig(**base), batches=BatchIterator(data(), GLOBAL_BATCH, seed=4), loss_fn=loss,
-                   evaluate=evaluate, run_dir=run_dir, config={"model_class": "Tiny"}, progress=False)
+                   evaluate=evaluate, run_dir=run_dir, config={"model_class": "Tiny"}, progress=False,
+                   stop_when=stop_when)
 
 
 def worker(out: Path) -> None:
@@ -82,6 +83,9 @@ def worker(out: Path) -> None:
     result = tr.fit()
     scores = iter([5.0, 4.0, 4.5, 4.2, 3.0, 2.0])  # only rank 0 can see these
     stop = trainer(out / "stop", lambda m: {"loss": next(scores)}, eval_every=1, patience=2, max_steps=20).fit()
+    goals = iter([5.0, 4.0, 3.0, 2.0])  # rank 0's goal (loss < 3.5) is reached at the 3rd evaluation
+    goal = trainer(out / "goal", lambda m: {"loss": next(goals)}, eval_every=1, max_steps=20,
+                   stop_when=lambda m: m["loss"] < 3.5).fit()
     # Resume under DDP, with dropout: every rank's RNG must come back, not only rank 0's.
     whole = trainer(out / "drop-a", None, dropout=0.5)
     whole.fit()
@@ -104,6 +108,7 @@ def worker(out: Path) -> None:
         "world": world, "is_main": D.is_main(), "saves": saves, "evals": evals, "result": result,
         "weights": {k: v.flatten().tolist() for k, v in tr.model.state_dict().items()},
         "stop": {"step": stop["step"], "stopped": stop["stopped"], "best": stop["best"]},
+        "goal": {"step": goal["step"], "stopped": goal["stopped"]},
         "same_after_resume": same_after_resume, "resumed_from": calls[0] - 1}))
     D.cleanup()
 
@@ -132,14 +137,15 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2] and [r["is_main"] for r in ranks] == [True, False]
     # Only rank 0 evaluates and writes checkpoints (steps 3, 6 in the first run; 3, 4 in the second;
-    # 3, 6 | 3 | 6 in the dropout runs).
+    # 3 in the goal run; 3, 6 | 3 | 6 in the dropout runs).
     assert ranks[0]["evals"] == [0, 0] and ranks[1]["evals"] == []
-    assert ranks[0]["saves"] == [0] * 8 and ranks[1]["saves"] == []
+    assert ranks[0]["saves"] == [0] * 9 and ranks[1]["saves"] == []
     # An interrupted DDP run resumes to the same weights as an uninterrupted one, on each rank.
     assert [(r["same_after_resume"], r["resumed_from"]) for r in ranks] == [(True, 4), (True, 4)]
     # Every rank agrees on the early stop that only rank 0 could decide.
     for r in ranks:
         assert r["stop"] == {"step": 4, "stopped": "early_stop", "best": 4.0}
+        assert r["goal"] == {"step": 3, "stopped": "goal"}  # and on the goal
     # Same weights as one process: on both ranks, and in rank 0's checkpoint.
     ck = load_checkpoint(tmp_path / "run", model_class="Tiny")
     assert ck.step == STEPS and len(ck.state["extra"]["trainer"]["rank_rng"]) == 2

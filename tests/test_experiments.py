@@ -14,8 +14,10 @@ from seqlab.experiments.cli import add_compare_parser, add_explain_parser
 from seqlab.experiments.compare import CompareConfig, config_from_args, run_compare
 from seqlab.experiments.explain import ExplainError, activations, load_lm_run, render_page, write_page
 from seqlab.experiments.report import claims
-from seqlab.experiments.tasks import (ARCHS, MemoryConfig, MemoryModel, build_memory_model, count_parameters,
-                                      evaluate, is_solved, make_batch, matched_width, task_loss)
+from seqlab.experiments import tasks
+from seqlab.experiments.tasks import (ARCHS, MemoryBatches, MemoryConfig, MemoryModel, build_memory_model,
+                                      count_parameters, evaluate, is_solved, make_batch, matched_width, task_loss,
+                                      train_memory)
 
 # ----------------------------------------------------------------------------
 # Tasks: the model-facing batches and losses
@@ -82,6 +84,58 @@ def test_memory_config_rejects_unknown_keys_and_bad_values():
         MemoryConfig("copy", "cnn", 5)
     with pytest.raises(ValueError, match="T should be >= 2, got 1"):
         MemoryConfig("copy", "rnn", 1)
+
+
+# ----------------------------------------------------------------------------
+# Training a cell (through seqlab.train.Trainer)
+
+
+def test_memory_batches_resume_the_same_stream():
+    a = MemoryBatches("copy", 3, 4, seed=7)
+    it = iter(a)
+    first = next(it)
+    assert torch.equal(first[0], make_batch("copy", 3, 4, seed=7)[0])  # the generator's first draw
+    state = json.loads(json.dumps(a.state_dict()))  # JSON, as in a checkpoint
+    expect = [next(it) for _ in range(2)]
+    b = MemoryBatches("copy", 3, 4, seed=99)
+    b.load_state_dict(state)
+    got = [next(iter(b)) for _ in range(2)]
+    for (x, y), (x2, y2) in zip(expect, got):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+    with pytest.raises(ValueError, match="expected a dict holding 'generator'"):
+        b.load_state_dict({"position": 3})
+
+
+def test_train_memory_record_and_ticks(tmp_path):
+    ticks = []
+    cfg = MemoryConfig("adding", "gru", 5, target_params=300, budget=0.3, eval_every=4, stop_when_solved=False)
+    res = train_memory(cfg, run_dir=tmp_path, tick=ticks.append)
+    rec = res.record
+    assert rec["stopped"] == "max_time" and rec["train_time"] >= 0.3 and rec["steps"] >= 1
+    h = rec["history"]
+    assert h[0]["step"] == 0 and h[0]["time"] == 0.0 and h[-1]["step"] == rec["steps"]
+    assert [x["step"] for x in h[1:-1]] == list(range(4, rec["steps"], 4))
+    assert rec["final"] == {k: h[-1][k] for k in ("loss", "mse")}
+    assert rec["best"]["loss"] == min(x["loss"] for x in h)
+    assert sum(ticks) == pytest.approx(rec["train_time"], abs=1e-3)
+    assert rec["params"] == count_parameters(res.model) and rec["config"] == cfg.to_dict()
+    # one checkpoint, at the end, that build_memory_model can read back
+    from seqlab.train import load_checkpoint
+
+    ckpt = load_checkpoint(tmp_path, model_class="MemoryModel")
+    assert ckpt.step == rec["steps"] and len(list(tmp_path.glob("ckpt-*"))) == 1
+    again = build_memory_model(MemoryConfig.from_dict(ckpt.config["memory"]))
+    again.load_state_dict(ckpt.model_state)
+    x, _ = make_batch("adding", 2, 5, seed=1)
+    assert torch.equal(again(x), res.model(x))
+
+
+def test_train_memory_stops_when_solved(monkeypatch):
+    monkeypatch.setattr(tasks, "is_solved", lambda task, m: True)  # every evaluation counts as solved
+    rec = train_memory(MemoryConfig("copy", "rnn", 3, target_params=300, budget=30.0, eval_every=3)).record
+    assert rec["stopped"] == "goal" and rec["steps"] == 3 and rec["solved"]
+    assert rec["solved_at"] == {"step": 3, "time": rec["train_time"]}  # the first trained evaluation
+    assert len(rec["history"]) == 2  # step 0 and the evaluation that reached the goal
 
 
 # ----------------------------------------------------------------------------

@@ -61,14 +61,15 @@ def lm_eval(model):
 
 
 def make_trainer(tmp, model=None, *, loss_fn=lm_loss, evaluate=lm_eval, batches=None, monitor="loss", mode="min",
-                 **cfg):
+                 stop_when=None, **cfg):
     base = dict(max_steps=2 * N, lr=1e-2, warmup_steps=2, checkpoint_every=N, eval_every=3, log_every=1,
                 seed=3)
     base.update(cfg)
     return Trainer(model if model is not None else make_model(), TrainConfig(**base),
                    batches=batches if batches is not None else BatchIterator(DATA, 5, shuffle=True, seed=1),
                    loss_fn=loss_fn, evaluate=evaluate, run_dir=tmp, config={"model_class": "TinyLM", "V": V},
-                   extra=lambda: {"vocab": {"size": V}}, monitor=monitor, mode=mode, progress=False)
+                   extra=lambda: {"vocab": {"size": V}}, monitor=monitor, mode=mode, progress=False,
+                   stop_when=stop_when)
 
 
 def weights(model):
@@ -319,6 +320,33 @@ def test_mode_max(tmp_path):
                       monitor="acc", mode="max")
     result = tr.fit()
     assert result["stopped"] == "early_stop" and result["step"] == 3 and result["best"] == 0.3
+
+
+def test_stop_when_ends_the_run_at_the_goal_and_it_stays_finished(tmp_path):
+    scores = iter([0.2, 0.5, 0.97, 0.99, 1.0])
+    asked = []
+
+    def goal(metrics):
+        asked.append(metrics["acc"])
+        return metrics["acc"] >= 0.95
+    result = make_trainer(tmp_path, evaluate=lambda m: {"acc": next(scores)}, eval_every=2, max_steps=20,
+                          monitor="acc", mode="max", checkpoint_every=0, stop_when=goal).fit()
+    assert result["stopped"] == "goal" and result["step"] == 6 and asked == [0.2, 0.5, 0.97]
+    assert [h["acc"] for h in result["history"]] == [0.2, 0.5, 0.97]  # no extra final evaluation
+    assert latest_checkpoint(tmp_path).name == "ckpt-00000006"  # the end of the run is saved
+    again = make_trainer(tmp_path, evaluate=lambda m: {"acc": 0.0}, eval_every=2, max_steps=20, monitor="acc",
+                         mode="max").fit(resume=True)
+    assert again["stopped"] == "goal" and again["step"] == 6  # a goal reached is not trained past
+    # the final evaluation (here at max_steps) makes no decision: the goal is not asked there
+    asked.clear()
+    done = Trainer(make_model(), TrainConfig(max_steps=3, eval_every=2, log_every=1), batches=BatchIterator(DATA, 5),
+                   loss_fn=lm_loss, evaluate=lambda m: {"loss": 1.0}, run_dir=tmp_path / "b",
+                   config={"model_class": "TinyLM"}, progress=False,
+                   stop_when=lambda m: asked.append(m["loss"]) or False).fit()
+    assert done["stopped"] == "max_steps" and asked == [1.0] and len(done["history"]) == 2
+    with pytest.raises(ValueError, match="stop_when needs periodic evaluations"):
+        Trainer(make_model(), TrainConfig(), batches=BatchIterator(DATA, 2), loss_fn=lm_loss, run_dir=tmp_path,
+                config={"model_class": "x"}, stop_when=lambda m: True)
 
 
 def test_progress_bar_shows_loss_lr_and_tokens_per_second(tmp_path, capsys):

@@ -179,7 +179,9 @@ def _setup(doc: Doc, results: dict) -> None:
     doc.p(f"Profile **{prof.get('profile')}**: copy memory lags T = {prof.get('copy_T')}, adding-problem "
           f"lengths T = {prof.get('adding_T')}; training budget {prof.get('budget')} s per (task, arch, T) cell "
           f"(training time only, evaluation excluded; a cell stops early once solved), batch {prof.get('batch_size')}, "
-          f"Adam lr {prof.get('lr')} (transformer: half of it), gradient clipping at norm 1, "
+          f"Adam lr {prof.get('lr')} (transformer × {prof.get('transformer_lr_scale', 0.5)}), constant, "
+          f"gradient clipping at norm 1, parameters matched at {prof.get('copy_params')} (copy) and "
+          f"{prof.get('adding_params')} (adding), "
           f"LSTM forget-gate bias {prof.get('forget_bias')}, seed {prof.get('seed')}. Fresh random batches every step; "
           f"evaluation on 256 held-out sequences. The recurrent models are one layer; the transformer is "
           f"2 pre-norm causal layers, 4 heads, feed-forward 2·d_model, sinusoidal positions.")

@@ -4,7 +4,7 @@
 module          what lives there
 ==============  ==========================================================================
 loop            TrainConfig, Trainer (AdamW, warm-up + decay, clipping, evaluation, early
-                stopping, exact-resume checkpoints, DDP), DivergenceError
+                stopping or a goal, exact-resume checkpoints, DDP), DivergenceError
 schedule        WarmupDecay (the multiplier), WarmupDecayLR (a JSON-stateful LambdaLR)
 metrics         perplexity, bits_per_char, accuracy, macro_f1, token_accuracy, entity_f1,
                 exact_match, char_error_rate, bleu

@@ -9,6 +9,10 @@ The trainer knows three things about the task, all passed in by the caller:
   and reports units per second.
 * ``evaluate(model) -> {name: value}`` (optional): validation metrics; ``monitor`` and
   ``mode`` pick the one that decides the best score and early stopping.
+* ``stop_when(metrics) -> bool`` (optional): a goal, asked after every periodic evaluation
+  (not the final one, which has no decision left to make); True ends the run with
+  ``stopped == "goal"``, e.g. once a task counts as solved, so that the time to reach it is
+  measured and the rest of a budget is not spent.
 
 One step is::
 
@@ -50,7 +54,8 @@ from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, re
                          save_checkpoint, set_rng_state)
 from .schedule import DECAYS, WarmupDecayLR
 
-STOPS = ("max_steps", "early_stop", "max_time")
+STOPS = ("max_steps", "early_stop", "goal", "max_time")
+FINAL_STOPS = ("early_stop", "goal")  # a resumed run that stopped so stays stopped
 
 
 class DivergenceError(FloatingPointError):
@@ -164,7 +169,7 @@ class Trainer:
     """Train ``model`` on ``batches`` with AdamW, warm-up + decay, clipping, evaluation,
     early stopping and exact-resume checkpoints, in one process or under torchrun.
 
-    Arguments are described in the module docstring; in addition ``run_dir`` is where
+    Arguments are described in the module docstring (``stop_when`` among them); in addition ``run_dir`` is where
     checkpoints go, ``config`` (a JSON dict holding ``"model_class"``) is saved with them,
     ``extra()`` returns more JSON for every checkpoint (vocabularies), ``shard(batch, rank,
     world)`` picks a rank's rows (default :func:`seqlab.train.distributed.shard_batch`), and
@@ -172,7 +177,7 @@ class Trainer:
 
     Under DDP all ranks iterate the same ``batches`` (same data, same seed) and each keeps
     its share of every batch; rank 0 alone evaluates and writes checkpoints, and broadcasts
-    its early-stopping and time-limit decisions so every rank stops at the same step.
+    its early-stopping, goal and time-limit decisions so every rank stops at the same step.
     ``loss_fn`` receives the DDP wrapper, which also answers the model's own attributes; the
     forward pass must go through ``model(...)`` and use every parameter (DDP's default,
     ``find_unused_parameters=False``). Dropout masks differ between ranks, so a run with
@@ -189,7 +194,8 @@ class Trainer:
                  loss_fn: Callable[[nn.Module, Any], tuple], evaluate: Optional[Callable[[nn.Module], dict]] = None,
                  run_dir: str | Path, config: dict, extra: Optional[Callable[[], dict]] = None,
                  monitor: str = "loss", mode: str = "min", progress: bool = True,
-                 shard: Optional[Callable[[Any, int, int], Any]] = None):
+                 shard: Optional[Callable[[Any, int, int], Any]] = None,
+                 stop_when: Optional[Callable[[dict], bool]] = None):
         if not isinstance(cfg, TrainConfig):
             raise ValueError(f"cfg: expected a TrainConfig, got {type(cfg).__name__}")
         if not isinstance(config, dict) or "model_class" not in config:
@@ -203,8 +209,13 @@ class Trainer:
                                  f"got {type(batches).__name__} without {name}")
         if cfg.patience > 0 and evaluate is None:
             raise ValueError(f"patience={cfg.patience} needs an evaluate function, got evaluate=None")
+        if stop_when is not None and (evaluate is None or not cfg.eval_every):
+            raise ValueError(f"stop_when needs periodic evaluations, got evaluate={'None' if evaluate is None else 'set'}"
+                             f" and eval_every={cfg.eval_every}")
+        if stop_when is not None and not callable(stop_when):
+            raise ValueError(f"stop_when: expected a function of the metrics dict, got {type(stop_when).__name__}")
         self.model, self.cfg, self.batches = model, cfg, batches
-        self.loss_fn, self.evaluate_fn, self.extra_fn = loss_fn, evaluate, extra
+        self.loss_fn, self.evaluate_fn, self.extra_fn, self.stop_when = loss_fn, evaluate, extra, stop_when
         self.run_dir, self.config = Path(run_dir), config
         self.monitor, self.mode, self.progress = monitor, mode, progress
         self.shard = shard or D.shard_batch
@@ -226,14 +237,14 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self, resume: bool = False) -> dict:
-        """Train to ``max_steps`` (or an early stop, or ``max_time``); returns the run's summary."""
+        """Train to ``max_steps`` (or an early stop, a goal reached, or ``max_time``); returns the run's summary."""
         cfg, rank, world = self.cfg, D.get_rank(), D.get_world_size()
         if cfg.batch_size < world:
             raise ValueError(f"batch_size: expected at least one row per process ({world}), got {cfg.batch_size}")
         if not (resume and self._resume()):
             random.seed(cfg.seed + rank)
             torch.manual_seed(cfg.seed + rank)
-        if self.stopped == "early_stop" or self.step >= cfg.max_steps:
+        if self.stopped in FINAL_STOPS or self.step >= cfg.max_steps:
             return self.summary()  # a finished run stays finished
         self.stopped = None
         net = self.model
@@ -261,8 +272,7 @@ class Trainer:
                                     tok_s=f"{entry['tokens_per_s']:.0f}")
                 evaluated = False
                 if self.evaluate_fn is not None and cfg.eval_every and self.step % cfg.eval_every == 0:
-                    if self._evaluate(bar):
-                        self.stopped = "early_stop"
+                    self.stopped = self._evaluate(bar)  # "early_stop", "goal" or None
                     evaluated = True
                 if self.stopped is None and cfg.max_time > 0:
                     if D.broadcast_object(self.train_time >= budget_end):  # rank 0's clock decides
@@ -270,7 +280,7 @@ class Trainer:
                 if self.stopped is None and self.step >= cfg.max_steps:
                     self.stopped = "max_steps"
                 if self.stopped is not None and self.evaluate_fn is not None and not evaluated:
-                    self._evaluate(bar)  # the final score; no early-stop decision left to make
+                    self._evaluate(bar, final=True)  # the final score; no stop decision left to make
                 if self.stopped is not None or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
                     self.save()
                 running = time.perf_counter()
@@ -329,8 +339,9 @@ class Trainer:
         return DivergenceError(f"{what}; the weights were not updated and no checkpoint was written for this step "
                                f"(latest good one: {latest_checkpoint(self.run_dir)}). Lower lr or clip_norm.")
 
-    def _evaluate(self, bar) -> bool:
-        """Evaluate on rank 0, share the result with every rank; True if it is time to stop early."""
+    def _evaluate(self, bar, final: bool = False) -> Optional[str]:
+        """Evaluate on rank 0 and share the result with every rank; returns "goal" when ``stop_when``
+        says the goal is reached, "early_stop" when patience ran out, else None (always None if ``final``)."""
         decision = None
         if D.is_main():
             was_training = self.model.training
@@ -354,7 +365,11 @@ class Trainer:
             since = self._since_eval
             entry = {"step": self.step, "train_time": self.train_time,
                      **({"train_loss": since[0] / since[1]} if since[1] else {}), **metrics}
-            stop = self.cfg.patience > 0 and bad >= self.cfg.patience
+            stop = None
+            if not final and self.stop_when is not None and self.stop_when(dict(metrics)):
+                stop = "goal"  # the goal wins over patience: it says why the run is done
+            elif not final and self.cfg.patience > 0 and bad >= self.cfg.patience:
+                stop = "early_stop"
             decision = (metrics, best, bad, entry, stop)
             if self.progress:
                 bar.write(f"step {self.step}: " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
