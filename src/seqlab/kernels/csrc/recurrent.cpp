@@ -330,13 +330,20 @@ Tensor add_opt(const Tensor& a, const Tensor& b) {
 // ---------------------------------------------------------------------------------------
 // Matrix products: y = x W^T (+ bias), W in nn.Linear's (out, in) form.
 //
-// float32 products go to oneDNN (mkldnn::_linear_pointwise, the op inductor uses for CPU
-// linear layers) when torch was built with it and the product is large enough: torch's MKL
-// sgemm takes slow code paths on AMD CPUs, where oneDNN's JIT kernels run about twice as
-// fast; oneDNN is also what torch.nn.LSTM uses on CPU. Below the threshold its per-call
-// overhead (~15 us) costs more than it saves. float64 and small products use at::mm (MKL).
-// set_gemm_threshold (an op, for tests and benchmarks) moves the threshold: 0 = always
-// oneDNN for float32, -1 = never.
+// Two kinds. The products over all T*B rows (input projection, weight gradients, dx) are
+// long and few: MKL (at::mm), the projection written into a pooled buffer (project_rows).
+// oneDNN's linear only returns fresh outputs, and at T*B rows first-touching a fresh output
+// costs about as much as the product; it also copies transposed operands before a weight
+// gradient. Measured on the 2-core AMD EPYC CI machine, 2026-11-28, 1 thread: MKL into a
+// reused buffer took 0.75-1.0x oneDNN's time for every projection and weight gradient of
+// benchmarks/recurrent.py's grid (e.g. 159 vs 229 ms for the GRU's dW_ih at (64, 100, 512)).
+//
+// The per-step products of the time loop (StepLinear) are small and many: float32 ones go to
+// oneDNN (mkldnn::_linear_pointwise, the op inductor uses for CPU linear layers) with W
+// packed once per call, when torch was built with it and the product is large enough; oneDNN
+// is also what torch.nn.LSTM uses on CPU. Below the threshold its per-call overhead (~15 us)
+// costs more than it saves. float64 and small products use MKL. set_gemm_threshold (an op,
+// for tests and benchmarks) moves the threshold: 0 = always oneDNN for float32, -1 = never.
 
 int64_t g_dnn_threshold = int64_t(1) << 21;  // m*n*k multiply-adds
 
@@ -378,18 +385,17 @@ Tensor dnn_linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   return s[0].toTensor();
 }
 
-// x (m, k) @ w (n, k)^T + bias (n): a new tensor
-Tensor dense(const Tensor& x, const Tensor& w, const Tensor& bias = Tensor()) {
-  if (use_dnn(x, x.size(0), w.size(0), x.size(1))) return dnn_linear(x, w, bias);
-  return bias.defined() ? at::addmm(bias, x, w.t()) : at::mm(x, w.t());
+// x (T*B, k) @ w (n, k)^T + bias (n) into a pooled buffer, returned as `sizes` (n last)
+Tensor project_rows(const Tensor& x, const Tensor& w, const Tensor& bias, at::IntArrayRef sizes) {
+  Tensor out = loop_buffer(sizes, x.options());
+  Tensor rows = out.view({x.size(0), w.size(0)});  // (..., n) -> (T*B, n)
+  if (bias.defined()) at::addmm_out(rows, bias, x, w.t());
+  else at::mm_out(rows, x, w.t());
+  return out;
 }
 
-// a (N, M), b (N, K) -> a^T b (M, K): a weight gradient, a reduction over N = T*B rows.
-// Computed as (b^T a)^T: with the long dimension innermost in both operands oneDNN runs
-// these shapes about 25% faster than a^T b (the transpose of the small result is free).
-Tensor weight_grad(const Tensor& a, const Tensor& b) {
-  return dense(b.t(), a.t()).t().contiguous();  // (K, N) @ (N, M) -> (K, M) -> (M, K)
-}
+// a (N, M), b (N, K) -> a^T b (M, K): a weight gradient, a reduction over N = T*B rows
+Tensor weight_grad(const Tensor& a, const Tensor& b) { return at::mm(a.t(), b); }
 
 // One product of the time loop: the same W (n, k) every step, x (m, k). With oneDNN the
 // weight is packed once; with MKL the result goes into a preallocated buffer.
@@ -463,7 +469,7 @@ std::vector<Tensor> rnn_forward(
     // LN_ih is applied row by row inside the step loop, just before the step reads the row:
     // a separate ATen layer_norm over all T*B rows would write and read xw through memory
     // once more (and allocate it). act starts empty; each step fills its rows first.
-    xp = dense(x_rows, w_ih).contiguous();  // (T*B, I) @ (I, GH)
+    xp = project_rows(x_rows, w_ih, Tensor(), {T * B, GH});  // (T*B, I) @ (I, GH)
     act = save ? loop_buffer({T, B, GH}, opts) : at::empty({T, B, GH}, opts);  // (RNN: may be y)
     x_mean = at::empty({T * B, 1}, opts);  // per-row statistics, as native_layer_norm returns them
     x_rstd = at::empty({T * B, 1}, opts);
@@ -476,7 +482,7 @@ std::vector<Tensor> rnn_forward(
     }
   } else {
     // (T*B, I) @ (I, GH) + b -> (T, B, GH); becomes the gates in place
-    act = dense(x_rows, w_ih, b_x).contiguous().view({T, B, GH});
+    act = project_rows(x_rows, w_ih, b_x, {T, B, GH});
   }
 
   const Tensor keep = contiguous_or_undef(keep_), keep_c = contiguous_or_undef(keep_c_);
@@ -922,7 +928,7 @@ std::vector<Tensor> rnn_backward(
   if (ln_c && need[N_LN_C_B]) g[N_LN_C_B] = acc(db_c);
   const Tensor dxp_rows = rows(dxp);  // (T*B, GH)
   if (need[N_W_IH]) g[N_W_IH] = weight_grad(dxp_rows, x.reshape({T * B, I}));   // (GH, T*B) @ (T*B, I)
-  if (need[N_X]) g[N_X] = dense(dxp_rows, w_ih.t().contiguous()).view({T, B, I});  // (T*B, GH) @ (GH, I)
+  if (need[N_X]) g[N_X] = at::mm(dxp_rows, w_ih).view({T, B, I});  // (T*B, GH) @ (GH, I)
   return g;
 }
 
@@ -934,7 +940,7 @@ std::vector<Tensor> rnn_backward(
 //   minGRU   pre = k | p            a = 1 − z = σ(−k)
 //   minLSTM  pre = k_f | k_i | p    a = f' = f / (f + i),  f = σ(k_f), i = σ(k_i)
 //
-// forward   pre = X W^T + b                        one product over all T*B rows (MKL, pooled buffer)
+// forward   pre = X W^T + b                        one product over all T*B rows (project_rows)
 //           h_t from a_t, h̃_t and h_{t-1}          one pass over (T, B, H)
 // backward  s_t = ∂L/∂h_t + a_{t+1} s_{t+1}        the adjoint, the same recurrence reversed,
 //           ∂L/∂a_t = s_t (h_{t-1} − h̃_t),  ∂L/∂p_t = s_t (1 − a_t) g'(p_t)   in the same pass
@@ -1002,12 +1008,7 @@ std::vector<Tensor> min_forward(int64_t cell, const Tensor& x, const Tensor& w, 
   TORCH_CHECK(cell == MIN_GRU || cell == MIN_LSTM, "seqlab min_forward: cell must be 0 (minGRU) or 1 (minLSTM), got ",
               cell);
   const int64_t Tn = x.size(0), B = x.size(1), I = x.size(2), GH = w.size(0), H = h0_.size(1);
-  // pre comes from the pool and MKL writes into it: at this size (T*B rows of G*H) the first touch
-  // of a fresh buffer costs as much as the product itself, and oneDNN only returns fresh ones
-  Tensor pre = loop_buffer({Tn, B, GH}, x.options());
-  Tensor pre_rows = pre.view({Tn * B, GH});  // (T, B, GH) -> (T*B, GH)
-  if (given(b)) at::addmm_out(pre_rows, *b, x.reshape({Tn * B, I}), w.t());
-  else at::mm_out(pre_rows, x.reshape({Tn * B, I}), w.t());
+  const Tensor pre = project_rows(x.reshape({Tn * B, I}), w, given(b) ? *b : Tensor(), {Tn, B, GH});
   const Tensor h0 = h0_.contiguous();
   // h is the layer's output, and also from the pool (unlike the RNN loop's y): at T*B rows it is the
   // largest buffer a training step touches first, and a training step frees it again. The price:
@@ -1098,9 +1099,8 @@ std::vector<Tensor> min_backward(int64_t cell, const Tensor& x, const Tensor& w,
   });
   const Tensor g_rows = gpre.view({Tn * B, GH});  // (T, B, GH) -> (T*B, GH)
   std::vector<Tensor> g(4);
-  // MKL, not oneDNN, for these long products: oneDNN copies the transposed operands first
   if (need[0]) g[0] = at::mm(g_rows, w).view({Tn, B, I});               // (T*B, GH) @ (GH, I)
-  if (need[1]) g[1] = at::mm(g_rows.t(), x.reshape({Tn * B, I}));      // (GH, T*B) @ (T*B, I)
+  if (need[1]) g[1] = weight_grad(g_rows, x.reshape({Tn * B, I}));     // (GH, T*B) @ (T*B, I)
   if (need[2]) g[2] = g_rows.sum(0);
   g[3] = dh0;
   return g;
