@@ -494,6 +494,8 @@ def _(cell, x, weight, pre, h, h0, dh, dh_T, need):
 def _min_setup_context(ctx, inputs, output):
     cell, x, weight, bias, h0 = inputs
     ctx.cell = cell
+    # pre's gradient is never used, and a materialised zero ∂L/∂pre is a (T, B, G·H) fill per step
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, weight, h0, output[0], output[2])
 
 

@@ -54,12 +54,20 @@ using OptT = c10::optional<Tensor>;
 constexpr double LN_EPS = 1e-5;  // common.LN_EPS
 enum Cell : int64_t { RNN_TANH = 0, RNN_RELU = 1, LSTM = 2, GRU = 3 };
 
+// Loops of these functions vectorise only when every call is inlined; in the larger loop bodies
+// (minLSTM's backward) GCC's size heuristics stopped inlining them, leaving the loop scalar.
+#if defined(__GNUC__)
+#define SEQLAB_INLINE inline __attribute__((always_inline))
+#else
+#define SEQLAB_INLINE inline
+#endif
+
 // ---------------------------------------------------------------------------------------
 // Scalar math. exp_f: Cephes' expf (range reduction to [-ln2/2, ln2/2], degree-6
 // polynomial, 2^n by exponent bits): about 1 ulp, and branch-free so loops of it vectorise,
 // which glibc's expf does not. Inputs are clamped to where expf is finite and normal.
 
-inline float exp_f(float x) {
+SEQLAB_INLINE float exp_f(float x) {
   x = x < -87.0f ? -87.0f : x;
   x = x > 88.0f ? 88.0f : x;
   const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2)
@@ -78,11 +86,11 @@ inline float exp_f(float x) {
   return p * scale;
 }
 
-inline float exp_(float x) { return exp_f(x); }
+SEQLAB_INLINE float exp_(float x) { return exp_f(x); }
 inline double exp_(double x) { return std::exp(x); }
 
 template <typename T>
-inline T sigmoid_(T v) { return T(1) / (T(1) + exp_(-v)); }
+SEQLAB_INLINE T sigmoid_(T v) { return T(1) / (T(1) + exp_(-v)); }
 
 template <typename T>
 inline T tanh_(T v) { return T(2) / (T(1) + exp_(T(-2) * v)) - T(1); }  // 2σ(2v) - 1
@@ -956,7 +964,7 @@ enum MinCell : int64_t { MIN_GRU = 0, MIN_LSTM = 1 };
 
 // g(p) = max(σ(p) − 0.5, p) + 0.5 without a branch (σ(p) ≤ p + 0.5 exactly when p ≥ 0)
 template <typename T>
-inline T g_(T p) {
+SEQLAB_INLINE T g_(T p) {
   const T s = sigmoid_(p) - T(0.5);
   return (s > p ? s : p) + T(0.5);
 }
@@ -966,7 +974,7 @@ inline T g_(T p) {
 // q in [1/2, 2]. Where f + i itself would underflow (k_f, k_i < −87) this still gives the
 // ratio, as the Python path's logsigmoid difference does.
 template <typename T>
-inline T minlstm_a(T kf, T ki) {
+SEQLAB_INLINE T minlstm_a(T kf, T ki) {
   const T cf = kf < T(0) ? -kf : T(0), ci = ki < T(0) ? -ki : T(0);
   const T q = (T(1) + exp_(-(kf < T(0) ? -kf : kf))) / (T(1) + exp_(-(ki < T(0) ? -ki : ki)));
   return T(1) / (T(1) + exp_(cf - ci) * q);
@@ -974,7 +982,7 @@ inline T minlstm_a(T kf, T ki) {
 
 // a as a function of the row's gate pre-activations r (k | p, or k_f | k_i | p)
 template <int64_t CELL, typename T>
-inline T min_a(const T* r, int64_t j, int64_t H) {
+SEQLAB_INLINE T min_a(const T* r, int64_t j, int64_t H) {
   if constexpr (CELL == MIN_GRU) return sigmoid_(-r[j]);
   else return minlstm_a(r[j], r[H + j]);
 }
@@ -1021,6 +1029,32 @@ std::vector<Tensor> min_forward(int64_t cell, const Tensor& x, const Tensor& w, 
   return {h, pre};
 }
 
+// One row of one step backwards: ∂L/∂pre_t (gr, its p block gp) from ∂L/∂h_t (d), and the adjoint
+// s and gate a carried from step t+1 (sn, an), updated in place. __restrict: with eight pointers
+// GCC gives up versioning the loop for possible aliasing, and minLSTM's backward stayed scalar.
+template <int64_t CELL, typename T>
+void min_backward_row(const T* __restrict r, const T* __restrict p, const T* __restrict hp, const T* __restrict d,
+                      T* __restrict gr, T* __restrict gp, T* __restrict sn, T* __restrict an, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T s = d[j] + an[j] * sn[j];
+    const T sp = sigmoid_(p[j]), gm = sp - T(0.5);
+    const T ht = (gm > p[j] ? gm : p[j]) + T(0.5);       // g(p)
+    const T dg = p[j] < T(0) ? sp * (T(1) - sp) : T(1);  // g'(p)
+    const T a = min_a<CELL>(r, j, H);
+    const T du = s * (hp[j] - ht) * a * (T(1) - a);  // ∂L/∂u with a = σ(u)
+    gp[j] = s * (T(1) - a) * dg;
+    if constexpr (CELL == MIN_GRU) {
+      gr[j] = -du;  // u = −k
+    } else {
+      // u = log σ(k_f) − log σ(k_i): ∂u/∂k_f = σ(−k_f), ∂u/∂k_i = −σ(−k_i)
+      gr[j] = du * sigmoid_(-r[j]);
+      gr[H + j] = -du * sigmoid_(-r[H + j]);
+    }
+    sn[j] = s;
+    an[j] = a;
+  }
+}
+
 // dh is read through its strides: the gradient of out.sum() arrives as an expanded scalar,
 // which .contiguous() would spend a full (T, B, H) pass to materialise.
 template <int64_t CELL, typename T>
@@ -1047,27 +1081,8 @@ void min_backward_rows(const T* pre, const T* h, const T* h0, const T* dh, const
           d = drow.data();
         }
         T* gr = gpre + (t * B + b) * GH;  // ∂L/∂pre_t
-        T* gp = gr + (G - 1) * H;
-        T* sn = s_next.data() + (b - b0) * H;
-        T* an = a_next.data() + (b - b0) * H;
-        for (int64_t j = 0; j < H; ++j) {
-          const T s = d[j] + an[j] * sn[j];
-          const T sp = sigmoid_(p[j]), gm = sp - T(0.5);
-          const T ht = (gm > p[j] ? gm : p[j]) + T(0.5);           // g(p)
-          const T dg = p[j] < T(0) ? sp * (T(1) - sp) : T(1);      // g'(p)
-          const T a = min_a<CELL>(r, j, H);
-          const T du = s * (hp[j] - ht) * a * (T(1) - a);  // ∂L/∂u with a = σ(u)
-          gp[j] = s * (T(1) - a) * dg;
-          if constexpr (CELL == MIN_GRU) {
-            gr[j] = -du;  // u = −k
-          } else {
-            // u = log σ(k_f) − log σ(k_i): ∂u/∂k_f = σ(−k_f), ∂u/∂k_i = −σ(−k_i)
-            gr[j] = du * sigmoid_(-r[j]);
-            gr[H + j] = -du * sigmoid_(-r[H + j]);
-          }
-          sn[j] = s;
-          an[j] = a;
-        }
+        min_backward_row<CELL, T>(r, p, hp, d, gr, gr + (G - 1) * H, s_next.data() + (b - b0) * H,
+                                  a_next.data() + (b - b0) * H, H);
       }
     }
     if (dh0)
