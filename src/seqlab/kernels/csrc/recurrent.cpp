@@ -352,8 +352,23 @@ Tensor add_opt(const Tensor& a, const Tensor& b) {
 // is also what torch.nn.LSTM uses on CPU. Below the threshold its per-call overhead (~15 us)
 // costs more than it saves. float64 and small products use MKL. set_gemm_threshold (an op,
 // for tests and benchmarks) moves the threshold: 0 = always oneDNN for float32, -1 = never.
+//
+// The default depends on the CPU. The machine this was first tuned on measured oneDNN about
+// twice as fast as MKL for these products; the likely reason is AVX-512, which oneDNN's JIT
+// kernels use and MKL's code path for AMD CPUs does not (a guess: that machine's CPU flags were
+// not recorded), so with AVX-512 the default stays oneDNN. On an AVX2-only AMD EPYC (the CI machine of 2026-11-28) MKL was as fast
+// or faster at every size of benchmarks/recurrent.py's grid in three same-process runs (training
+// ratio vs torch.nn, oneDNN -> MKL: RNN (128, 50, 128) 0.88 -> 0.77, (32, 100, 256) 0.83 -> 0.76),
+// so there the per-step products stay on MKL too.
 
-int64_t g_dnn_threshold = int64_t(1) << 21;  // m*n*k multiply-adds
+int64_t default_dnn_threshold() {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  if (!__builtin_cpu_supports("avx512f")) return -1;
+#endif
+  return int64_t(1) << 21;  // m*n*k multiply-adds
+}
+
+int64_t g_dnn_threshold = default_dnn_threshold();
 
 struct OneDNN {
   c10::optional<c10::OperatorHandle> linear, reorder;
