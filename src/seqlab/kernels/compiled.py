@@ -290,8 +290,8 @@ def _hidden_size(w_ih: Tensor, cell: str) -> int:
 
 
 # ----------------------------------------------------------------------------
-# minGRU / minLSTM (nn/minrnn.py): one C++ pass over time each way, the products as one
-# oneDNN/BLAS call each (csrc/recurrent.cpp, ``min_forward`` / ``min_backward``).
+# minGRU / minLSTM (nn/minrnn.py): one C++ pass over time each way, the products over all T*B
+# rows one MKL call each (csrc/recurrent.cpp, ``min_forward`` / ``min_backward``).
 
 
 def supports_min(x: Tensor, weight: Tensor, bias: Optional[Tensor], h0: Tensor) -> Optional[str]:

@@ -23,7 +23,7 @@ Four ways to run the same equations, chosen by ``mode`` (one place,
   backward (:class:`_MinScan`), in torch ops: runs on any device.
 - ``'compiled'`` (the default for T > 1 on the CPU, where the C++ extension
   builds): the same recurrence as one C++ pass over time each way, gates,
-  state update and adjoint fused per element, the products one oneDNN/BLAS
+  state update and adjoint fused per element, the products one MKL
   call each (``kernels/compiled.py``, ``min_forward``/``min_backward`` in
   ``csrc/recurrent.cpp``). A sequential pass is the cheapest scan on a CPU:
   the recurrence costs a few flops per element, and every extra pass over
