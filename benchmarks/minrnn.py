@@ -40,6 +40,8 @@ except ImportError:  # run from a checkout without installing: python benchmarks
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import seqlab.nn.minrnn as mr
 
+from recurrent import gemm_gflops  # noqa: E402  (benchmarks/ is the script's folder, so on sys.path)
+
 try:
     from seqlab.nn import GRU as BaselineGRU
 
@@ -128,6 +130,18 @@ def run(cfg: Config) -> list[tuple]:
     return rows
 
 
+def product_flops(layer: str, cfg: Config, steps: int) -> float:
+    """Flops of the matrix products of one training step (input size = hidden size H).
+
+    GRU: x W_ih^T and W_hh h_{t-1} forward, dW_ih, dW_hh and dh backward (+ dx), each
+    2 T B H 3H. MinGRU: x W^T forward ([z | h~], 2H outputs), dW backward (+ dx), each 2 T B H 2H.
+    """
+    H = cfg.hidden
+    if layer == "gru":
+        return 2.0 * steps * cfg.batch * H * 3 * H * (6 if cfg.input_grad else 5)
+    return 2.0 * steps * cfg.batch * H * 2 * H * (3 if cfg.input_grad else 2)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes and one repeat: a smoke test")
@@ -158,6 +172,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     name, got = next((name, s) for T, name, _, _, s in rows if T == longest and name.startswith("MinGRU auto"))
     verdict = "meets" if got >= TARGET_SPEEDUP else "misses"
     print(f"\n{name} at T={longest}: {got:.1f}x the GRU ({verdict} the {TARGET_SPEEDUP:.0f}x target)")
+    gru_ms = next(ms for T, n, ms, _, _ in rows if T == longest and n.startswith("GRU"))
+    need = product_flops("mingru", cfg, longest) / (gru_ms / TARGET_SPEEDUP / 1e3) / 1e9
+    print(f"Products per step at T={longest}: GRU {product_flops('gru', cfg, longest) / 1e9:.1f} GFLOP, MinGRU "
+          f"{product_flops('mingru', cfg, longest) / 1e9:.1f} GFLOP. At {TARGET_SPEEDUP:.0f}x the GRU, MinGRU's "
+          f"products alone would have to run at {need:.0f} GFLOP/s; float32 products (1024^3) run at "
+          f"{gemm_gflops(torch.device('cpu')):.0f} GFLOP/s here.")
 
 
 if __name__ == "__main__":

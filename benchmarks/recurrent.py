@@ -12,9 +12,12 @@ median of repeats of
 - inference: forward in eval mode under ``torch.no_grad()``;
 
 for torch.nn and for seqlab's paths (``backend='fused'``, and ``'compiled'``, the C++
-loop, when it builds on this machine), all with the same weights, and reports
-seqlab / torch (below 1 means seqlab is faster) and tokens/s (batch * steps /
-median time). The LSTM variants (layer_norm=True; recurrent_dropout=0.25;
+loop, when it builds on this machine), all with the same weights and timed in turns
+(each repeat calls every module once), and reports seqlab / torch (below 1 means
+seqlab is faster) and tokens/s (batch * steps / median time). Next to the ratios
+stands a floor: the time the layer's matrix products alone take at this machine's
+float32 product rate (measured in the same run), over torch.nn's time. No
+implementation that does those products at that rate gets below it. The LSTM variants (layer_norm=True; recurrent_dropout=0.25;
 zoneout=0.1; one at a time) are timed for seqlab's fused and compiled paths (and
 the LayerNorm LSTM on the reference loop too) against torch.nn's plain LSTM: the
 speed a user gives up to get them. The output is two
@@ -79,6 +82,9 @@ class Row:
     train_ms: Optional[float]  # None when this implementation could not run (see error)
     infer_ms: Optional[float]
     error: str = ""
+    # the layer's matrix products at this machine's 1024^3 product rate (see matmul_flops)
+    floor_train_ms: Optional[float] = None
+    floor_infer_ms: Optional[float] = None
 
     @property
     def train_ratio(self) -> Optional[float]:
@@ -87,6 +93,15 @@ class Row:
     @property
     def infer_ratio(self) -> Optional[float]:
         return None if self.infer_ms is None else self.infer_ms / self.torch_infer_ms
+
+    @property
+    def floor_train_ratio(self) -> Optional[float]:
+        """The lowest train ratio that products at the 1024^3 rate allow: below it only by faster products."""
+        return None if self.floor_train_ms is None else self.floor_train_ms / self.torch_train_ms
+
+    @property
+    def floor_infer_ratio(self) -> Optional[float]:
+        return None if self.floor_infer_ms is None else self.floor_infer_ms / self.torch_infer_ms
 
     def tokens_per_s(self, ms: Optional[float]) -> Optional[float]:
         return None if ms is None else self.batch * self.steps / (ms / 1e3)
@@ -100,18 +115,47 @@ def _sync(device: torch.device) -> None:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def median_ms(fn: Callable[[], None], warmup: int, repeats: int, device: torch.device,
-              clock: Callable[[], float] = time.perf_counter) -> float:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = clock()
-        fn()
-        _sync(device)  # GPU work is asynchronous: wait for it before stopping the clock
-        times.append(clock() - t0)
-    return statistics.median(times) * 1e3
+def _call(mod: nn.Module, x: torch.Tensor, train: bool) -> None:
+    """One training step (zero_grad + forward + backward of output.sum() + states.sum()) or one
+    no-grad forward."""
+    if train:
+        mod.zero_grad(set_to_none=True)
+        out, st = mod(x)
+        (out.sum() + _states_sum(st)).backward()
+    else:
+        with torch.no_grad():
+            mod(x)
+
+
+def round_robin_ms(mods: dict[str, nn.Module], x: torch.Tensor, cfg: Config, device: torch.device,
+                   train: bool) -> tuple[dict[str, float], dict[str, str]]:
+    """Median ms per module, timed in turns: each repeat calls every module once.
+
+    On a shared machine the load drifts over seconds; timing torch.nn first and seqlab
+    afterwards turned that drift into swings of +-30% in the ratios between runs. In turns,
+    a slow spell reaches every module alike and the medians stay comparable. Returns
+    (ms by name, error by name) for the modules that raised (they drop out of later turns).
+    """
+    clock = CLOCKS[cfg.clock]
+    times: dict[str, list[float]] = {k: [] for k in mods}
+    errors: dict[str, str] = {}
+    for m in mods.values():
+        m.train(train)
+    for r in range(cfg.warmup + cfg.repeats):
+        for k, m in mods.items():
+            if k in errors:
+                continue
+            _sync(device)
+            t0 = clock()
+            try:
+                _call(m, x, train)
+                _sync(device)  # GPU work is asynchronous: wait for it before stopping the clock
+            except Exception as e:  # report and go on: one broken path should not hide the others
+                errors[k] = f"{type(e).__name__}: {e}"
+                continue
+            if r >= cfg.warmup:  # untimed first turns: allocator, thread pool and lazy imports settle
+                times[k].append(clock() - t0)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items() if k not in errors}, errors
 
 
 def _torch_layer(cell: str, hidden: int, device) -> nn.Module:
@@ -128,24 +172,35 @@ def _states_sum(st) -> torch.Tensor:
     return sum(s.sum() for s in st) if isinstance(st, tuple) else st.sum()
 
 
-def time_module(mod: nn.Module, x: torch.Tensor, cfg: Config, device) -> tuple[float, float]:
-    """(training ms, inference ms) for one module on one input."""
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
-    def train_step() -> None:
-        mod.zero_grad(set_to_none=True)
-        out, st = mod(x)
-        (out.sum() + _states_sum(st)).backward()
 
-    def infer_step() -> None:
-        with torch.no_grad():
-            mod(x)
+def matmul_flops(cell: str, batch: int, steps: int, hidden: int, train: bool) -> float:
+    """Flops of the matrix products a layer cannot avoid (hidden = input, x without grad).
 
-    clock = CLOCKS[cfg.clock]
-    mod.train()
-    train = median_ms(train_step, cfg.warmup, cfg.repeats, device, clock)
-    mod.eval()
-    infer = median_ms(infer_step, cfg.warmup, cfg.repeats, device, clock)
-    return train, infer
+    Forward: x W_ih^T over all T*B rows and W_hh h_{t-1} per step, 2 T B H GH each (GH = gates * H).
+    Training adds the backward's dW_ih, dW_hh and dh_{t-1} = da_t W_hh; the benchmark's x needs no
+    gradient, so there is no dx. The variants (LayerNorm, dropout, zoneout) add no products.
+    """
+    one = 2.0 * steps * batch * hidden * GATES[cell.split("+")[0]] * hidden
+    return one * (5 if train else 2)
+
+
+def gemm_gflops(device: torch.device, clock: Callable[[], float] = time.perf_counter, repeats: int = 5) -> float:
+    """This machine's float32 matrix-product rate, GFLOP/s: the median of 1024^3 products into a
+    reused output, timed like the layers (same clock and threads, same process)."""
+    n = 1024
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    out = torch.empty(n, n, device=device)
+    times = []
+    for r in range(3 + 2 * repeats):
+        _sync(device)
+        t0 = clock()
+        torch.mm(a, b, out=out)
+        _sync(device)
+        if r >= 3:
+            times.append(clock() - t0)
+    return 2.0 * n**3 / statistics.median(times) / 1e9
 
 
 def bench(cfg: Config, log=print) -> list[Row]:
@@ -161,32 +216,49 @@ def bench(cfg: Config, log=print) -> list[Row]:
         cases += [(f"lstm+{name}", b, b, kw) for name, kw in VARIANTS.items() for b in paths]
         # what torch.nn users get for a custom cell today: a per-step Python loop (our reference)
         cases += [("lstm+layer_norm", "reference", "reference", VARIANTS["layer_norm"])]
+    gflops = gemm_gflops(device, CLOCKS[cfg.clock], cfg.repeats)
+    log(f"# float32 matrix products at {gflops:.1f} GFLOP/s (1024^3, median): the 'floor' columns are the "
+        f"time of a layer's products at that rate over torch.nn's time")
     for batch, steps, hidden in cfg.sizes:
         x = torch.randn(steps, batch, hidden, device=device)  # (T, B, I), time-major like torch.nn
-        baselines: dict[str, tuple[float, float]] = {}
-        for cell, impl, backend, variant in cases:
-            base_cell = cell.split("+")[0]
+        for base_cell in cfg.cells:
+            # torch.nn and every seqlab path of this cell, same weights, timed in turns
             torch.manual_seed(0)
             ref = _torch_layer(base_cell, hidden, device)
-            if base_cell not in baselines:
-                baselines[base_cell] = time_module(ref, x, cfg, device)
-            t_train, t_infer = baselines[base_cell]
-            try:
-                ours = _seqlab_layer(base_cell, hidden, device, backend, **variant)
-                ours.load_state_dict(ref.state_dict(), strict=not variant)  # same weights as the baseline
-                s_train, s_infer = time_module(ours, x, cfg, device)
-                err = ""
-                dispatch = getattr(ours, "last_dispatch", None)
-                if dispatch is not None and dispatch.backend != backend:
+            mods: dict[str, nn.Module] = {"torch": ref}
+            ours: dict[tuple[str, str], nn.Module] = {}
+            errors: dict[str, str] = {}
+            for cell, impl, backend, variant in cases:
+                if cell.split("+")[0] != base_cell:
+                    continue
+                key = f"{cell}/{impl}"
+                try:
+                    m = _seqlab_layer(base_cell, hidden, device, backend, **variant)
+                    m.load_state_dict(ref.state_dict(), strict=not variant)  # same weights as the baseline
+                    mods[key] = ours[(cell, impl)] = m
+                except Exception as e:
+                    errors[key] = f"{type(e).__name__}: {e}"
+            train, train_err = round_robin_ms(mods, x, cfg, device, train=True)
+            infer, infer_err = round_robin_ms(mods, x, cfg, device, train=False)
+            if "torch" not in train or "torch" not in infer:
+                raise RuntimeError(f"torch.nn {base_cell} failed: {train_err.get('torch') or infer_err.get('torch')}")
+            for cell, impl, backend, variant in cases:
+                if cell.split("+")[0] != base_cell:
+                    continue
+                key = f"{cell}/{impl}"
+                err = errors.get(key) or train_err.get(key) or infer_err.get(key) or ""
+                dispatch = getattr(ours.get((cell, impl)), "last_dispatch", None)
+                if not err and dispatch is not None and dispatch.backend != backend:
                     err = f"ran {dispatch.backend}: {dispatch.reason}"
-            except Exception as e:  # report and go on: one broken path should not hide the others
-                s_train = s_infer = None
-                err = f"{type(e).__name__}: {e}"
-            row = Row(cell, impl, batch, steps, hidden, t_train, t_infer, s_train, s_infer, err)
-            rows.append(row)
-            log(f"# {cell:14s} {impl:9s} B={batch:<4d} T={steps:<4d} H={hidden:<4d} "
-                f"train {_fmt(row.train_ratio, 'x')} infer {_fmt(row.infer_ratio, 'x')}"
-                + (f"  [{err}]" if err else ""))
+                row = Row(cell, impl, batch, steps, hidden, train["torch"], infer["torch"],
+                          train.get(key), infer.get(key), err,
+                          floor_train_ms=matmul_flops(cell, batch, steps, hidden, True) / gflops / 1e6,
+                          floor_infer_ms=matmul_flops(cell, batch, steps, hidden, False) / gflops / 1e6)
+                rows.append(row)
+                log(f"# {cell:14s} {impl:9s} B={batch:<4d} T={steps:<4d} H={hidden:<4d} "
+                    f"train {_fmt(row.train_ratio, 'x')} (floor {_fmt(row.floor_train_ratio, 'x')}) "
+                    f"infer {_fmt(row.infer_ratio, 'x')} (floor {_fmt(row.floor_infer_ratio, 'x')})"
+                    + (f"  [{err}]" if err else ""))
     return rows
 
 
@@ -244,10 +316,14 @@ def markdown(rows: list[Row]) -> str:
 
 
 def side_by_side(rows: list[Row]) -> str:
-    """One line per (cell, size): torch.nn's ms, then each path's train and inference ratio."""
+    """One line per (cell, size): torch.nn's ms, then each path's train and inference ratio, each
+    followed by the floor: the ratio the layer's matrix products alone would take at this
+    machine's 1024^3 product rate (a ratio near its floor has no time left to win outside the
+    products)."""
     impls = [i for i in ("fused", "compiled", "reference") if any(r.impl == i for r in rows)]
     head = ("| cell | batch | steps | hidden | torch train ms | torch infer ms | "
-            + " | ".join(f"{i} train" for i in impls) + " | " + " | ".join(f"{i} infer" for i in impls) + " |")
+            + " | ".join(f"{i} train" for i in impls) + " | floor train | "
+            + " | ".join(f"{i} infer" for i in impls) + " | floor infer |")
     lines = [head, "|" + "---|" * (head.count(" | ") + 1)]
     groups: dict[tuple, dict[str, Row]] = {}
     for r in rows:
@@ -257,7 +333,8 @@ def side_by_side(rows: list[Row]) -> str:
         train = [_fmt(by[i].train_ratio, "x") if i in by else "" for i in impls]
         infer = [_fmt(by[i].infer_ratio, "x") if i in by else "" for i in impls]
         lines.append(f"| {cell} | {b} | {t} | {h} | {any_row.torch_train_ms:.2f} | {any_row.torch_infer_ms:.2f} | "
-                     + " | ".join(train) + " | " + " | ".join(infer) + " |")
+                     + " | ".join(train) + f" | {_fmt(any_row.floor_train_ratio, 'x', 3)} | "
+                     + " | ".join(infer) + f" | {_fmt(any_row.floor_infer_ratio, 'x', 3)} |")
     return "\n".join(lines)
 
 
@@ -337,6 +414,7 @@ def main(argv=None) -> int:
     if json_path:
         out = {"config": asdict(cfg), "environment": env,
                "rows": [{**asdict(r), "train_ratio": r.train_ratio, "infer_ratio": r.infer_ratio,
+                         "floor_train_ratio": r.floor_train_ratio, "floor_infer_ratio": r.floor_infer_ratio,
                          "train_tokens_per_s": r.tokens_per_s(r.train_ms),
                          "infer_tokens_per_s": r.tokens_per_s(r.infer_ms)} for r in rows]}
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)

@@ -91,6 +91,9 @@ class LayerResult(NamedTuple):
     record: Optional[dict]  # name -> (T, B, ·) per-step values, when record=True
 
 
+_SLOT_LABELS = tuple(f"w.{n}" for n in LayerWeights._fields) + tuple(f"masks.{n}" for n in Masks._fields)
+
+
 def refuse_call(path: str, cell: str, x, w: LayerWeights, masks: Masks, floats: tuple) -> Optional[str]:
     """The checks every fast path makes before it takes a call: None, or a one-line reason.
 
@@ -105,9 +108,7 @@ def refuse_call(path: str, cell: str, x, w: LayerWeights, masks: Masks, floats: 
         return f"input dtype {x.dtype} is not a floating dtype the {path} path computes in ({', '.join(map(str, floats))})"
     if x.dim() != 3:
         return f"the {path} path takes time-major (T, B, I) input, got {x.dim()}D"
-    named = [(f"w.{n}", t) for n, t in zip(LayerWeights._fields, w)]
-    named += [(f"masks.{n}", t) for n, t in zip(Masks._fields, masks)]
-    for name, t in named:
+    for name, t in zip(_SLOT_LABELS, (*w, *masks)):
         if t is None:
             continue
         if not isinstance(t, Tensor):

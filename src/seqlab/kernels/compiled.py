@@ -226,8 +226,29 @@ def run_layer(
         rec = _record(cell, saved, H) if record else None
         return LayerResult(out[0], out[1], out[2] if cell == "lstm" else None, rec)
     recorded: Optional[dict] = {} if record else None
-    y, h, c = _Compiled.apply(cell, recorded, x, h0, c0, *w, *masks)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, c0, *w)):
+        y, h, c = _Compiled.apply(cell, recorded, x, h0, c0, *w, *masks)
+    else:
+        # nothing to differentiate: the op itself, without autograd.Function's bookkeeping
+        # (about a fifth of a one-step call, which is what generation makes)
+        y, h, c, _ = _forward(cell, recorded, x, h0, c0, _contiguous_1d((*w, *masks)), save=False)
     return LayerResult(y, h, c, recorded)
+
+
+def _forward(cell: str, recorded: Optional[dict], x: Tensor, h0: Tensor, c0: Optional[Tensor], slots: tuple,
+             save: bool) -> tuple[Tensor, Tensor, Optional[Tensor], list]:
+    """The forward op over the 15 slots (_contiguous_1d): (y, h_T, c_T or None, the saved tensors);
+    fills ``recorded`` when given."""
+    out = torch.ops.seqlab_compiled.rnn_forward(_CELL_ID[cell], x, h0, c0, *slots, save or recorded is not None)
+    saved = list(out[3:])
+    if recorded is not None:
+        recorded.update(_record(cell, saved, _hidden_size(slots[0], cell)))
+    return out[0], out[1], (out[2] if cell == "lstm" else None), saved
+
+
+def _contiguous_1d(slots: tuple) -> tuple:
+    # 1D parameters are read through raw pointers in C++: make them contiguous (no copy if they are)
+    return tuple(t.contiguous() if t is not None and t.dim() == 1 else t for t in slots)
 
 
 def _record(cell: str, saved: list, H: int) -> dict:
@@ -255,14 +276,8 @@ class _Compiled(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cell, recorded, x, h0, c0, *slots):
-        # 1D parameters are read through raw pointers in C++: make them contiguous (no copy if they are)
-        slots = tuple(t.contiguous() if t is not None and t.dim() == 1 else t for t in slots)
-        save = any(ctx.needs_input_grad) or recorded is not None
-        out = torch.ops.seqlab_compiled.rnn_forward(_CELL_ID[cell], x, h0, c0, *slots, save)
-        y, h_T, c_T = out[0], out[1], (out[2] if cell == "lstm" else None)
-        saved = list(out[3:])
-        if recorded is not None:
-            recorded.update(_record(cell, saved, _hidden_size(slots[0], cell)))
+        slots = _contiguous_1d(slots)
+        y, h_T, c_T, saved = _forward(cell, recorded, x, h0, c0, slots, save=any(ctx.needs_input_grad))
         if any(ctx.needs_input_grad):
             ctx.cell = cell
             ctx.n_saved = len(saved)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import Iterator, NamedTuple, Optional, Union
+from typing import Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from ..kernels import reference
 from ._checks import _check_prob, _check_size
-from ..kernels.common import GATES, LayerWeights, Masks, RECORDED
+from ..kernels.common import GATES, LayerWeights, Masks
 from ..kernels.dispatch import BACKENDS, Dispatch, choose
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "record_gates", "GateRecorder"]
@@ -88,6 +88,10 @@ class GateRecorder:
 
 
 _RECORDERS: list[GateRecorder] = []
+
+# the attribute prefix of each LayerWeights slot, in its field order (the suffix is _l{k}[_reverse])
+_SLOT_ATTRS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "ln_ih_weight", "ln_ih_bias",
+               "ln_hh_weight", "ln_hh_bias", "ln_c_weight", "ln_c_bias")
 
 
 @contextlib.contextmanager
@@ -229,6 +233,16 @@ class _RNNBase(nn.Module):
                             full = f"{name}_{kind}{sfx}"
                             self.register_parameter(full, nn.Parameter(torch.empty(n, **factory)))
                             self._ln_names.append(full)
+        # per (layer, direction): the attribute name of each LayerWeights slot, None where this
+        # configuration has no such parameter. Looked up once here: formatting eleven names and
+        # probing the absent ones (an AttributeError each) every forward cost more than a small step.
+        registered = set(self._flat_weights_names) | set(self._ln_names)
+        self._slot_names: dict[tuple[int, int], tuple[Optional[str], ...]] = {}
+        for layer in range(self.num_layers):
+            for direction in range(D):
+                sfx = f"_l{layer}{'_reverse' if direction == 1 else ''}"
+                names = (n + sfx for n in _SLOT_ATTRS)
+                self._slot_names[layer, direction] = tuple(n if n in registered else None for n in names)
         self.reset_parameters()
         self.last_dispatch: Optional[Dispatch] = None
 
@@ -266,14 +280,9 @@ class _RNNBase(nn.Module):
         """Accepted for drop-in compatibility; seqlab keeps no flattened cuDNN buffer."""
 
     def _weights(self, layer: int, direction: int) -> LayerWeights:
-        sfx = f"_l{layer}{'_reverse' if direction == 1 else ''}"
-        get = lambda name: getattr(self, name + sfx, None)  # noqa: E731
-        return LayerWeights(
-            w_ih=get("weight_ih"), w_hh=get("weight_hh"), b_ih=get("bias_ih"), b_hh=get("bias_hh"),
-            w_hr=get("weight_hr"), ln_ih_w=get("ln_ih_weight"), ln_ih_b=get("ln_ih_bias"),
-            ln_hh_w=get("ln_hh_weight"), ln_hh_b=get("ln_hh_bias"), ln_c_w=get("ln_c_weight"),
-            ln_c_b=get("ln_c_bias"),
-        )
+        # getattr, not self._parameters: a parametrization (torch.nn.utils.parametrize) replaces
+        # the parameter with a property
+        return LayerWeights(*(None if n is None else getattr(self, n) for n in self._slot_names[layer, direction]))
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
