@@ -581,7 +581,8 @@ def claims(results: dict) -> list[dict]:
         verdict = "not measured"
         detail = ("No task separated the architectures (all solved none, or all solved the longest lag tried). "
                   if tt else "Needs rnn and lstm or gru on a memory task. ")
-    out.append({"claim": claim, "verdict": verdict, "measured": detail + measured_reach + f" (lags tried: {grid})."})
+    tried = "; ".join(f"{t} T = {', '.join(map(str, grid[t]))}" for t in tasks)
+    out.append({"claim": claim, "verdict": verdict, "measured": detail + measured_reach + f" (lags tried: {tried})."})
 
     # 2. vanishing / exploding through W_hh
     rnn = results["cells"].get("gradflow/rnn")
