@@ -17,12 +17,14 @@ loop, when it builds on this machine), all with the same weights and timed in tu
 seqlab is faster) and tokens/s (batch * steps / median time). Next to the ratios
 stands a floor: the time the layer's matrix products alone take at this machine's
 float32 product rate (measured in the same run), over torch.nn's time. No
-implementation that does those products at that rate gets below it. The LSTM variants (layer_norm=True; recurrent_dropout=0.25;
-zoneout=0.1; one at a time) are timed for seqlab's fused and compiled paths (and
-the LayerNorm LSTM on the reference loop too) against torch.nn's plain LSTM: the
-speed a user gives up to get them. The output is two
-markdown tables that can be pasted into the README: one row per path, then the
-paths side by side (ratio per path, one row per cell and size).
+implementation that does those products at that rate gets below it.
+
+The LSTM variants (layer_norm=True; recurrent_dropout=0.25; zoneout=0.1; one at a
+time) are timed for seqlab's fused and compiled paths (and the LayerNorm LSTM on the
+reference loop too) against torch.nn's plain LSTM: the speed a user gives up to get
+them. The output is two markdown tables that can be pasted into the README: one row
+per path, then the paths side by side (ratio per path and the floors, one row per
+cell and size).
 """
 from __future__ import annotations
 
