@@ -390,3 +390,14 @@ def test_lm_resume_with_carried_state_equals_uninterrupted(tmp_path, capsys):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["compare", "--help"], ["explain", "--help"]])
+def test_help_does_not_import_torch(argv):
+    """`seqlab --help` answers without importing torch (a 3 s import): the parser is torch-free."""
+    code = ("import sys\nfrom seqlab.cli import main\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "print('torch imported' if 'torch' in sys.modules else 'torch not imported')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("torch not imported"), proc.stdout[-500:]

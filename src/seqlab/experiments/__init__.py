@@ -17,3 +17,7 @@ cli                 add_compare_parser / add_explain_parser for the ``seqlab`` c
 
 Everything is imported lazily by the command, so ``import seqlab.experiments`` costs nothing.
 """
+
+# The grid's names, here (torch-free) so that the ``seqlab`` parser lists them without importing torch
+ARCHS = ("rnn", "lstm", "gru", "transformer")
+SECTIONS = ("copy", "adding", "ablation", "gradflow", "speed", "gates", "lm")

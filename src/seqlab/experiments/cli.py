@@ -12,18 +12,44 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import ARCHS, SECTIONS
+
 
 def add_compare_parser(subparsers) -> argparse.ArgumentParser:
-    from .compare import add_arguments, command
-
     p = subparsers.add_parser(
         "compare", help="test the textbook claims: rnn, lstm, gru, transformer on memory tasks, gradient flow, "
                         "speed, gates and language modelling; writes results.json, report.md, report.html",
         description="Run the comparison grid (quick profile by default, --full for the whole grid) into --out, "
                     "resuming finished cells, and write results.json, report.md and a self-contained report.html.")
-    add_arguments(p)
-    p.set_defaults(func=command)
+    add_compare_arguments(p)
+    p.set_defaults(func=_compare)
     return p
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import command  # imports torch: only once the command runs, not for --help
+
+    return command(args)
+
+
+def add_compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--full", action="store_true",
+                   help="the whole grid (copy T=10..1000, adding T=50..600, 600 s per cell: hours); "
+                        "default: the quick profile (about 10 minutes on 2 cores)")
+    p.add_argument("--archs", default=",".join(ARCHS), help=f"comma-separated subset of {','.join(ARCHS)}")
+    p.add_argument("--tasks", default=",".join(SECTIONS),
+                   help=f"comma-separated subset of {','.join(SECTIONS)} (ablation retrains the adding LSTM "
+                        "with torch.nn's forget-gate init; gradflow uses the adding models, gates the copy and "
+                        "adding models, when those tasks are selected too)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="training seconds per (task, arch, T) cell and per LM cell (default: the profile's)")
+    p.add_argument("--out", default="runs/compare", help="results directory (default runs/compare); "
+                   "an existing one is resumed: cells finished with the same settings are kept")
+    p.add_argument("--copy-T", default=None, help="comma-separated copy-memory lags (default: the profile's)")
+    p.add_argument("--adding-T", default=None, help="comma-separated adding-problem lengths (default: the profile's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _explain(args: argparse.Namespace) -> int:

@@ -38,10 +38,10 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from . import SECTIONS
 from .tasks import ARCHS, MemoryConfig, build_memory_model, train_memory
 
 FORMAT = "seqlab-compare-1"
-SECTIONS = ("copy", "adding", "ablation", "gradflow", "speed", "gates", "lm")
 RECURRENT = ("rnn", "lstm", "gru")
 
 
@@ -406,26 +406,6 @@ def _strip_run_lists(results: dict) -> dict:
 # Command line
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--full", action="store_true",
-                   help="the whole grid (copy T=10..1000, adding T=50..600, 600 s per cell: hours); "
-                        "default: the quick profile (about 10 minutes on 2 cores)")
-    p.add_argument("--archs", default=",".join(ARCHS), help=f"comma-separated subset of {','.join(ARCHS)}")
-    p.add_argument("--tasks", default=",".join(SECTIONS),
-                   help=f"comma-separated subset of {','.join(SECTIONS)} (ablation retrains the adding LSTM "
-                        "with torch.nn's forget-gate init; gradflow uses the adding models, gates the copy and "
-                        "adding models, when those tasks are selected too)")
-    p.add_argument("--budget", type=float, default=None,
-                   help="training seconds per (task, arch, T) cell and per LM cell (default: the profile's)")
-    p.add_argument("--out", default="runs/compare", help="results directory (default runs/compare); "
-                   "an existing one is resumed: cells finished with the same settings are kept")
-    p.add_argument("--copy-T", default=None, help="comma-separated copy-memory lags (default: the profile's)")
-    p.add_argument("--adding-T", default=None, help="comma-separated adding-problem lengths (default: the profile's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
 def _csv(text: str, what: str, cast=str) -> tuple:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
@@ -468,8 +448,10 @@ def command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from .cli import add_compare_arguments
+
     parser = argparse.ArgumentParser(prog="python -m seqlab.experiments.compare", description=__doc__.split("\n")[0])
-    add_arguments(parser)
+    add_compare_arguments(parser)
     return command(parser.parse_args(argv))
 
 

@@ -34,8 +34,8 @@ from ..data import adding_baseline, adding_problem, copy_memory, copy_memory_bas
 from ..data.synthetic import COPY_LENGTH, COPY_VOCAB
 from ..nn import GRU, LSTM, RNN, SinusoidalPositionalEncoding, TransformerEncoder, TransformerEncoderLayer, causal_mask
 from ..train import DivergenceError, TrainConfig, Trainer
+from . import ARCHS
 
-ARCHS = ("rnn", "lstm", "gru", "transformer")
 MEMORY_TASKS = ("copy", "adding")
 FEATURES = {"copy": COPY_VOCAB, "adding": 2}
 OUTPUTS = {"copy": COPY_VOCAB, "adding": 1}
