@@ -227,29 +227,25 @@ def bench(cfg: Config, log=print) -> list[Row]:
             # torch.nn and every seqlab path of this cell, same weights, timed in turns
             torch.manual_seed(0)
             ref = _torch_layer(base_cell, hidden, device)
-            mods: dict[str, nn.Module] = {"torch": ref}
-            ours: dict[tuple[str, str], nn.Module] = {}
+            mods: dict[str, nn.Module] = {"torch": ref}  # keyed "torch" and "<cell>/<impl>"
             errors: dict[str, str] = {}
-            for cell, impl, backend, variant in cases:
-                if cell.split("+")[0] != base_cell:
-                    continue
+            mine = [case for case in cases if case[0].split("+")[0] == base_cell]
+            for cell, impl, backend, variant in mine:
                 key = f"{cell}/{impl}"
                 try:
                     m = _seqlab_layer(base_cell, hidden, device, backend, **variant)
                     m.load_state_dict(ref.state_dict(), strict=not variant)  # same weights as the baseline
-                    mods[key] = ours[(cell, impl)] = m
+                    mods[key] = m
                 except Exception as e:
                     errors[key] = f"{type(e).__name__}: {e}"
             train, train_err = round_robin_ms(mods, x, cfg, device, train=True)
             infer, infer_err = round_robin_ms(mods, x, cfg, device, train=False)
             if "torch" not in train or "torch" not in infer:
                 raise RuntimeError(f"torch.nn {base_cell} failed: {train_err.get('torch') or infer_err.get('torch')}")
-            for cell, impl, backend, variant in cases:
-                if cell.split("+")[0] != base_cell:
-                    continue
+            for cell, impl, backend, variant in mine:
                 key = f"{cell}/{impl}"
                 err = errors.get(key) or train_err.get(key) or infer_err.get(key) or ""
-                dispatch = getattr(ours.get((cell, impl)), "last_dispatch", None)
+                dispatch = getattr(mods.get(key), "last_dispatch", None)
                 if not err and dispatch is not None and dispatch.backend != backend:
                     err = f"ran {dispatch.backend}: {dispatch.reason}"
                 row = Row(cell, impl, batch, steps, hidden, train["torch"], infer["torch"],

@@ -74,7 +74,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from ..kernels import compiled
 from ._checks import _check_prob, _check_size
-from .rnn import _RNNBase, _gather_time, _reverse_index
+from .rnn import _RNNBase, _gather_time, _reverse_index, _suffix
 
 __all__ = ["MinGRU", "MinLSTM", "MODES"]
 
@@ -398,7 +398,7 @@ class _MinRNNBase(nn.Module):
         self._flat_weights_names: list[str] = []
         for layer in range(self.num_layers):
             for direction in range(D):
-                sfx = f"_l{layer}{'_reverse' if direction == 1 else ''}"
+                sfx = _suffix(layer, direction)
                 layer_in = self.input_size if layer == 0 else H * D
                 shapes = {"weight_ih": (G * H, layer_in)}
                 if self.bias:
@@ -420,7 +420,7 @@ class _MinRNNBase(nn.Module):
         """Accepted for drop-in compatibility with torch.nn's recurrent layers; there is nothing to flatten."""
 
     def _weights(self, layer: int, direction: int) -> tuple[Tensor, Optional[Tensor]]:
-        sfx = f"_l{layer}{'_reverse' if direction == 1 else ''}"
+        sfx = _suffix(layer, direction)
         return getattr(self, "weight_ih" + sfx), getattr(self, "bias_ih" + sfx, None)
 
     def _project(self, x: Tensor, layer: int, direction: int) -> Tensor:

@@ -89,6 +89,11 @@ class GateRecorder:
 
 _RECORDERS: list[GateRecorder] = []
 
+def _suffix(layer: int, direction: int) -> str:
+    """torch.nn's parameter-name suffix: _l{layer}, plus _reverse for the backward direction."""
+    return f"_l{layer}{'_reverse' if direction == 1 else ''}"
+
+
 # the attribute prefix of each LayerWeights slot, in its field order (the suffix is _l{k}[_reverse])
 _SLOT_ATTRS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "ln_ih_weight", "ln_ih_bias",
                "ln_hh_weight", "ln_hh_bias", "ln_c_weight", "ln_c_bias")
@@ -211,7 +216,7 @@ class _RNNBase(nn.Module):
         # so that the same seed gives the same initial weights as torch.nn.
         for layer in range(self.num_layers):
             for direction in range(D):
-                sfx = f"_l{layer}{'_reverse' if direction == 1 else ''}"
+                sfx = _suffix(layer, direction)
                 layer_in = self.input_size if layer == 0 else P * D
                 shapes = {"weight_ih": (G * H, layer_in), "weight_hh": (G * H, P)}
                 if self.bias:
@@ -224,7 +229,7 @@ class _RNNBase(nn.Module):
         if self.layer_norm:
             for layer in range(self.num_layers):
                 for direction in range(D):
-                    sfx = f"_l{layer}{'_reverse' if direction == 1 else ''}"
+                    sfx = _suffix(layer, direction)
                     shapes = {"ln_ih": G * H, "ln_hh": G * H}
                     if cell == "lstm":
                         shapes["ln_c"] = H
@@ -240,7 +245,7 @@ class _RNNBase(nn.Module):
         self._slot_names: dict[tuple[int, int], tuple[Optional[str], ...]] = {}
         for layer in range(self.num_layers):
             for direction in range(D):
-                sfx = f"_l{layer}{'_reverse' if direction == 1 else ''}"
+                sfx = _suffix(layer, direction)
                 names = (n + sfx for n in _SLOT_ATTRS)
                 self._slot_names[layer, direction] = tuple(n if n in registered else None for n in names)
         self.reset_parameters()
