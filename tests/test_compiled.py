@@ -3,9 +3,10 @@
 Same inputs into both kernels; compared: outputs y, final h and c, the recorded per-step
 values, and the gradients of x, h0, c0 and every weight, for every cell and every
 combination of the contract's variants, in float64 (tight) and float32 (against the float64
-reference, like tests/test_fused.py), with the float32 products on MKL and on oneDNN. Plus
-float64 gradcheck with every variant on, torch.nn parity through seqlab.nn with
-backend='compiled', dispatch, and the fallback when the extension cannot be built.
+reference, like tests/test_fused.py), with the float32 per-step products on BLAS called
+directly, on ATen's mm and on oneDNN. Plus float64 gradcheck with every variant on, torch.nn
+parity through seqlab.nn with backend='compiled', dispatch, and the fallback when the
+extension cannot be built.
 
 Tests that need the extension skip, with the build error as the reason, when it cannot be
 built (no compiler); the fallback tests run everywhere.
@@ -35,14 +36,19 @@ def ext():
     return torch.ops.seqlab_compiled
 
 
-@pytest.fixture(params=["mkl", "onednn"])
+@pytest.fixture(params=["blas", "aten", "onednn"])
 def gemm(request, ext):
-    """Run float32 products on MKL (threshold -1) or on oneDNN for every size (threshold 0)."""
+    """Run the float32 per-step products on BLAS called directly (the default where torch's
+    BLAS is found), on ATen's mm (the fallback elsewhere), or on oneDNN for every size."""
     if request.param == "onednn" and not ext.has_onednn():
         pytest.skip("torch was built without oneDNN (mkldnn)")
-    old = ext.set_gemm_threshold(-1 if request.param == "mkl" else 0)
+    if request.param == "blas" and not ext.has_direct_blas():
+        pytest.skip("torch's BLAS (sgemm_/dgemm_) was not found in libtorch_cpu")
+    old = ext.set_gemm_threshold(0 if request.param == "onednn" else -1)
+    old_direct = ext.set_direct_blas(request.param == "blas")
     yield request.param
     ext.set_gemm_threshold(old)
+    ext.set_direct_blas(old_direct)
 
 
 @pytest.fixture

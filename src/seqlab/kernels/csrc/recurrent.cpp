@@ -8,10 +8,10 @@
 // instead of a dozen dispatcher calls:
 //
 //   forward   xp = X W_ih^T                              one product over all T*B rows
-//             per step: W_hh (m ⊙ h_{t-1})               at::mm / addmm_ (BLAS)
+//             per step: W_hh (m ⊙ h_{t-1})               BLAS on raw pointers (StepLinear)
 //                       LN_ih, gates, c_t, h_t, masks, LN_hh, LN_c   one loop per batch row
 //   backward  per step: da_t from the saved gates, LN_hh', LN_c', LN_ih'   one loop per row
-//                       dh_{t-1} = (dhp_t W_hh) ⊙ m + …   at::mm (BLAS)
+//                       dh_{t-1} = (dhp_t W_hh) ⊙ m + …   BLAS (StepLinear)
 //             after the loop: dW_ih, dW_hh, dW_hr, biases, dx, each ONE product or reduction
 //             over all T*B rows; the LN weights' gradients are summed in the loop, where the
 //             normalised rows are at hand (no second pass over T*B rows to rebuild them).
@@ -37,12 +37,16 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#endif
+#if defined(__linux__) || defined(__APPLE__)
+#include <dlfcn.h>
 #endif
 
 namespace seqlab {
@@ -420,21 +424,91 @@ Tensor project_rows(const Tensor& x, const Tensor& w, const Tensor& bias, at::In
 // a (N, M), b (N, K) -> a^T b (M, K): a weight gradient, a reduction over N = T*B rows
 Tensor weight_grad(const Tensor& a, const Tensor& b) { return at::mm(a.t(), b); }
 
-// One product of the time loop: the same W (n, k) every step, x (m, k). With oneDNN the
-// weight is packed once; with MKL the result goes into a preallocated buffer.
+// The BLAS that ATen's own products call, called directly for the per-step products: the
+// sgemm_ / dgemm_ (Fortran interface, 32-bit ints, as ATen declares them) of the library
+// libtorch_cpu links, MKL in the x86 wheels. Through at::mm_out a step's product paid about
+// 1.7 us of dispatch and argument checks on top of the 7.7 us of MKL's own work at (16, 64,
+// 256), and the loop about 8 selects per step (~0.4 us each) for the tensors it handed in.
+// The symbols are looked up in libtorch_cpu's own scope (dladdr of an ATen function), not in
+// the process's global one, so that another BLAS loaded by something else (possibly with
+// 64-bit ints) is never picked. Where the lookup fails (another OS, a torch without BLAS),
+// the step uses at::mm_out, which computes the same; set_direct_blas(false) forces that.
+using sgemm_fn = void(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                      const int*, const float*, const int*, const float*, float*, const int*);
+using dgemm_fn = void(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
+                      const int*, const double*, const int*, const double*, double*, const int*);
+
+struct Blas {
+  sgemm_fn* s = nullptr;
+  dgemm_fn* d = nullptr;
+  Blas() {
+#if defined(__linux__) || defined(__APPLE__)
+    Dl_info info;
+    if (!dladdr(reinterpret_cast<void*>(&at::_ops::mm::call), &info) || !info.dli_fname) return;
+    void* lib = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);  // already loaded: no new copy
+    if (!lib) return;
+    s = reinterpret_cast<sgemm_fn*>(dlsym(lib, "sgemm_"));
+    d = reinterpret_cast<dgemm_fn*>(dlsym(lib, "dgemm_"));
+    dlclose(lib);  // drops the reference dlopen took; torch keeps the library loaded
+#endif
+  }
+};
+
+const Blas& blas() {
+  static const Blas b;
+  return b;
+}
+
+bool g_direct_blas = true;
+
+bool set_direct_blas(bool on) {
+  const bool old = g_direct_blas;
+  g_direct_blas = on;
+  return old;
+}
+
+bool has_direct_blas() { return blas().s != nullptr && blas().d != nullptr; }
+
+// y (m, n) = x (m, k) W^T (+ y when accumulating) in BLAS's column-major terms: y^T = W x^T,
+// where row-major W (n, k) read column-major is W^T (so "T") and row-major x is x^T ("N")
+SEQLAB_INLINE void gemm(const float* w, const float* x, float* y, int m, int n, int k, bool acc) {
+  const float one = 1, beta = acc ? 1 : 0;
+  blas().s("T", "N", &n, &m, &k, &one, w, &k, x, &k, &beta, y, &n);
+}
+SEQLAB_INLINE void gemm(const double* w, const double* x, double* y, int m, int n, int k, bool acc) {
+  const double one = 1, beta = acc ? 1 : 0;
+  blas().d("T", "N", &n, &m, &k, &one, w, &k, x, &k, &beta, y, &n);
+}
+
+// One product of the time loop: the same W (n, k) for m rows every step, x and y contiguous
+// rows. With oneDNN the weight is packed once and the result copied (or added) into y; else
+// BLAS directly on the pointers (ATen's mm where there is no BLAS to call).
 struct StepLinear {
   Tensor w, packed;
-  bool dnn = false;
+  int64_t m = 0, n = 0, k = 0;
+  bool dnn = false, direct = false;
   StepLinear() = default;
-  StepLinear(const Tensor& w_, int64_t m) : w(w_) {
-    dnn = use_dnn(w_, m, w_.size(0), w_.size(1));
-    if (dnn) packed = dnn_pack(w_, m);
+  StepLinear(const Tensor& w_, int64_t m_) : w(w_.contiguous()), m(m_), n(w.size(0)), k(w.size(1)) {
+    dnn = use_dnn(w, m, n, k);
+    if (dnn) packed = dnn_pack(w, m);
+    const int64_t int_max = std::numeric_limits<int>::max();
+    direct = !dnn && g_direct_blas && has_direct_blas() && m <= int_max && n <= int_max && k <= int_max;
   }
-  // x W^T, in `buf` (m, n) or a new tensor; the caller uses the returned one
-  Tensor operator()(const Tensor& x, Tensor& buf) const {
-    if (dnn) return dnn_linear(x, packed, Tensor()).contiguous();  // read through raw pointers
-    at::mm_out(buf, x, w.t());
-    return buf;
+  // y = x W^T, or y += x W^T under `acc`
+  template <typename T>
+  void operator()(const T* x, T* y, bool acc = false) const {
+    if (direct) return gemm(w.data_ptr<T>(), x, y, int(m), int(n), int(k), acc);
+    const Tensor xt = at::from_blob(const_cast<T*>(x), {m, k}, w.options());
+    Tensor yt = at::from_blob(y, {m, n}, w.options());
+    if (dnn) {
+      const Tensor r = dnn_linear(xt, packed, Tensor());
+      if (acc) yt.add_(r);
+      else yt.copy_(r);
+    } else if (acc) {
+      yt.addmm_(xt, w.t());
+    } else {
+      at::mm_out(yt, xt, w.t());
+    }
   }
 };
 
@@ -487,7 +561,7 @@ std::vector<Tensor> rnn_forward(
   const Tensor b_x = add_opt(b_ih.value_or(Tensor()), gru ? Tensor() : b_hh.value_or(Tensor()));
   std::vector<Tensor> res(3 + N_SAVED);
   const bool ln_ih = given(ln_ih_w);
-  Tensor act, xp, x_mean, x_rstd, b_xln;
+  Tensor act, xp, x_mean, x_rstd, b_xln, b_xc;
   if (ln_ih) {
     // LN_ih is applied row by row inside the step loop, just before the step reads the row:
     // a separate ATen layer_norm over all T*B rows would write and read xw through memory
@@ -504,24 +578,26 @@ std::vector<Tensor> rnn_forward(
       res[3 + S_XP_RSTD] = x_rstd;
     }
   } else {
-    // (T*B, I) @ (I, GH) + b -> (T, B, GH); becomes the gates in place
-    act = project_rows(x_rows, w_ih, b_x, {T, B, GH});
+    // (T*B, I) @ (I, GH) -> (T, B, GH); becomes the gates in place. The bias is added in the
+    // step loop, to rows about to be read anyway: addmm_out would first copy it into all T*B
+    // rows, one more pass over memory (2-4% of an LSTM inference call at hidden 64-256)
+    act = project_rows(x_rows, w_ih, Tensor(), {T, B, GH});
+    if (b_x.defined()) b_xc = b_x.contiguous();
   }
 
   const Tensor keep = contiguous_or_undef(keep_), keep_c = contiguous_or_undef(keep_c_);
   const Tensor rec = contiguous_or_undef(rec_);
   const Tensor c0 = lstm ? c0_->contiguous() : Tensor();
   const Tensor h0c = h0.contiguous();
-  const Tensor w_hh_t = w_hh.t();  // (P, GH)
   const StepLinear lin_hh(w_hh, B), lin_hr = proj ? StepLinear(*w_hr, B) : StepLinear();
-  Tensor hw_buf = at::empty({B, GH}, opts);  // W_hh h_in of a step (MKL path of the GRU and LN_hh-less cells)
+  const Tensor hw_buf = gru ? at::empty({B, GH}, opts) : Tensor();  // the GRU's W_hh h_in of a step
   const int64_t TS = save ? T : 1;  // leading size of buffers only the backward needs
   // under save every buffer is the kernels' own (y is a copy of h_all); without, h_all is y
   auto buf = [&](int64_t t0, int64_t n) { return save ? loop_buffer({t0, B, n}, opts) : at::empty({t0, B, n}, opts); };
 
   // the RNN's h̃_t is computed in place in act (and kept: act'(·) needs it); without keep it is h_t
   Tensor h_all = (!lstm && !gru && !keep.defined()) ? act : buf(T, P);
-  Tensor c_all, c_tilde, tau, q, hw_n, h_in, hp, hw_tmp, h_tilde;
+  Tensor c_all, c_tilde, tau, q, hw_n, h_in, hp, h_tilde;
   if (lstm) {
     c_all = buf(T, H);
     c_tilde = keep_c.defined() ? buf(TS, H) : c_all;
@@ -550,60 +626,64 @@ std::vector<Tensor> rnn_forward(
     const T_* xp_p = ln_ih ? xp.data_ptr<T_>() : nullptr;
     const T_* lnx_w = ln_ih ? ln_ih_w->data_ptr<T_>() : nullptr;
     const T_* lnx_b = b_xln.defined() ? b_xln.data_ptr<T_>() : nullptr;
+    const T_* bx_p = b_xc.defined() ? b_xc.data_ptr<T_>() : nullptr;  // b_ih (+ b_hh) without LN_ih
     T_* xm_p = ln_ih ? x_mean.data_ptr<T_>() : nullptr;
     T_* xr_p = ln_ih ? x_rstd.data_ptr<T_>() : nullptr;
 
+    // the loop's tensors as raw pointers: step t's rows of a (T, B, n) buffer start at t * B * n
+    auto ptr = [](const Tensor& v) { return v.defined() ? v.data_ptr<T_>() : nullptr; };
+    const T_* h0_p = h0c.data_ptr<T_>();
+    const T_* c0_p = ptr(c0);
+    T_ *act_p = act.data_ptr<T_>(), *h_all_p = h_all.data_ptr<T_>(), *hw_p = ptr(hw_buf);
+    T_ *c_all_p = ptr(c_all), *c_tilde_p = ptr(c_tilde), *tau_p = ptr(tau), *q_p = ptr(q);
+    T_ *hw_n_p = ptr(hw_n), *h_in_p = ptr(h_in), *hp_p = ptr(hp), *h_tilde_p = ptr(h_tilde);
+
     for (int64_t t = 0; t < T; ++t) {
       const int64_t ts = save ? t : 0;
-      const Tensor h_prev = t == 0 ? h0c : h_all[t - 1];  // (B, P)
-      const T_* hprev_p = h_prev.data_ptr<T_>();
-      T_* act_t = act[t].data_ptr<T_>();
-      T_* h_t = h_all[t].data_ptr<T_>();
+      const T_* hprev_p = t == 0 ? h0_p : h_all_p + (t - 1) * B * P;  // h_{t-1} (B, P)
+      T_* act_t = act_p + t * B * GH;
+      T_* h_t = h_all_p + t * B * P;
 
-      // xw_t = LN_ih(W_ih x_t) + b_ih (+ b_hh): first, the LSTM / RNN addmm_ below adds to it
+      // xw_t = LN_ih(W_ih x_t) + b_ih (+ b_hh): first, the LSTM / RNN product below adds to it
       if (xp_p) {
         for (int64_t b = 0; b < B; ++b) {
           const int64_t row = t * B + b;
           ln_apply<T_, false>(act_t + b * GH, xp_p + row * GH, GH, lnx_w, lnx_b, xm_p + row, xr_p + row);
         }
+      } else if (bx_p) {
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t j = 0; j < GH; ++j) act_t[b * GH + j] += bx_p[j];
       }
 
       // hw_t = LN_hh(W_hh (m ⊙ h_{t-1})) + b_hh
-      Tensor h_in_t = h_prev;
+      const T_* h_in_t = hprev_p;
       if (rec_p) {
-        h_in_t = h_in[ts];
-        T_* d = h_in_t.data_ptr<T_>();
-        for (int64_t b = 0; b < B; ++b)
-          for (int64_t j = 0; j < P; ++j) d[b * P + j] = hprev_p[b * P + j] * rec_p[b * P + j];
+        T_* d = h_in_p + ts * B * P;
+        for (int64_t k = 0; k < B * P; ++k) d[k] = hprev_p[k] * rec_p[k];
+        h_in_t = d;
       }
-      // the row loops below add hw_add (or LN_hh(hp_t)) to xw_t, or the GRU's hw is hw_tmp
+      // LN_hh's input hp_t, or the GRU's hw (its n block is needed apart), or else added to xw_t
       const T_* hp_t = nullptr;
-      const T_* hw_add = nullptr;
-      Tensor hw_tmp;  // keeps a oneDNN result alive through the step
       if (ln_hh) {
-        Tensor hp_ts = hp[ts];
-        Tensor r = lin_hh(h_in_t, hp_ts);  // (B, P) @ (P, GH)
-        if (!r.is_same(hp_ts)) hp_ts.copy_(r);
-        hp_t = hp_ts.data_ptr<T_>();
-        hw_tmp = hw_buf;
-      } else if (gru || lin_hh.dnn) {
-        hw_tmp = lin_hh(h_in_t, hw_buf);  // (B, P) @ (P, GH)
-        if (!gru) hw_add = hw_tmp.data_ptr<T_>();
+        T_* d = hp_p + ts * B * GH;
+        lin_hh(h_in_t, d);  // (B, P) @ (P, GH)
+        hp_t = d;
+      } else if (gru) {
+        lin_hh(h_in_t, hw_p);  // (B, P) @ (P, GH)
       } else {
-        act[t].addmm_(h_in_t, w_hh_t);  // a_t = xw_t + W_hh (m ⊙ h_{t-1})
+        lin_hh(h_in_t, act_t, /*acc=*/true);  // a_t = xw_t + W_hh (m ⊙ h_{t-1})
       }
 
       if (lstm) {
-        const T_* c_prev = t == 0 ? c0.data_ptr<T_>() : c_all[t - 1].data_ptr<T_>();
-        T_* ct = c_tilde[keep_c.defined() ? ts : t].data_ptr<T_>();
-        T_* c_t = c_all[t].data_ptr<T_>();
-        T_* tau_t = tau[ts].data_ptr<T_>();
+        const T_* c_prev = t == 0 ? c0_p : c_all_p + (t - 1) * B * H;
+        T_* ct = c_tilde_p + (keep_c.defined() ? ts : t) * B * H;
+        T_* c_t = c_all_p + t * B * H;
+        T_* tau_t = tau_p + ts * B * H;
         // o ⊙ τ goes to q (then W_hr), to h̃ (then keep), or straight to h_t
-        T_* q_t = proj ? q[ts].data_ptr<T_>() : (h_tilde.defined() ? h_tilde.data_ptr<T_>() : h_t);
+        T_* q_t = proj ? q_p + ts * B * H : (h_tilde_p ? h_tilde_p : h_t);
         for (int64_t b = 0; b < B; ++b) {
           T_* a = act_t + b * GH;
           if (hp_t) ln_apply<T_, true>(a, hp_t + b * GH, GH, lnh_w, lnh_b);
-          if (hw_add) for (int64_t j = 0; j < GH; ++j) a[j] += hw_add[b * GH + j];
           // i, f, g, o = σ, σ, tanh, σ of a
           T_ *i = a, *f = a + H, *g = a + 2 * H, *o = a + 3 * H;
           sigmoid_row(a, 2 * H);
@@ -624,18 +704,13 @@ std::vector<Tensor> rnn_forward(
           if (mkc) lerp_row(c_t + b * H, c, cp, mkc.row(t, b), mkc.ks(), H);
         }
         // h̃_t = W_hr (o ⊙ τ)
-        if (proj) {
-          Tensor dst = keep.defined() ? h_tilde : h_all[t];
-          Tensor r = lin_hr(q[ts], dst);  // (B, H) @ (H, P)
-          if (!r.is_same(dst)) dst.copy_(r);
-        }
+        if (proj) lin_hr(q_t, keep.defined() ? h_tilde_p : h_t);  // (B, H) @ (H, P)
       } else if (gru) {
-        T_* hw = hw_tmp.data_ptr<T_>();
-        T_* hwn_t = hw_n[ts].data_ptr<T_>();
-        T_* dst = h_tilde.defined() ? h_tilde.data_ptr<T_>() : h_t;
+        T_* hwn_t = hw_n_p + ts * B * H;
+        T_* dst = h_tilde_p ? h_tilde_p : h_t;
         for (int64_t b = 0; b < B; ++b) {
           T_* a = act_t + b * GH;
-          T_* hwb = hw + b * GH;
+          T_* hwb = hw_p + b * GH;
           if (hp_t) ln_apply<T_, false>(hwb, hp_t + b * GH, GH, lnh_w, lnh_b);
           else if (lnh_b) for (int64_t j = 0; j < GH; ++j) hwb[j] += lnh_b[j];  // + b_hh
           // r, z = σ(xw_rz + hw_rz); n = tanh(xw_n + r ⊙ hw_n)
@@ -654,7 +729,6 @@ std::vector<Tensor> rnn_forward(
         for (int64_t b = 0; b < B; ++b) {
           T_* a = act_t + b * GH;
           if (hp_t) ln_apply<T_, true>(a, hp_t + b * GH, GH, lnh_w, lnh_b);
-          if (hw_add) for (int64_t j = 0; j < GH; ++j) a[j] += hw_add[b * GH + j];
           if (relu) {
             for (int64_t j = 0; j < H; ++j) a[j] = a[j] > T_(0) ? a[j] : T_(0);
           } else {
@@ -665,7 +739,7 @@ std::vector<Tensor> rnn_forward(
 
       // h_t = k_t ⊙ h_{t-1} + (1 - k_t) ⊙ h̃_t
       if (mk) {
-        const T_* src = (lstm || gru) ? h_tilde.data_ptr<T_>() : act_t;
+        const T_* src = (lstm || gru) ? h_tilde_p : act_t;
         for (int64_t b = 0; b < B; ++b) lerp_row(h_t + b * P, src + b * P, hprev_p + b * P, mk.row(t, b), mk.ks(), P);
       }
     }
@@ -784,39 +858,46 @@ std::vector<Tensor> rnn_backward(
     const T_* xm_p = ln_ih ? x_mean.data_ptr<T_>() : nullptr;
     const T_* xr_p = ln_ih ? x_rstd.data_ptr<T_>() : nullptr;
 
+    // the loop's tensors as raw pointers: step t's rows of a (T, B, n) buffer start at t * B * n
+    auto ptr = [](const Tensor& v) { return v.defined() ? v.data_ptr<T_>() : nullptr; };
+    const T_* h0_p = h0c.data_ptr<T_>();
+    const T_* c0_p = ptr(c0);
+    const T_ *act_p = act.data_ptr<T_>(), *h_all_p = h_all.data_ptr<T_>(), *c_all_p = ptr(c_all);
+    const T_ *tau_p = ptr(tau), *c_tilde_p = ptr(c_tilde), *hw_n_p = ptr(hw_n), *hp_p = ptr(hp);
+    T_ *dY_p = dY.data_ptr<T_>(), *dht_all_p = dht_all.data_ptr<T_>(), *da_p = da.data_ptr<T_>();
+    T_ *dhw_p = dhw.data_ptr<T_>(), *dhp_p = dhp.data_ptr<T_>(), *dxp_p = dxp.data_ptr<T_>(), *dq_p0 = ptr(dq);
+    T_ *dc_p = ptr(dc), *dir = ptr(direct);
+
     for (int64_t t = T - 1; t >= 0; --t) {
       // dL/dh_t = from y_t + from step t+1
-      T_* dh_t = dY[t].data_ptr<T_>();
+      T_* dh_t = dY_p + t * B * P;
       for (int64_t k = 0; k < B * P; ++k) dh_t[k] += dh_p[k];
       // dh̃_t = (1 - k_t) ⊙ dL/dh_t
-      Tensor dht = dY[t];
+      const T_* dht_p = dh_t;
       if (mk) {
-        dht = dht_all[proj ? t : 0];
-        T_* d = dht.data_ptr<T_>();
+        T_* d = dht_all_p + (proj ? t : 0) * B * P;
+        dht_p = d;
         for (int64_t b = 0; b < B; ++b) {
           const T_* k = mk.row(t, b);
           const int64_t ks = mk.ks();
           for (int64_t j = 0; j < P; ++j) d[b * P + j] = (T_(1) - k[j * ks]) * dh_t[b * P + j];
         }
       }
-      const T_* dht_p = dht.data_ptr<T_>();
-      const T_* a_t = act[t].data_ptr<T_>();
-      T_* da_t = da[t].data_ptr<T_>();
-      T_* dhw_t = dhw[t].data_ptr<T_>();
-      const T_* hp_t = ln_hh ? hp[t].data_ptr<T_>() : nullptr;
-      T_* dhp_t = dhp[t].data_ptr<T_>();
+      const T_* a_t = act_p + t * B * GH;
+      T_* da_t = da_p + t * B * GH;
+      T_* dhw_t = dhw_p + t * B * GH;
+      const T_* hp_t = ln_hh ? hp_p + t * B * GH : nullptr;
+      T_* dhp_t = dhp_p + t * B * GH;
 
       if (lstm) {
-        const T_* dq_p = dht_p;
-        Tensor dq_t;  // keeps a oneDNN result alive through the step
+        const T_* dq_p = dht_p;  // dq = W_hr^T dh̃ under the projection, else dh̃
         if (proj) {
-          dq_t = lin_dq(dht, dq);  // (B, P) @ (P, H)
-          dq_p = dq_t.data_ptr<T_>();
+          lin_dq(dht_p, dq_p0);  // (B, P) @ (P, H)
+          dq_p = dq_p0;
         }
-        const T_* c_prev = t == 0 ? c0.data_ptr<T_>() : c_all[t - 1].data_ptr<T_>();
-        const T_* tau_t = tau[t].data_ptr<T_>();
-        const T_* ct_t = ln_c ? c_tilde[t].data_ptr<T_>() : nullptr;
-        T_* dc_p = dc.data_ptr<T_>();
+        const T_* c_prev = t == 0 ? c0_p : c_all_p + (t - 1) * B * H;
+        const T_* tau_t = tau_p + t * B * H;
+        const T_* ct_t = ln_c ? c_tilde_p + t * B * H : nullptr;
         for (int64_t b = 0; b < B; ++b) {
           const T_* a = a_t + b * GH;
           const T_ *i = a, *f = a + H, *g = a + 2 * H, *o = a + 3 * H;
@@ -846,9 +927,8 @@ std::vector<Tensor> rnn_backward(
           if (ln_hh) ln_backward_row(dhp_t + b * GH, d, hp_t + b * GH, GH, lnh_w, dw_h.data(), nullptr);
         }
       } else if (gru) {
-        const T_* hprev = t == 0 ? h0c.data_ptr<T_>() : h_all[t - 1].data_ptr<T_>();
-        const T_* hwn_t = hw_n[t].data_ptr<T_>();
-        T_* dir = direct.data_ptr<T_>();
+        const T_* hprev = t == 0 ? h0_p : h_all_p + (t - 1) * B * P;
+        const T_* hwn_t = hw_n_p + t * B * H;
         for (int64_t b = 0; b < B; ++b) {
           const T_* a = a_t + b * GH;
           const T_ *r = a, *z = a + H, *n = a + 2 * H;
@@ -884,11 +964,7 @@ std::vector<Tensor> rnn_backward(
       }
 
       // dh_{t-1} = (dhp_t W_hh) ⊙ m + k_t ⊙ dL/dh_t (+ z ⊙ dh̃_t for the GRU)
-      Tensor r = lin_dh(dhp[t], dh);  // (B, GH) @ (GH, P)
-      if (!r.is_same(dh)) {
-        dh = r;
-        dh_p = dh.data_ptr<T_>();
-      }
+      lin_dh(dhp_t, dh_p);  // (B, GH) @ (GH, P)
       if (rec_p) for (int64_t k = 0; k < B * P; ++k) dh_p[k] *= rec_p[k];
       if (mk) {
         for (int64_t b = 0; b < B; ++b) {
@@ -897,13 +973,10 @@ std::vector<Tensor> rnn_backward(
           for (int64_t j = 0; j < P; ++j) dh_p[b * P + j] += k[j * ks] * dh_t[b * P + j];
         }
       }
-      if (gru) {
-        const T_* dir = direct.data_ptr<T_>();
-        for (int64_t k = 0; k < B * P; ++k) dh_p[k] += dir[k];
-      }
+      if (gru) for (int64_t k = 0; k < B * P; ++k) dh_p[k] += dir[k];
       // dxp_t = LN_ih'(da_t), last: without LN_hh the product above read da_t as dhp_t
       if (ln_ih) {
-        T_* dxp_t = dxp[t].data_ptr<T_>();
+        T_* dxp_t = dxp_p + t * B * GH;
         for (int64_t b = 0; b < B; ++b) {
           const int64_t row = t * B + b;
           ln_backward_row(dxp_t + b * GH, da_t + b * GH, xp_p + row * GH, GH, lnx_w, xm_p[row], xr_p[row],
@@ -1150,6 +1223,8 @@ TORCH_LIBRARY(seqlab_compiled, m) {
         "int[] need) -> Tensor[]");
   m.def("set_gemm_threshold(int n) -> int", &set_gemm_threshold);
   m.def("has_onednn() -> bool", &has_onednn);
+  m.def("set_direct_blas(bool on) -> bool", &set_direct_blas);
+  m.def("has_direct_blas() -> bool", &has_direct_blas);
 }
 
 TORCH_LIBRARY_IMPL(seqlab_compiled, CPU, m) {
