@@ -52,7 +52,7 @@ from torch.autograd.function import once_differentiable
 
 from .common import GATES, LayerResult, LayerWeights, Masks, RECORDED, check_layer_shapes, empty_result, refuse_call
 
-__all__ = ["run_layer", "supports", "run_min_layer", "supports_min", "available", "build_error", "load", "SOURCES"]
+__all__ = ["run_layer", "run_supported", "supports", "run_min_layer", "supports_min", "available", "build_error", "load", "SOURCES"]
 
 #: the C++ sources of the extension (one translation unit keeps the cold build short)
 SOURCES = (Path(__file__).resolve().parent / "csrc" / "recurrent.cpp",)
@@ -213,6 +213,13 @@ def run_layer(
     reason = supports(cell, x, w, masks)
     if reason is not None:
         raise ValueError(f"the compiled path cannot run this call: {reason}")
+    return run_supported(cell, x, h0, c0, w, masks, record)
+
+
+def run_supported(cell: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w: LayerWeights, masks: Masks = Masks(),
+                  record: bool = False) -> LayerResult:
+    """``run_layer`` for a call that ``supports`` has accepted: what dispatch returns, so that a
+    forward does not make the same checks twice (they are a tenth of a one-step call)."""
     T, B, H, P = check_layer_shapes(cell, x, h0, c0, w, masks)
     if T == 0:
         return empty_result(cell, x, h0, c0, H, record)

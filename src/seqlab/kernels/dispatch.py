@@ -63,7 +63,7 @@ def choose(backend: str, cell: str, x: Tensor, w: LayerWeights, masks: Masks) ->
         except ImportError as e:  # pragma: no cover - only when the compiled module is broken
             compiled, why = None, f"the compiled path could not be imported: {e}"
         if why is None:
-            return compiled.run_layer, Dispatch("compiled", "")
+            return compiled.run_supported, Dispatch("compiled", "")  # run_layer without re-checking
         if backend == "compiled":
             raise ValueError(f"backend='compiled' cannot run this call: {why}")
         # off the CPU the compiled loop is no option at all, so its absence is not a refusal to report

@@ -311,7 +311,7 @@ class _RNNBase(nn.Module):
         H, P = self.hidden_size, self.proj_size or self.hidden_size
         D = 2 if self.bidirectional else 1
         L = self.num_layers
-        dtype = self._flat_weights[0].dtype
+        dtype = getattr(self, self._flat_weights_names[0]).dtype  # weight_ih_l0 (getattr: parametrizations)
 
         # ---- bring every input form to (T, B, I) time-major plus lengths ----
         packed = isinstance(input, PackedSequence)
