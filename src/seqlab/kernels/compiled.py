@@ -52,7 +52,8 @@ from torch.autograd.function import once_differentiable
 
 from .common import GATES, LayerResult, LayerWeights, Masks, RECORDED, check_layer_shapes, empty_result, refuse_call
 
-__all__ = ["run_layer", "run_supported", "supports", "run_min_layer", "supports_min", "available", "build_error", "load", "SOURCES"]
+__all__ = ["run_layer", "run_supported", "supports", "run_min_layer", "supports_min", "available", "build_error", "load",
+           "SOURCES"]
 
 #: the C++ sources of the extension (one translation unit keeps the cold build short)
 SOURCES = (Path(__file__).resolve().parent / "csrc" / "recurrent.cpp",)

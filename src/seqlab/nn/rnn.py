@@ -89,6 +89,7 @@ class GateRecorder:
 
 _RECORDERS: list[GateRecorder] = []
 
+
 def _suffix(layer: int, direction: int) -> str:
     """torch.nn's parameter-name suffix: _l{layer}, plus _reverse for the backward direction."""
     return f"_l{layer}{'_reverse' if direction == 1 else ''}"
