@@ -369,6 +369,30 @@ def test_initialisation_like_torch(cell, proj_size):
         assert torch.equal(p_r, p_o), f"{n_o}: same seed should give torch.nn's initial weights"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_parametrized_weight_matches_torch_nn(cell, backend):
+    """A torch.nn.utils.parametrize'd weight (here weight_norm) is read through its property,
+    so the forward and the gradient of the underlying parameters match torch.nn's."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    ref, ours = make_pair(cell, backend)
+    for m in (ref, ours):
+        weight_norm(m, "weight_hh_l0")
+    with torch.no_grad():  # weight_norm's g, v start from the copied weight; make g differ from |v|
+        for m in (ref, ours):
+            m.parametrizations.weight_hh_l0.original0.mul_(1.5)
+    x = torch.randn(T, B, I)
+    y_ref, y_ours = ref(x)[0], ours(x)[0]
+    torch.testing.assert_close(y_ours, y_ref, **TOL[torch.float32])
+    g = torch.randn_like(y_ref)
+    y_ref.backward(g)
+    y_ours.backward(g)
+    for (n_r, p_r), (n_o, p_o) in zip(ref.named_parameters(), ours.named_parameters()):
+        assert n_r == n_o
+        torch.testing.assert_close(p_o.grad, p_r.grad, **TOL[torch.float32], msg=n_o)
+
+
 # ----------------------------------------------------------------------------
 # Dropout between layers
 
