@@ -106,6 +106,8 @@ def test_prepare_out_never_overwrites_without_force(tmp_path):
     run = tmp_path / "run"
     (run / "ckpt-00000001").mkdir(parents=True)
     (run / "latest").write_text("ckpt-00000001\n")
+    (run / "best-00000001").mkdir()
+    (run / "best").write_text("best-00000001\n")
     (run / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="already holds a run; give --resume .* or --force"):
         prepare_out(run, force=False)

@@ -9,7 +9,8 @@ from torch import nn
 
 import seqlab.train.checkpoint as ckpt_mod
 from seqlab.nn import LSTM
-from seqlab.train import CheckpointError, latest_checkpoint, load_checkpoint, restore_training, save_checkpoint
+from seqlab.train import (CheckpointError, best_checkpoint, latest_checkpoint, load_checkpoint, restore_training,
+                          save_checkpoint)
 
 
 class Tiny(nn.Module):
@@ -79,6 +80,35 @@ def test_keep_prunes_old_checkpoints(tmp_path):
         save_checkpoint(tmp_path, step=step, model=model, config={"model_class": "Tiny"}, keep=2)
     assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-00000002", "ckpt-00000003"]
     assert latest_checkpoint(tmp_path).name == "ckpt-00000003"
+
+
+def test_best_checkpoints_have_their_own_pointer_and_pruning(tmp_path):
+    model, _, _ = _setup()
+    cfg = {"model_class": "Tiny"}
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step=step, model=model, config=cfg, keep=1)
+    save_checkpoint(tmp_path, step=2, model=model, config=cfg, best=True)
+    with torch.no_grad():
+        model.head.bias.add_(1.0)
+    save_checkpoint(tmp_path, step=4, model=model, config=cfg, keep=1)  # prunes ckpt-*, not best-*
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["best-00000002", "ckpt-00000004"]
+    save_checkpoint(tmp_path, step=4, model=model, config=cfg, best=True)  # the newer best replaces the older
+    assert sorted(p.name for p in tmp_path.glob("best-*")) == ["best-00000004"]
+    assert best_checkpoint(tmp_path).name == "best-00000004" and latest_checkpoint(tmp_path).name == "ckpt-00000004"
+    # a pointer file is a valid path to load; the run directory itself still means the newest
+    assert load_checkpoint(tmp_path / "best").path.name == "best-00000004"
+    assert load_checkpoint(tmp_path / "latest").path.name == "ckpt-00000004"
+    assert torch.equal(load_checkpoint(tmp_path / "best").model_state["head.bias"], model.head.bias.detach())
+    assert best_checkpoint(tmp_path / "nowhere") is None
+
+
+@pytest.mark.parametrize("content", [b"best-00000009\n", b"../../etc\n", b"\xff\xfe binary", b""])
+def test_a_file_that_names_no_checkpoint_is_a_clear_error(tmp_path, content):
+    model, _, _ = _setup()
+    save_checkpoint(tmp_path, step=1, model=model, config={"model_class": "Tiny"})
+    (tmp_path / "notes.txt").write_bytes(content)
+    with pytest.raises(CheckpointError, match="names no checkpoint folder"):
+        load_checkpoint(tmp_path / "notes.txt")
 
 
 def test_damaged_checkpoints_raise_clear_errors(tmp_path):

@@ -111,6 +111,25 @@ def test_eval_json_parses(kind, runs, capsys):
     assert code == 0 and out.splitlines()[1].startswith("| metric")
 
 
+@pytest.mark.parametrize("kind", ["lm", "classify"])
+def test_the_best_checkpoint_is_kept_and_every_command_takes_it(kind, runs, capsys):
+    """eval_every=10 over 20 steps: two evaluations; RUN/best names the better one."""
+    from seqlab.apps import APPS
+
+    history = _trainer_state(runs[kind])["history"]
+    scores = [h[APPS[kind].monitor] for h in history]
+    best = min(scores) if APPS[kind].mode == "min" else max(scores)
+    best_step = history[scores.index(best)]["step"]  # the first of equal scores: only a strict gain replaces it
+    metrics = json.loads((runs[kind] / "metrics.json").read_text())
+    assert metrics["best_checkpoint"] == str(runs[kind] / f"best-{best_step:08d}")
+    code, out, err = run(["eval", runs[kind] / "best", "--json", "--split", "validation"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["step"] == best_step
+    argv, n_lines = INFER[kind]
+    code, out, err = run([a.format(dir=runs[kind] / "best") for a in argv], capsys)
+    assert code == 0 and len(out.rstrip("\n").split("\n")) == n_lines, err
+
+
 def test_eval_seq2seq_uses_the_whole_split(runs, capsys):
     code, out, _ = run(["eval", runs["seq2seq"], "--json", "--split", "validation", "--beam", "2"], capsys)
     assert code == 0 and json.loads(out)["metrics"]["examples"] == 20

@@ -10,8 +10,8 @@ from torch import nn
 
 import seqlab.nn as snn
 from seqlab.data import BatchIterator, BPTTBatcher, pad_collate
-from seqlab.train import (DivergenceError, TrainConfig, Trainer, WarmupDecay, WarmupDecayLR, latest_checkpoint,
-                          load_checkpoint)
+from seqlab.train import (DivergenceError, TrainConfig, Trainer, WarmupDecay, WarmupDecayLR, best_checkpoint,
+                          latest_checkpoint, load_checkpoint)
 
 V = 11
 N = 4  # checkpoint interval; runs are 2N steps
@@ -314,6 +314,53 @@ def test_early_stopping_and_a_finished_run_stays_finished(tmp_path):
     assert again["stopped"] == "early_stop" and again["step"] == 4 and again["best"] == 4.0
 
 
+def test_best_checkpoint_holds_the_weights_of_the_best_evaluation(tmp_path):
+    """Early stopping ends patience evaluations past the best; RUN/best keeps the best one's weights,
+    replaced on each improvement (one best-* folder on disk), and survives a resume."""
+    scores = iter([5.0, 4.0, 4.5, 4.2, 3.0, 3.5, 3.9])
+    seen = {}
+
+    def evaluate(model):
+        score = next(scores)
+        seen[score] = weights(model)
+        return {"loss": score}
+    tr = make_trainer(tmp_path, evaluate=evaluate, eval_every=1, patience=2, max_steps=20, checkpoint_every=0)
+    result = tr.fit()
+    assert result["stopped"] == "early_stop" and result["step"] == 4
+    assert result["best_checkpoint"] == str(tmp_path / "best-00000002")
+    assert best_checkpoint(tmp_path).name == "best-00000002"
+    assert sorted(p.name for p in tmp_path.glob("best-*")) == ["best-00000002"]  # step 1's was replaced
+    for where in (tmp_path / "best", best_checkpoint(tmp_path)):
+        ckpt = load_checkpoint(where, model_class="TinyLM")
+        assert ckpt.step == 2 and ckpt.state["extra"]["vocab"] == {"size": V}
+        assert_same(ckpt.model_state, seen[4.0], atol=0)
+    assert not torch.equal(seen[4.0]["out.weight"], weights(tr.model)["out.weight"])  # the last ones differ
+    assert load_checkpoint(tmp_path).step == 4  # the run directory still means the newest checkpoint
+
+
+
+def test_best_checkpoint_survives_a_resume_and_is_replaced_when_beaten(tmp_path):
+    scores = iter([5.0, 4.0, 4.5, 4.2, 3.0, 3.5, 3.9])
+    seen = {}
+
+    def evaluate(model):
+        score = next(scores)
+        seen[score] = weights(model)
+        return {"loss": score}
+    first = make_trainer(tmp_path, evaluate=evaluate, eval_every=1, max_steps=4).fit()
+    assert first["best"] == 4.0 and best_checkpoint(tmp_path).name == "best-00000002"
+    # the resumed run compares against the saved best score, not against its own first evaluation
+    more = make_trainer(tmp_path, evaluate=evaluate, eval_every=1, max_steps=7).fit(resume=True)
+    assert more["best"] == 3.0 and best_checkpoint(tmp_path).name == "best-00000005"
+    assert sorted(p.name for p in tmp_path.glob("best-*")) == ["best-00000005"]
+    assert_same(load_checkpoint(tmp_path / "best").model_state, seen[3.0], atol=0)
+
+
+def test_keep_best_off_writes_no_best_checkpoint(tmp_path):
+    result = make_trainer(tmp_path, eval_every=1, keep_best=False).fit()
+    assert result["best_checkpoint"] is None and not list(tmp_path.glob("best*"))
+
+
 def test_mode_max(tmp_path):
     scores = iter([0.1, 0.3, 0.2])
     tr = make_trainer(tmp_path, evaluate=lambda m: {"acc": next(scores)}, eval_every=1, patience=1, max_steps=9,
@@ -379,6 +426,7 @@ def test_resume_with_more_steps_follows_the_new_schedule(tmp_path):
     ({"batch_size": 3.5}, "batch_size: expected an int, got 3.5"),
     ({"patience": -1}, "patience: expected a value >= 0, got -1"),
     ({"clip_norm": math.nan}, "clip_norm: expected a finite number, got nan"),
+    ({"keep_best": 1}, "keep_best: expected true or false, got 1"),
     ({"warmup": 3}, "unknown key(s) ['warmup']"),
 ])
 def test_bad_config_values_say_what_was_expected(bad, message):

@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "layer_norm, recurrent_dropout, zoneout, forget_bias, nhead, dim_feedforward, max_len, "
                               "tie_weights, pooling, attention), training's (max_steps, batch_size, lr, weight_decay, "
                               "warmup_steps, decay, min_lr_ratio, clip_norm, eval_every, checkpoint_every, patience, "
-                              "seed, log_every, max_time, keep_checkpoints) and the data's (n_train, n_valid, n_test, "
+                              "seed, log_every, max_time, keep_checkpoints, keep_best) and the data's (n_train, n_valid, n_test, "
                               "data_seed, level, min_freq, max_vocab, format; lm: bptt, carry_state, eval_tokens, "
                               "eval_rows; seq2seq: teacher_forcing, beam, eval_examples, max_decode_len; generate: "
                               "n_samples). Example: seqlab train seq2seq --task dates --arch gru --attention bahdanau "
@@ -251,38 +251,40 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--top-p", type=float)
         q.add_argument("--seed", type=int, default=0)
 
+    RUN_DIR_HELP = ("a run directory (its newest checkpoint), DIR/best (the best-scoring one, kept when the run "
+                    "evaluated) or one checkpoint folder")
     p = sub.add_parser("sample", help="sample text from a language model run")
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument("dir", metavar="DIR", help=RUN_DIR_HELP)
     p.add_argument("--prompt", default="")
     p.add_argument("--length", type=int, default=200, help="at most this many tokens after the prompt")
     sampling(p)
     p.set_defaults(func=_sample)
 
     p = sub.add_parser("translate", help="decode texts with a seq2seq run")
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument("dir", metavar="DIR", help=RUN_DIR_HELP)
     p.add_argument("text", nargs="+", metavar="TEXT")
     p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
     p.set_defaults(func=_translate)
 
     p = sub.add_parser("classify", help="label texts with a classify run (label, probability, text)")
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument("dir", metavar="DIR", help=RUN_DIR_HELP)
     p.add_argument("text", nargs="+", metavar="TEXT")
     p.set_defaults(func=_classify)
 
     p = sub.add_parser("tag", help="tag the words of texts with a tag run (word/TAG ...)")
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument("dir", metavar="DIR", help=RUN_DIR_HELP)
     p.add_argument("text", nargs="+", metavar="TEXT")
     p.set_defaults(func=_tag)
 
     p = sub.add_parser("generate", help="sample texts for a condition with a generate run")
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument("dir", metavar="DIR", help=RUN_DIR_HELP)
     p.add_argument("--condition", required=True, metavar="LABEL")
     p.add_argument("--n", type=int, default=5)
     sampling(p)
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("eval", help="score a run on a split (a table, or --json)")
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument("dir", metavar="DIR", help=RUN_DIR_HELP)
     p.add_argument("--split", default="test", choices=("train", "validation", "test"))
     p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     p.add_argument("--beam", type=int, help="seq2seq: beam size (default: the run's)")

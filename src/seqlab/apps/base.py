@@ -353,7 +353,7 @@ def split_settings(settings: dict[str, Any], model_keys: Sequence[str], train_ke
 # ----------------------------------------------------------------------------
 # Run directories
 
-RUN_MARKERS = ("latest",)
+RUN_MARKERS = ("latest", "best")
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -363,7 +363,7 @@ def holds_run(run_dir: Path) -> bool:
 
 def prepare_out(run_dir: Path, *, force: bool, check_only: bool = False) -> None:
     """Make ``run_dir`` ready for a new run. Nothing there is removed unless ``force``; with
-    ``force`` only what a run wrote (checkpoints, 'latest', metrics.json) is removed.
+    ``force`` only what a run wrote (checkpoints, 'latest', 'best', metrics.json) is removed.
     ``check_only``: raise if it cannot be done, change nothing."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir}: is a file, expected a directory")
@@ -374,9 +374,9 @@ def prepare_out(run_dir: Path, *, force: bool, check_only: bool = False) -> None
         if check_only:
             return
         for p in run_dir.iterdir():
-            if p.name.startswith(("ckpt-", ".ckpt-")) and p.is_dir():
+            if p.name.startswith(("ckpt-", ".ckpt-", "best-", ".best-")) and p.is_dir():
                 shutil.rmtree(p)
-            elif p.name in ("latest", ".latest.tmp", "metrics.json"):
+            elif p.name in ("latest", ".latest.tmp", "best", ".best.tmp", "metrics.json"):
                 p.unlink()
     elif run_dir.is_dir() and any(run_dir.iterdir()) and not force:
         raise ConfigError(f"--out {run_dir}: is not empty and holds no run; give an empty or new directory "

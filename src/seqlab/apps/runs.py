@@ -67,8 +67,9 @@ class Run:
 
 def load_run(run_dir: str | Path, *, kind: Optional[str] = None, command: str = "") -> Run:
     """The application (options, vocabularies) and the model (weights loaded, eval mode) of the
-    newest checkpoint of ``run_dir``. ``kind``: the kind the caller needs; another kind is a
-    CheckpointError naming both."""
+    newest checkpoint of ``run_dir`` (or of the checkpoint ``run_dir`` names: ``RUN/best``, a
+    checkpoint folder). ``kind``: the kind the caller needs; another kind is a CheckpointError
+    naming both."""
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir)
     cfg = ckpt.config
@@ -193,6 +194,7 @@ def train_run(kind: str, *, arch: Optional[str] = None, task: Optional[str] = No
             write_json(out / "metrics.json", {"kind": kind, "step": result.get("step"),
                                               "metrics": result.get("metrics"), "best": result.get("best"),
                                               "stopped": result.get("stopped"),
+                                              "best_checkpoint": result.get("best_checkpoint"),
                                               "parameters": result["parameters"]})
         return result
     finally:

@@ -167,7 +167,8 @@ def train_lm(cfg: LMCellConfig, *, tick: Optional[Callable[[float], None]] = Non
         max_steps=10 ** 9,  # the budget ends the run
         batch_size=cfg.batch_size, lr=cfg.lr * (cfg.transformer_lr_scale if cfg.arch == "transformer" else 1.0),
         weight_decay=0.0, warmup_steps=0, decay="constant", clip_norm=cfg.clip_norm, eval_every=eval_every,
-        checkpoint_every=0, seed=cfg.seed, log_every=eval_every, max_time=cfg.budget, keep_checkpoints=1)
+        checkpoint_every=0, seed=cfg.seed, log_every=eval_every, max_time=cfg.budget, keep_checkpoints=1,
+        keep_best=False)
     tokens = [0]
 
     def loss_fn(net, window):

@@ -269,7 +269,7 @@ def train_config(cfg: MemoryConfig) -> TrainConfig:
     return TrainConfig(max_steps=cfg.max_steps, batch_size=cfg.batch_size, lr=lr, weight_decay=0.0,
                        warmup_steps=0, decay="constant", clip_norm=cfg.clip_norm, eval_every=cfg.eval_every,
                        checkpoint_every=0, patience=0, seed=cfg.seed, log_every=cfg.eval_every,
-                       max_time=cfg.budget, keep_checkpoints=1)
+                       max_time=cfg.budget, keep_checkpoints=1, keep_best=False)
 
 
 @dataclass

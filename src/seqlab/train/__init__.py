@@ -13,11 +13,11 @@ distributed     setup / cleanup / is_main for torchrun, shard_batch
 ==============  ==========================================================================
 """
 from . import distributed, metrics
-from .checkpoint import (Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, restore_training,
-                         save_checkpoint)
+from .checkpoint import (Checkpoint, CheckpointError, best_checkpoint, latest_checkpoint, load_checkpoint,
+                         restore_training, save_checkpoint)
 from .loop import DivergenceError, TrainConfig, Trainer
 from .schedule import WarmupDecay, WarmupDecayLR
 
-__all__ = ["Checkpoint", "CheckpointError", "latest_checkpoint", "load_checkpoint", "restore_training",
+__all__ = ["Checkpoint", "CheckpointError", "best_checkpoint", "latest_checkpoint", "load_checkpoint", "restore_training",
            "save_checkpoint",
            "DivergenceError", "TrainConfig", "Trainer", "WarmupDecay", "WarmupDecayLR", "distributed", "metrics"]

@@ -1,9 +1,12 @@
 """Checkpoints that never lose data and never unpickle.
 
-A run directory holds numbered checkpoints and a pointer to the newest::
+A run directory holds numbered checkpoints, a pointer to the newest and, when the
+trainer evaluates, a copy of the best-scoring one with its own pointer::
 
     RUN/
       latest                 # text: the name of the newest complete checkpoint
+      best                   # text: the name of the best-scoring one (best-STEP)
+      best-00000150/         # weights and state as below, no optimizer state
       ckpt-00000200/
         model.safetensors    # the weights
         train.safetensors    # optimizer tensors and torch RNG states
@@ -14,7 +17,9 @@ A checkpoint is first written completely into a hidden temporary folder,
 flushed, then renamed into place; ``latest`` is replaced by ``os.replace``.
 A crash at any moment therefore leaves the previous checkpoint intact and
 ``latest`` pointing at a complete one. Weights are safetensors and everything
-else is JSON, so loading a checkpoint runs no code from it.
+else is JSON, so loading a checkpoint runs no code from it. ``load_checkpoint``
+takes a checkpoint folder, a run directory (its newest) or a pointer file
+(``RUN/best``, ``RUN/latest``).
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from torch import nn
 
 FORMAT = "seqlab-checkpoint-1"
 LATEST = "latest"
+BEST = "best"
 
 
 class CheckpointError(ValueError):
@@ -144,16 +150,20 @@ def save_checkpoint(
     scheduler: Optional[Any] = None,
     extra: Optional[dict] = None,
     keep: int = 2,
+    best: bool = False,
 ) -> Path:
     """Write checkpoint ``ckpt-{step}`` into ``run_dir`` atomically and point ``latest`` at it.
 
     ``config`` must hold ``model_class`` (checked on load); ``extra`` carries
     anything JSON-able the caller needs back (vocabulary, metrics, data
     position). The ``keep`` newest checkpoints are kept, older ones removed.
+    ``best``: write ``best-{step}`` and point ``best`` at it instead, keeping only
+    that one of the best-* folders (``latest`` and the ckpt-* folders are left alone).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    name = f"ckpt-{step:08d}"
+    prefix, pointer, keep = ("best", BEST, 1) if best else ("ckpt", LATEST, keep)
+    name = f"{prefix}-{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=run_dir))
     try:
         # Shared storage (tied weights) is saved once per name; safetensors refuses aliases.
@@ -184,28 +194,44 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    pointer_tmp = run_dir / f".{LATEST}.tmp"
+    pointer_tmp = run_dir / f".{pointer}.tmp"
     pointer_tmp.write_text(name + "\n", encoding="utf-8")
-    os.replace(pointer_tmp, run_dir / LATEST)
+    os.replace(pointer_tmp, run_dir / pointer)
     _fsync_dir(run_dir)
-    for old in sorted(p for p in run_dir.glob("ckpt-*") if p.is_dir())[:-keep] if keep > 0 else []:
+    for old in sorted(p for p in run_dir.glob(f"{prefix}-*") if p.is_dir())[:-keep] if keep > 0 else []:
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> Optional[Path]:
-    """The newest complete checkpoint of ``run_dir``, or None if it holds none."""
-    run_dir = Path(run_dir)
-    pointer = run_dir / LATEST
+def _pointed(pointer: Path) -> Optional[Path]:
+    """The checkpoint folder a pointer file (``latest``, ``best``) names, or None."""
     if not pointer.is_file():
         return None
-    path = run_dir / pointer.read_text(encoding="utf-8").strip()
+    try:
+        with open(pointer, encoding="utf-8") as f:
+            name = f.read(256).strip()  # a folder name; not a whole file a user passed by mistake
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        return None
+    path = pointer.parent / name
     return path if path.is_dir() else None
 
 
+def latest_checkpoint(run_dir: str | os.PathLike) -> Optional[Path]:
+    """The newest complete checkpoint of ``run_dir``, or None if it holds none."""
+    return _pointed(Path(run_dir) / LATEST)
+
+
+def best_checkpoint(run_dir: str | os.PathLike) -> Optional[Path]:
+    """The best-scoring checkpoint of ``run_dir`` (written by the trainer when it evaluates), or None."""
+    return _pointed(Path(run_dir) / BEST)
+
+
 def load_checkpoint(path: str | os.PathLike, *, model_class: Optional[str] = None) -> Checkpoint:
-    """Load a checkpoint folder, or the newest one of a run directory, and verify it.
+    """Load a checkpoint folder, the newest one of a run directory, or the one a pointer file
+    (``RUN/best``, ``RUN/latest``) names, and verify it.
 
     Raises CheckpointError naming what is wrong: no checkpoint, a missing or
     corrupted file (sha256 mismatch, truncated safetensors, invalid JSON), or
@@ -214,6 +240,12 @@ def load_checkpoint(path: str | os.PathLike, *, model_class: Optional[str] = Non
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such directory")
+    if path.is_file():
+        found = _pointed(path)
+        if found is None:
+            raise CheckpointError(f"{path}: is a file that names no checkpoint folder next to it (expected a "
+                                  f"checkpoint folder, a run directory or a pointer file such as RUN/best)")
+        path = found
     if not (path / "state.json").exists():
         found = latest_checkpoint(path)
         if found is None:

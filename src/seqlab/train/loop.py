@@ -26,7 +26,9 @@ so W processes on a global batch give the same update as one process on the whol
 Every ``eval_every`` steps rank 0 evaluates; every ``checkpoint_every`` steps and at the end
 rank 0 writes a checkpoint (seqlab.train.checkpoint) holding the weights, the optimizer,
 the schedule, every RNG and the data position, so ``fit(resume=True)`` in a new process
-continues exactly where the checkpoint left off.
+continues exactly where the checkpoint left off. Whenever an evaluation improves on the
+best score (``keep_best``), rank 0 also writes the weights as ``RUN/best-STEP`` and points
+``RUN/best`` at it, so an early-stopped run still has the weights it stopped for.
 
 Time is training time: the clock runs while batches are fetched and steps are taken and stops
 while the trainer evaluates and writes checkpoints. ``train_time`` (seconds, cumulative across
@@ -50,8 +52,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed as D
-from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, restore_training, rng_state,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (CheckpointError, best_checkpoint, latest_checkpoint, load_checkpoint, restore_training,
+                         rng_state, save_checkpoint, set_rng_state)
 from .schedule import DECAYS, WarmupDecayLR
 
 STOPS = ("max_steps", "early_stop", "goal", "max_time")
@@ -81,11 +83,15 @@ class TrainConfig:
     log_every: int = 10  # steps between progress-bar updates and entries of the training log
     max_time: float = 0.0  # training seconds in this invocation, evaluation and checkpoints excluded; 0 = no limit
     keep_checkpoints: int = 2  # the newest ones kept on disk
+    keep_best: bool = True  # when evaluating: also keep the best-scoring weights (RUN/best -> best-STEP)
 
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.type in ("int", int):
+            if f.type in ("bool", bool):
+                if not isinstance(v, bool):
+                    raise ValueError(f"TrainConfig.{f.name}: expected true or false, got {v!r}")
+            elif f.type in ("int", int):
                 if not isinstance(v, int) or isinstance(v, bool):
                     raise ValueError(f"TrainConfig.{f.name}: expected an int, got {v!r}")
             elif f.type in ("float", float):
@@ -370,14 +376,16 @@ class Trainer:
                 stop = "goal"  # the goal wins over patience: it says why the run is done
             elif not final and self.cfg.patience > 0 and bad >= self.cfg.patience:
                 stop = "early_stop"
-            decision = (metrics, best, bad, entry, stop)
+            decision = (metrics, best, bad, entry, stop, better)
             if self.progress:
                 bar.write(f"step {self.step}: " + " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
                           + (" (best)" if better else ""))
-        metrics, best, bad, entry, stop = D.broadcast_object(decision)
+        metrics, best, bad, entry, stop, better = D.broadcast_object(decision)
         self.metrics, self.best, self.bad_evals = metrics, best, bad
         self.history.append(entry)
         self._since_eval = [0.0, 0.0]
+        if better and self.cfg.keep_best:
+            self.save_best()
         return stop
 
     # ------------------------------------------------------------------ checkpoints
@@ -390,21 +398,37 @@ class Trainer:
                 "train_time": self.train_time, "window_start": self._window_start,
                 "train_config": self.cfg.to_dict(), "world_size": D.get_world_size()}
 
+    def _extra(self) -> dict:
+        """``extra()``'s JSON plus the trainer's state, for a checkpoint."""
+        extra = dict(self.extra_fn() if self.extra_fn is not None else {})
+        if "trainer" in extra:
+            raise ValueError("extra(): expected keys other than 'trainer' (the trainer's own), got 'trainer'")
+        extra["trainer"] = self.state()
+        return extra
+
     def save(self) -> Optional[Path]:
         """Write a checkpoint of the current step (rank 0 writes; every rank must call this)."""
         rngs = D.all_gather_object(_rng_to_json()) if D.get_world_size() > 1 else None
         path = None
         if D.is_main():
-            extra = dict(self.extra_fn() if self.extra_fn is not None else {})
-            if "trainer" in extra:
-                raise ValueError("extra(): expected keys other than 'trainer' (the trainer's own), got 'trainer'")
-            extra["trainer"] = self.state()
+            extra = self._extra()
             if rngs is not None:
                 extra["trainer"]["rank_rng"] = rngs
             path = save_checkpoint(self.run_dir, step=self.step, model=self.model, config=self.config,
                                    optimizer=self.optimizer, scheduler=self.scheduler, extra=extra,
                                    keep=self.cfg.keep_checkpoints)
         D.barrier()  # nobody runs ahead of (or exits before) a checkpoint being complete
+        return path
+
+    def save_best(self) -> Optional[Path]:
+        """Write the current weights as the run's best checkpoint, ``best-STEP`` (rank 0 writes;
+        every rank must call this). It holds what ``load_run`` needs (config, ``extra()``, the
+        trainer's state), not the optimizer: training resumes from ``latest``."""
+        path = None
+        if D.is_main():
+            path = save_checkpoint(self.run_dir, step=self.step, model=self.model, config=self.config,
+                                   extra=self._extra(), best=True)
+        D.barrier()
         return path
 
     def _resume(self) -> bool:
@@ -439,8 +463,10 @@ class Trainer:
         return True
 
     def summary(self) -> dict:
+        best_path = best_checkpoint(self.run_dir) if D.is_main() else None
         return {"step": self.step, "metrics": self.metrics, "best": self.best, "history": self.history,
-                "stopped": self.stopped or "max_steps", "log": self.log, "train_time": self.train_time}
+                "stopped": self.stopped or "max_steps", "log": self.log, "train_time": self.train_time,
+                "best_checkpoint": None if best_path is None else str(best_path)}
 
 
 def _describe(x: Any) -> str:
