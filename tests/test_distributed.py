@@ -72,7 +72,7 @@ def worker(out: Path) -> None:
     real_save = loop.save_checkpoint
 
     def spy_save(*args, **kwargs):
-        saves.append(rank)
+        saves.append([rank, kwargs.get("best", False)])
         return real_save(*args, **kwargs)
     loop.save_checkpoint = spy_save
 
@@ -137,9 +137,12 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2] and [r["is_main"] for r in ranks] == [True, False]
     # Only rank 0 evaluates and writes checkpoints (steps 3, 6 in the first run; 3, 4 in the second;
-    # 3 in the goal run; 3, 6 | 3 | 6 in the dropout runs).
+    # 3 in the goal run; 3, 6 | 3 | 6 in the dropout runs), and the best ones: the first run's loss
+    # falls (steps 3, 6), the second improves at its 1st and 2nd evaluation, the goal run at all 3.
     assert ranks[0]["evals"] == [0, 0] and ranks[1]["evals"] == []
-    assert ranks[0]["saves"] == [0] * 9 and ranks[1]["saves"] == []
+    assert [best for _, best in ranks[0]["saves"]].count(False) == 9 and ranks[1]["saves"] == []
+    assert [best for _, best in ranks[0]["saves"]].count(True) == 7
+    assert load_checkpoint(tmp_path / "stop" / "best", model_class="Tiny").step == 2
     # An interrupted DDP run resumes to the same weights as an uninterrupted one, on each rank.
     assert [(r["same_after_resume"], r["resumed_from"]) for r in ranks] == [(True, 4), (True, 4)]
     # Every rank agrees on the early stop that only rank 0 could decide.
