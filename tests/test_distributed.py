@@ -52,9 +52,17 @@ def loss_fn(model, batch):
     return loss, int((y != 0).sum())
 
 
-def trainer(run_dir, evaluate, loss=loss_fn, dropout=0.0, stop_when=None, **cfg):
+class TinyWithUnused(Tiny):
+    """A parameter that no loss reaches: DDP needs find_unused_parameters=True for it."""
+
+    def __init__(self, dropout=0.0):
+        super().__init__(dropout)
+        self.spare = nn.Linear(7, 3)
+
+
+def trainer(run_dir, evaluate, loss=loss_fn, dropout=0.0, stop_when=None, model_cls=Tiny, **cfg):
     torch.manual_seed(0)
-    model = Tiny(dropout)
+    model = model_cls(dropout)
     base = dict(max_steps=STEPS, batch_size=GLOBAL_BATCH, lr=2e-2, warmup_steps=1, eval_every=3,
                 checkpoint_every=3, log_every=1)
     base.update(cfg)
@@ -104,12 +112,18 @@ def worker(out: Path) -> None:
     resumed.fit(resume=True)
     same_after_resume = all(torch.equal(a, b) for a, b in zip(whole.model.state_dict().values(),
                                                              resumed.model.state_dict().values()))
+    unused = trainer(out / "unused", None, model_cls=TinyWithUnused, find_unused_parameters=True, max_steps=3,
+                     checkpoint_every=0)
+    unused_steps = unused.fit()["step"]
+    torch.manual_seed(0)  # trainer()'s seed: the same initial weights
+    spare_untouched = torch.equal(unused.model.spare.weight, TinyWithUnused().spare.weight)
     (out / f"rank{rank}.json").write_text(json.dumps({
         "world": world, "is_main": D.is_main(), "saves": saves, "evals": evals, "result": result,
         "weights": {k: v.flatten().tolist() for k, v in tr.model.state_dict().items()},
         "stop": {"step": stop["step"], "stopped": stop["stopped"], "best": stop["best"]},
         "goal": {"step": goal["step"], "stopped": goal["stopped"]},
-        "same_after_resume": same_after_resume, "resumed_from": calls[0] - 1}))
+        "same_after_resume": same_after_resume, "resumed_from": calls[0] - 1,
+        "unused": [unused_steps, spare_untouched]}))
     D.cleanup()
 
 
@@ -137,14 +151,17 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2] and [r["is_main"] for r in ranks] == [True, False]
     # Only rank 0 evaluates and writes checkpoints (steps 3, 6 in the first run; 3, 4 in the second;
-    # 3 in the goal run; 3, 6 | 3 | 6 in the dropout runs), and the best ones: the first run's loss
+    # 3 in the goal run; 3, 6 | 3 | 6 in the dropout runs; 3 in the unused-parameter run), and the best ones: the first run's loss
     # falls (steps 3, 6), the second improves at its 1st and 2nd evaluation, the goal run at all 3.
     assert ranks[0]["evals"] == [0, 0] and ranks[1]["evals"] == []
-    assert [best for _, best in ranks[0]["saves"]].count(False) == 9 and ranks[1]["saves"] == []
+    assert [best for _, best in ranks[0]["saves"]].count(False) == 10 and ranks[1]["saves"] == []
     assert [best for _, best in ranks[0]["saves"]].count(True) == 7
     assert load_checkpoint(tmp_path / "stop" / "best", model_class="Tiny").step == 2
     # An interrupted DDP run resumes to the same weights as an uninterrupted one, on each rank.
     assert [(r["same_after_resume"], r["resumed_from"]) for r in ranks] == [(True, 4), (True, 4)]
+    # find_unused_parameters=True: a model with a parameter no loss reaches trains under DDP
+    # (without it DDP stops at the second step), and the unused parameter stays as it was.
+    assert [r["unused"] for r in ranks] == [[3, True], [3, True]]
     # Every rank agrees on the early stop that only rank 0 could decide.
     for r in ranks:
         assert r["stop"] == {"step": 4, "stopped": "early_stop", "best": 4.0}

@@ -84,6 +84,9 @@ class TrainConfig:
     max_time: float = 0.0  # training seconds in this invocation, evaluation and checkpoints excluded; 0 = no limit
     keep_checkpoints: int = 2  # the newest ones kept on disk
     keep_best: bool = True  # when evaluating: also keep the best-scoring weights (RUN/best -> best-STEP)
+    # under torchrun: DDP's option for a model whose loss leaves some parameters unused (an extra
+    # pass over the autograd graph every step, so off unless needed)
+    find_unused_parameters: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -185,8 +188,9 @@ class Trainer:
     its share of every batch; rank 0 alone evaluates and writes checkpoints, and broadcasts
     its early-stopping, goal and time-limit decisions so every rank stops at the same step.
     ``loss_fn`` receives the DDP wrapper, which also answers the model's own attributes; the
-    forward pass must go through ``model(...)`` and use every parameter (DDP's default,
-    ``find_unused_parameters=False``). Dropout masks differ between ranks, so a run with
+    forward pass must go through ``model(...)`` and use every parameter, unless
+    ``cfg.find_unused_parameters`` is set (DDP's option of that name). Dropout masks differ
+    between ranks, so a run with
     dropout matches one process in distribution, not bitwise.
 
     Resuming: model, optimizer (including its learning rates), RNGs, data position and the
@@ -256,7 +260,8 @@ class Trainer:
         net = self.model
         if world > 1:
             dev = next(self.model.parameters()).device
-            net = _DDP(self.model, device_ids=[dev] if dev.type == "cuda" else None)
+            net = _DDP(self.model, device_ids=[dev] if dev.type == "cuda" else None,
+                       find_unused_parameters=cfg.find_unused_parameters)
         self.model.train()
         data = iter(self.batches)
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True,
