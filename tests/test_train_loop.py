@@ -314,16 +314,21 @@ def test_early_stopping_and_a_finished_run_stays_finished(tmp_path):
     assert again["stopped"] == "early_stop" and again["step"] == 4 and again["best"] == 4.0
 
 
-def test_best_checkpoint_holds_the_weights_of_the_best_evaluation(tmp_path):
-    """Early stopping ends patience evaluations past the best; RUN/best keeps the best one's weights,
-    replaced on each improvement (one best-* folder on disk), and survives a resume."""
-    scores = iter([5.0, 4.0, 4.5, 4.2, 3.0, 3.5, 3.9])
-    seen = {}
+def scripted_scores(*scores):
+    """An evaluate function that returns ``scores`` in turn, and the weights it saw for each score."""
+    it, seen = iter(scores), {}
 
     def evaluate(model):
-        score = next(scores)
+        score = next(it)
         seen[score] = weights(model)
         return {"loss": score}
+    return evaluate, seen
+
+
+def test_best_checkpoint_holds_the_weights_of_the_best_evaluation(tmp_path):
+    """Early stopping ends patience evaluations past the best; RUN/best keeps the best one's weights,
+    replaced on each improvement (one best-* folder on disk)."""
+    evaluate, seen = scripted_scores(5.0, 4.0, 4.5, 4.2)
     tr = make_trainer(tmp_path, evaluate=evaluate, eval_every=1, patience=2, max_steps=20, checkpoint_every=0)
     result = tr.fit()
     assert result["stopped"] == "early_stop" and result["step"] == 4
@@ -338,15 +343,8 @@ def test_best_checkpoint_holds_the_weights_of_the_best_evaluation(tmp_path):
     assert load_checkpoint(tmp_path).step == 4  # the run directory still means the newest checkpoint
 
 
-
 def test_best_checkpoint_survives_a_resume_and_is_replaced_when_beaten(tmp_path):
-    scores = iter([5.0, 4.0, 4.5, 4.2, 3.0, 3.5, 3.9])
-    seen = {}
-
-    def evaluate(model):
-        score = next(scores)
-        seen[score] = weights(model)
-        return {"loss": score}
+    evaluate, seen = scripted_scores(5.0, 4.0, 4.5, 4.2, 3.0, 3.5, 3.9)
     first = make_trainer(tmp_path, evaluate=evaluate, eval_every=1, max_steps=4).fit()
     assert first["best"] == 4.0 and best_checkpoint(tmp_path).name == "best-00000002"
     # the resumed run compares against the saved best score, not against its own first evaluation
