@@ -144,6 +144,9 @@ def test_resume_continues_the_step_count(tmp_path, capsys):
     assert code == 0, err
     state = _trainer_state(d)
     assert state["step"] == 20 and [e["step"] for e in state["log"]] == [5, 10, 15, 20]
+    best_line = [line for line in out.splitlines() if line.startswith("best validation score")]
+    assert best_line == [f"best validation score {state['best']:.4g}: {d / 'best'} "
+                         f"({load_checkpoint(d / 'best').path.name})"], out
     # What the model is cannot change on resume; how long it trains can.
     code, _, err = run([*args, "--resume", "--max-steps", "30", "dropout=0.3"], capsys)
     assert_one_line_error(code, err, "only training settings may change", "dropout=0.3")

@@ -95,6 +95,9 @@ def _train(args: argparse.Namespace) -> int:
     if _is_main_process():
         print(f"{args.kind}: {result.get('parameters', 0):,} parameters, stopped at step {result.get('step')} "
               f"({result.get('stopped')}); run saved in {args.out}")
+        if result.get("best_checkpoint"):
+            print(f"best validation score {result['best']:.4g}: {os.path.join(args.out, 'best')} "
+                  f"({os.path.basename(result['best_checkpoint'])})")
         if result.get("metrics"):
             print(_table(result["metrics"]))
     return 0
