@@ -151,8 +151,9 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2] and [r["is_main"] for r in ranks] == [True, False]
     # Only rank 0 evaluates and writes checkpoints (steps 3, 6 in the first run; 3, 4 in the second;
-    # 3 in the goal run; 3, 6 | 3 | 6 in the dropout runs; 3 in the unused-parameter run), and the best ones: the first run's loss
-    # falls (steps 3, 6), the second improves at its 1st and 2nd evaluation, the goal run at all 3.
+    # 3 in the goal run; 3, 6 | 3 | 6 in the dropout runs; 3 in the unused-parameter run), and the
+    # best ones: the first run's loss falls (steps 3, 6), the second improves at its 1st and 2nd
+    # evaluation, the goal run at all 3.
     assert ranks[0]["evals"] == [0, 0] and ranks[1]["evals"] == []
     assert [best for _, best in ranks[0]["saves"]].count(False) == 10 and ranks[1]["saves"] == []
     assert [best for _, best in ranks[0]["saves"]].count(True) == 7

@@ -219,11 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "layer_norm, recurrent_dropout, zoneout, forget_bias, nhead, dim_feedforward, max_len, "
                               "tie_weights, pooling, attention), training's (max_steps, batch_size, lr, weight_decay, "
                               "warmup_steps, decay, min_lr_ratio, clip_norm, eval_every, checkpoint_every, patience, "
-                              "seed, log_every, max_time, keep_checkpoints, keep_best, find_unused_parameters) and the data's (n_train, n_valid, n_test, "
-                              "data_seed, level, min_freq, max_vocab, format; lm: bptt, carry_state, eval_tokens, "
-                              "eval_rows; seq2seq: teacher_forcing, beam, eval_examples, max_decode_len; generate: "
-                              "n_samples). Example: seqlab train seq2seq --task dates --arch gru --attention bahdanau "
-                              "lr=3e-3 --out runs/dates")
+                              "seed, log_every, max_time, keep_checkpoints, keep_best, find_unused_parameters) and "
+                              "the data's (n_train, n_valid, n_test, data_seed, level, min_freq, max_vocab, format; "
+                              "lm: bptt, carry_state, eval_tokens, eval_rows; seq2seq: teacher_forcing, beam, "
+                              "eval_examples, max_decode_len; generate: n_samples). Example: seqlab train seq2seq "
+                              "--task dates --arch gru --attention bahdanau lr=3e-3 --out runs/dates")
     p.add_argument("kind", choices=KINDS, metavar="KIND", help=f"one of {', '.join(KINDS)}")
     src = p.add_argument_group("data")
     src.add_argument("--task", help="a generated task (default per kind: lm stdlib, classify langid, tag ner, "

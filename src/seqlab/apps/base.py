@@ -39,6 +39,7 @@ from typing import Any, Callable, ClassVar, Iterator, Optional, Sequence
 from torch import Tensor, nn
 
 from seqlab.data import TASKS, DataError, load_task, read_examples, split_of
+from seqlab.train.checkpoint import BEST, LATEST
 
 
 class ConfigError(ValueError):
@@ -353,7 +354,7 @@ def split_settings(settings: dict[str, Any], model_keys: Sequence[str], train_ke
 # ----------------------------------------------------------------------------
 # Run directories
 
-RUN_MARKERS = ("latest", "best")
+RUN_MARKERS = (LATEST, BEST)  # the pointer files of seqlab.train.checkpoint
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -376,7 +377,7 @@ def prepare_out(run_dir: Path, *, force: bool, check_only: bool = False) -> None
         for p in run_dir.iterdir():
             if p.name.startswith(("ckpt-", ".ckpt-", "best-", ".best-")) and p.is_dir():
                 shutil.rmtree(p)
-            elif p.name in ("latest", ".latest.tmp", "best", ".best.tmp", "metrics.json"):
+            elif p.name in (*RUN_MARKERS, *(f".{m}.tmp" for m in RUN_MARKERS), "metrics.json"):
                 p.unlink()
     elif run_dir.is_dir() and any(run_dir.iterdir()) and not force:
         raise ConfigError(f"--out {run_dir}: is not empty and holds no run; give an empty or new directory "

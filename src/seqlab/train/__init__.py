@@ -18,6 +18,6 @@ from .checkpoint import (Checkpoint, CheckpointError, best_checkpoint, latest_ch
 from .loop import DivergenceError, TrainConfig, Trainer
 from .schedule import WarmupDecay, WarmupDecayLR
 
-__all__ = ["Checkpoint", "CheckpointError", "best_checkpoint", "latest_checkpoint", "load_checkpoint", "restore_training",
-           "save_checkpoint",
+__all__ = ["Checkpoint", "CheckpointError", "best_checkpoint", "latest_checkpoint", "load_checkpoint",
+           "restore_training", "save_checkpoint",
            "DivergenceError", "TrainConfig", "Trainer", "WarmupDecay", "WarmupDecayLR", "distributed", "metrics"]

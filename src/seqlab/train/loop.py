@@ -190,8 +190,7 @@ class Trainer:
     ``loss_fn`` receives the DDP wrapper, which also answers the model's own attributes; the
     forward pass must go through ``model(...)`` and use every parameter, unless
     ``cfg.find_unused_parameters`` is set (DDP's option of that name). Dropout masks differ
-    between ranks, so a run with
-    dropout matches one process in distribution, not bitwise.
+    between ranks, so a run with dropout matches one process in distribution, not bitwise.
 
     Resuming: model, optimizer (including its learning rates), RNGs, data position and the
     trainer's counters (``train_time`` included) come from the checkpoint; the schedule follows
