@@ -339,17 +339,27 @@ def side_by_side(rows: list[Row]) -> str:
 def environment(cfg: Config) -> dict:
     return {
         "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-        "device": cfg.device, "clock": cfg.clock, "compiled_onednn": _has_onednn(),
+        "processor": platform.processor() or platform.machine(), "avx512": _has_avx512(),
+        "threads": torch.get_num_threads(), "device": cfg.device, "clock": cfg.clock, **_product_paths(),
     }
 
 
-def _has_onednn() -> Optional[bool]:
-    """Whether the compiled path sends large float32 products to oneDNN (None: not built)."""
+def _has_avx512() -> Optional[bool]:
+    """Whether the CPU has AVX-512 (None: not known here). The compiled path's products depend on it."""
     try:
-        return bool(torch.ops.seqlab_compiled.has_onednn())
-    except (AttributeError, RuntimeError):
+        return " avx512f" in Path("/proc/cpuinfo").read_text()
+    except OSError:
         return None
+
+
+def _product_paths() -> dict:
+    """Where the compiled path sends float32 products in this process (None: not built):
+    oneDNN's linear for large per-step products, oneDNN's brgemm (one AVX-512 thread)."""
+    try:
+        ext = torch.ops.seqlab_compiled
+        return {"compiled_onednn": bool(ext.has_onednn()), "compiled_brgemm": bool(ext.brgemm_auto())}
+    except (AttributeError, RuntimeError):
+        return {"compiled_onednn": None, "compiled_brgemm": None}
 
 
 def parse_args(argv=None) -> tuple[Config, Optional[str]]:
@@ -404,7 +414,9 @@ def main(argv=None) -> int:
           f"ratio = seqlab / torch.nn (< 1: seqlab faster)",
           flush=True)
     rows = bench(cfg, log=lambda s: print(s, flush=True))
-    env["compiled_onednn"] = _has_onednn()  # known only once bench() has loaded the extension
+    env.update(_product_paths())  # known only once bench() has loaded the extension
+    print(f"# compiled path products: brgemm {env['compiled_brgemm']}, oneDNN linear available "
+          f"{env['compiled_onednn']}; AVX-512 {env['avx512']}")
     print()
     print(markdown(rows))
     print()

@@ -36,19 +36,24 @@ def ext():
     return torch.ops.seqlab_compiled
 
 
-@pytest.fixture(params=["blas", "aten", "onednn"])
+@pytest.fixture(params=["blas", "aten", "onednn", "brgemm"])
 def gemm(request, ext):
-    """Run the float32 per-step products on BLAS called directly (the default where torch's
-    BLAS is found), on ATen's mm (the fallback elsewhere), or on oneDNN for every size."""
+    """Run the float32 products of the time loop (and the brgemm projection) on BLAS called
+    directly (the default where torch's BLAS is found), on ATen's mm (the fallback elsewhere),
+    on oneDNN's linear for every size, or on oneDNN's brgemm micro-kernel for every size (the
+    default on one thread with AVX-512; where torch has no brgemm kernel for this CPU, ATen's
+    brgemm falls back to its gemm, which must give the same values)."""
     if request.param == "onednn" and not ext.has_onednn():
         pytest.skip("torch was built without oneDNN (mkldnn)")
     if request.param == "blas" and not ext.has_direct_blas():
         pytest.skip("torch's BLAS (sgemm_/dgemm_) was not found in libtorch_cpu")
     old = ext.set_gemm_threshold(0 if request.param == "onednn" else -1)
     old_direct = ext.set_direct_blas(request.param == "blas")
+    old_brgemm = ext.set_brgemm(1 if request.param == "brgemm" else 0)
     yield request.param
     ext.set_gemm_threshold(old)
     ext.set_direct_blas(old_direct)
+    ext.set_brgemm(old_brgemm)
 
 
 @pytest.fixture
@@ -83,6 +88,14 @@ def test_matches_reference_every_variant_f32(ext, gemm, cell):
     for layer_norm, proj, rec, keep in itertools.product((False, True), projs, (False, True), KEEPS):
         label = f"{cell} [{gemm}] ln={layer_norm} proj={proj} rec={rec} keep={keep}"
         _compare(cell, _inputs(cell, torch.float32, True, layer_norm, proj, rec, keep), torch.float32, label)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_empty_batch_every_product_path(ext, gemm, cell):
+    """B = 0: every product path gets zero rows (oneDNN's brgemm refuses zero sizes, so the
+    kernel must not call it); outputs and gradients are empty, h0's gradient too."""
+    _compare(cell, _inputs(cell, torch.float32, True, False, 0, False, "none", b=0), torch.float32,
+             f"{cell} [{gemm}] B=0")
 
 
 @pytest.mark.parametrize("cell", CELLS)

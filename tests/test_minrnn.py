@@ -278,6 +278,30 @@ def test_compiled_gradients_of_every_output_form(cls):
             torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5, msg=what)
 
 
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("brgemm", [0, 1], ids=["mkl", "brgemm"])
+def test_compiled_projection_on_each_product_path(cls, brgemm):
+    """The projection X W^T + b runs on MKL or on oneDNN's brgemm (the default on one AVX-512
+    thread, where the bias is copied into the rows first): both match the sequential path."""
+    if not compiled.available():
+        pytest.skip(f"the compiled path is not available here: {compiled.build_error()}")
+    ext = torch.ops.seqlab_compiled
+    torch.manual_seed(0)
+    m = cls(6, 5)
+    x = torch.randn(40, 4, 6, requires_grad=True)
+    params = [x, *m.parameters()]
+    old = ext.set_brgemm(brgemm)
+    try:
+        got = m(x, mode="compiled")
+        got_grads = torch.autograd.grad(got[0].sum() + got[1].sum(), params)
+    finally:
+        ext.set_brgemm(old)
+    ref = m(x, mode="sequential")
+    ref_grads = torch.autograd.grad(ref[0].sum() + ref[1].sum(), params)
+    for r, o in zip((*ref, *ref_grads), (*got, *got_grads)):
+        torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
+
+
 def test_compiled_mode_refuses_what_it_cannot_run():
     m = MinGRU(3, 2).to(torch.bfloat16)
     with pytest.raises(ValueError, match="mode='compiled' cannot run this call: .*float32 and float64.*bfloat16"):

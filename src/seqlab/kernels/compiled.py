@@ -20,9 +20,11 @@ kernels). It is built with ``torch.utils.cpp_extension`` on first use and cached
 
 Layers: this module validates and calls the two ops ``torch.ops.seqlab_compiled.rnn_forward``
 / ``rnn_backward`` from an autograd.Function; the kernel owns the memory of the loop. Runs
-float32 and float64 on CPU. The products over all T*B rows use MKL into pooled buffers; large
-float32 per-step products go to oneDNN when torch has it, else MKL (see "Matrix products" in the
-C++; ``torch.ops.seqlab_compiled.set_gemm_threshold`` moves the switch).
+float32 and float64 on CPU. The products use MKL (the products over all T*B rows into pooled
+buffers), except in float32 on a CPU with AVX-512: there, on one thread, the projection and the
+per-step products go to oneDNN's brgemm micro-kernel, and on more threads large per-step products
+go to oneDNN's linear (see "Matrix products" in the C++; ``torch.ops.seqlab_compiled.set_brgemm``
+and ``set_gemm_threshold`` move the switches).
 Double backward is not supported (``once_differentiable``): use the reference path for
 gradient-of-gradient work. Memory: the loop's large buffers (2 MiB and more: saved activations,
 per-step gradients) are recycled through a pool in the C++ that keeps up to 512 MiB of freed

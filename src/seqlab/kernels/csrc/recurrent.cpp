@@ -8,7 +8,7 @@
 // instead of a dozen dispatcher calls:
 //
 //   forward   xp = X W_ih^T                              one product over all T*B rows
-//             per step: W_hh (m ⊙ h_{t-1})               BLAS on raw pointers (StepLinear)
+//             per step: W_hh (m ⊙ h_{t-1})               BLAS or brgemm on raw pointers (StepLinear)
 //                       LN_ih, gates, c_t, h_t, masks, LN_hh, LN_c   one loop per batch row
 //   backward  per step: da_t from the saved gates, LN_hh', LN_c', LN_ih'   one loop per row
 //                       dh_{t-1} = (dhp_t W_hh) ⊙ m + …   BLAS (StepLinear)
@@ -31,8 +31,10 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -40,6 +42,7 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #if defined(__linux__)
@@ -357,19 +360,33 @@ Tensor add_opt(const Tensor& a, const Tensor& b) {
 // costs more than it saves. float64 and small products use MKL. set_gemm_threshold (an op,
 // for tests and benchmarks) moves the threshold: 0 = always oneDNN for float32, -1 = never.
 //
-// The default depends on the CPU. The machine this was first tuned on measured oneDNN about
-// twice as fast as MKL for these products; the likely reason is AVX-512, which oneDNN's JIT
-// kernels use and MKL's code path for AMD CPUs does not (a guess: that machine's CPU flags were
-// not recorded), so with AVX-512 the default stays oneDNN. On an AVX2-only AMD EPYC (the CI machine of 2026-11-28) MKL was as fast
-// or faster at every size of benchmarks/recurrent.py's grid in three same-process runs (training
-// ratio vs torch.nn, oneDNN -> MKL: RNN (128, 50, 128) 0.88 -> 0.77, (32, 100, 256) 0.83 -> 0.76),
-// so there the per-step products stay on MKL too.
+// The default depends on the CPU. On an AVX2-only AMD EPYC (the CI machine of 2026-11-28) MKL
+// was as fast or faster at every size of benchmarks/recurrent.py's grid in three same-process
+// runs (training ratio vs torch.nn, oneDNN -> MKL: RNN (128, 50, 128) 0.88 -> 0.77, (32, 100,
+// 256) 0.83 -> 0.76), so there the products stay on MKL. With AVX-512, which oneDNN's JIT
+// kernels use and MKL's code path for AMD CPUs does not, oneDNN is faster (an AVX-512 AMD EPYC,
+// 2026-11-29, 2 threads: 0.36-0.52x MKL's time at (m, n, k) = (16, 1024, 256), (64, 2048, 512)).
+//
+// On one thread with AVX-512 both the projection and the per-step products go to oneDNN's
+// brgemm micro-kernel instead (at::native::cpublas::brgemm, what inductor's CPU GEMM templates
+// call): no packing, no fresh output, about 2 us less overhead per call than MKL, and JIT code
+// for the exact shape. Same machine, 1 thread, time against MKL's: per-step products 0.56-0.81
+// at (16, 256, 64) to (64, 2048, 512), projections 0.72-0.89 at 3200-65536 rows. It runs on one
+// thread only (this file has no OpenMP), so with more threads the products stay on MKL and
+// oneDNN's linear, which use them. With only AVX2 (oneDNN capped by ONEDNN_MAX_CPU_ISA=AVX2 on
+// that machine) brgemm took 1.4-1.9x MKL's time at k >= 256, so it is off there.
+// set_brgemm (an op, for tests and benchmarks): 1 = always for float32, 0 = never, -1 = auto.
+
+bool cpu_has_avx512() {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  return __builtin_cpu_supports("avx512f");
+#else
+  return false;
+#endif
+}
 
 int64_t default_dnn_threshold() {
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-  if (!__builtin_cpu_supports("avx512f")) return -1;
-#endif
-  return int64_t(1) << 21;  // m*n*k multiply-adds
+  return cpu_has_avx512() ? int64_t(1) << 21 : -1;  // m*n*k multiply-adds
 }
 
 int64_t g_dnn_threshold = default_dnn_threshold();
@@ -393,9 +410,17 @@ const OneDNN& onednn() {
   return o;
 }
 
-bool use_dnn(const Tensor& x, int64_t m, int64_t n, int64_t k) {
-  return x.scalar_type() == at::kFloat && g_dnn_threshold >= 0 && m * n * k >= g_dnn_threshold &&
-         onednn().linear.has_value();
+// Packing W for oneDNN costs 110-530 us (W from 256x64 to 2048x512, AVX-512 AMD EPYC, 2026-11-29)
+// and saves 10-30% of each product that reads it. Measured break-even: T*m*n*k of 50-67M
+// multiply-adds at (m, n, k) = (16, 768, 256), (32, 1024, 256) and (64, 2048, 512); below it
+// MKL is faster. A one-step call (generation) never amortizes the packing: a GRU step at
+// (B, H) = (16, 256) took 480 us through oneDNN against 255 us for torch.nn's. `uses` is how
+// many products read the packed W (T for a time loop). A threshold of 0 forces oneDNN (tests).
+constexpr int64_t kDnnAmortize = int64_t(1) << 27;
+
+bool use_dnn(const Tensor& x, int64_t m, int64_t n, int64_t k, int64_t uses) {
+  if (x.scalar_type() != at::kFloat || g_dnn_threshold < 0 || !onednn().linear.has_value()) return false;
+  return g_dnn_threshold == 0 || (m * n * k >= g_dnn_threshold && uses * m * n * k >= kDnnAmortize);
 }
 
 // W reordered into oneDNN's blocked layout for a batch of m rows (once per call, used T times)
@@ -412,12 +437,64 @@ Tensor dnn_linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   return s[0].toTensor();
 }
 
+int64_t g_brgemm = -1;
+
+int64_t set_brgemm(int64_t mode) {
+  TORCH_CHECK(mode >= -1 && mode <= 1, "set_brgemm: expected -1 (auto), 0 (never) or 1 (always), got ", mode);
+  const int64_t old = g_brgemm;
+  g_brgemm = mode;
+  return old;
+}
+
+// Whether auto mode takes brgemm on this machine and in this thread setting
+bool brgemm_auto() {
+  static const bool avx512 = cpu_has_avx512();
+  return avx512 && at::get_num_threads() == 1 && at::globalContext().userEnabledMkldnn();
+}
+
+// brgemm reads W^T (k, n) row by row: for a forward W that is a copy of n*k values per call,
+// which pays only when enough rows read it (a one-step call at batch 1 would pay 50 us to
+// transpose a 1024 x 256 W_hh and save 2 us); `free` when the caller's W^T is contiguous already
+constexpr int64_t kBrgemmRows = 128;
+
+bool use_brgemm(const Tensor& w, int64_t rows, bool free) {
+  if (w.scalar_type() != at::kFloat || g_brgemm == 0) return false;
+  return g_brgemm == 1 || (brgemm_auto() && (free || rows >= kBrgemmRows));
+}
+
+// y (m, n) = x (m, k) wt (k, n), or y += under `acc`; all contiguous rows
+SEQLAB_INLINE void brgemm(const float* x, const float* wt, float* y, int64_t m, int64_t n, int64_t k, bool acc) {
+  if (m <= 0 || n <= 0) return;  // empty batch: nothing to compute (oneDNN refuses zero sizes)
+  if (k <= 0) {
+    if (!acc) std::fill(y, y + m * n, 0.f);
+    return;
+  }
+  at::native::cpublas::brgemm(m, n, k, /*ld_a=*/k, /*ld_b=*/n, /*ld_c=*/n, acc, x, wt, y, /*is_vnni=*/false);
+}
+
+// a (N, K) @ b (K, M) over N = T*B rows: dx = da W_ih, where brgemm reads W_ih as it is stored
+Tensor mm_rows(const Tensor& a, const Tensor& b) {
+  if (!use_brgemm(b, a.size(0), /*free=*/true)) return at::mm(a, b);
+  const Tensor ac = a.contiguous(), bc = b.contiguous();
+  Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+  brgemm(ac.data_ptr<float>(), bc.data_ptr<float>(), out.data_ptr<float>(), a.size(0), b.size(1), a.size(1), false);
+  return out;
+}
+
 // x (T*B, k) @ w (n, k)^T + bias (n) into a pooled buffer, returned as `sizes` (n last)
 Tensor project_rows(const Tensor& x, const Tensor& w, const Tensor& bias, at::IntArrayRef sizes) {
   Tensor out = loop_buffer(sizes, x.options());
   Tensor rows = out.view({x.size(0), w.size(0)});  // (..., n) -> (T*B, n)
-  if (bias.defined()) at::addmm_out(rows, bias, x, w.t());
-  else at::mm_out(rows, x, w.t());
+  if (use_brgemm(w, x.size(0), false)) {
+    const Tensor xc = x.contiguous(), wt = w.t().contiguous();  // (k, n)
+    if (bias.defined()) rows.copy_(bias.expand_as(rows));
+    brgemm(xc.data_ptr<float>(), wt.data_ptr<float>(), rows.data_ptr<float>(), rows.size(0), rows.size(1),
+           xc.size(1), bias.defined());
+  } else if (bias.defined()) {
+    at::addmm_out(rows, bias, x, w.t());
+  } else {
+    at::mm_out(rows, x, w.t());
+  }
   return out;
 }
 
@@ -481,15 +558,23 @@ SEQLAB_INLINE void gemm(const double* w, const double* x, double* y, int m, int 
 }
 
 // One product of the time loop: the same W (n, k) for m rows every step, x and y contiguous
-// rows. With oneDNN the weight is packed once and the result copied (or added) into y; else
-// BLAS directly on the pointers (ATen's mm where there is no BLAS to call).
+// rows. `w` may be a view (the backward passes W_hh^T as w_hh.t()): brgemm reads w^T, which is
+// then w_hh itself, and the other paths take w.contiguous(). With oneDNN the weight is packed
+// once and the result copied (or added) into y; else BLAS directly on the pointers (ATen's mm
+// where there is no BLAS to call). `uses`: how many steps read W (T).
 struct StepLinear {
-  Tensor w, packed;
+  Tensor w, wt, packed;
   int64_t m = 0, n = 0, k = 0;
-  bool dnn = false, direct = false;
+  bool brg = false, dnn = false, direct = false;
   StepLinear() = default;
-  StepLinear(const Tensor& w_, int64_t m_) : w(w_.contiguous()), m(m_), n(w.size(0)), k(w.size(1)) {
-    dnn = use_dnn(w, m, n, k);
+  StepLinear(const Tensor& w_, int64_t m_, int64_t uses) : m(m_), n(w_.size(0)), k(w_.size(1)) {
+    brg = use_brgemm(w_, uses * m, w_.t().is_contiguous());
+    if (brg) {
+      wt = w_.t().contiguous();  // (k, n)
+      return;
+    }
+    w = w_.contiguous();
+    dnn = use_dnn(w, m, n, k, uses);
     if (dnn) packed = dnn_pack(w, m);
     const int64_t int_max = std::numeric_limits<int>::max();
     direct = !dnn && g_direct_blas && has_direct_blas() && m <= int_max && n <= int_max && k <= int_max;
@@ -497,6 +582,9 @@ struct StepLinear {
   // y = x W^T, or y += x W^T under `acc`
   template <typename T>
   void operator()(const T* x, T* y, bool acc = false) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (brg) return brgemm(x, wt.data_ptr<float>(), y, m, n, k, acc);
+    }
     if (direct) return gemm(w.data_ptr<T>(), x, y, int(m), int(n), int(k), acc);
     const Tensor xt = at::from_blob(const_cast<T*>(x), {m, k}, w.options());
     Tensor yt = at::from_blob(y, {m, n}, w.options());
@@ -589,7 +677,7 @@ std::vector<Tensor> rnn_forward(
   const Tensor rec = contiguous_or_undef(rec_);
   const Tensor c0 = lstm ? c0_->contiguous() : Tensor();
   const Tensor h0c = h0.contiguous();
-  const StepLinear lin_hh(w_hh, B), lin_hr = proj ? StepLinear(*w_hr, B) : StepLinear();
+  const StepLinear lin_hh(w_hh, B, T), lin_hr = proj ? StepLinear(*w_hr, B, T) : StepLinear();
   const Tensor hw_buf = gru ? at::empty({B, GH}, opts) : Tensor();  // the GRU's W_hh h_in of a step
   const int64_t TS = save ? T : 1;  // leading size of buffers only the backward needs
   // under save every buffer is the kernels' own (y is a copy of h_all); without, h_all is y
@@ -825,8 +913,8 @@ std::vector<Tensor> rnn_backward(
   // dh̃_t per step: kept for dW_hr under the projection (dY itself holds it without keep)
   Tensor dht_all = keep.defined() ? (proj ? at::empty({T, B, P}, opts) : at::empty({1, B, P}, opts)) : dY;
   Tensor dq = (lstm && proj) ? at::empty({B, H}, opts) : Tensor();
-  const Tensor w_hh_tc = w_hh.t().contiguous();  // (P, GH): dh = dhp W_hh is a linear with weight W_hh^T
-  const StepLinear lin_dh(w_hh_tc, B), lin_dq = (lstm && proj) ? StepLinear(w_hr.t().contiguous(), B) : StepLinear();
+  // dh = dhp W_hh is a linear with weight W_hh^T (P, GH), passed as a view (see StepLinear)
+  const StepLinear lin_dh(w_hh.t(), B, T), lin_dq = (lstm && proj) ? StepLinear(w_hr.t(), B, T) : StepLinear();
   Tensor dtau = ln_c ? at::empty({H}, opts) : Tensor();  // dL/d LN_c(c̃_t) of one row
   Tensor dct = lstm ? at::empty({H}, opts) : Tensor();
   // LN_ih's backward runs in the loop too, on each step's rows of da while they are in cache,
@@ -1024,7 +1112,7 @@ std::vector<Tensor> rnn_backward(
   if (ln_c && need[N_LN_C_B]) g[N_LN_C_B] = acc(db_c);
   const Tensor dxp_rows = rows(dxp);  // (T*B, GH)
   if (need[N_W_IH]) g[N_W_IH] = weight_grad(dxp_rows, x.reshape({T * B, I}));   // (GH, T*B) @ (T*B, I)
-  if (need[N_X]) g[N_X] = at::mm(dxp_rows, w_ih).view({T, B, I});  // (T*B, GH) @ (GH, I)
+  if (need[N_X]) g[N_X] = mm_rows(dxp_rows, w_ih).view({T, B, I});  // (T*B, GH) @ (GH, I)
   return g;
 }
 
@@ -1202,7 +1290,7 @@ std::vector<Tensor> min_backward(int64_t cell, const Tensor& x, const Tensor& w,
   });
   const Tensor g_rows = gpre.view({Tn * B, GH});  // (T, B, GH) -> (T*B, GH)
   std::vector<Tensor> g(4);
-  if (need[0]) g[0] = at::mm(g_rows, w).view({Tn, B, I});               // (T*B, GH) @ (GH, I)
+  if (need[0]) g[0] = mm_rows(g_rows, w).view({Tn, B, I});               // (T*B, GH) @ (GH, I)
   if (need[1]) g[1] = weight_grad(g_rows, x.reshape({Tn * B, I}));     // (GH, T*B) @ (T*B, I)
   if (need[2]) g[2] = g_rows.sum(0);
   g[3] = dh0;
@@ -1225,6 +1313,8 @@ TORCH_LIBRARY(seqlab_compiled, m) {
   m.def("has_onednn() -> bool", &has_onednn);
   m.def("set_direct_blas(bool on) -> bool", &set_direct_blas);
   m.def("has_direct_blas() -> bool", &has_direct_blas);
+  m.def("set_brgemm(int mode) -> int", &set_brgemm);
+  m.def("brgemm_auto() -> bool", &brgemm_auto);
 }
 
 TORCH_LIBRARY_IMPL(seqlab_compiled, CPU, m) {
