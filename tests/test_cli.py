@@ -7,6 +7,7 @@ file); a few run as real subprocesses to check the exit status and that no trace
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from seqlab.cli import main
-from seqlab.train.checkpoint import latest_checkpoint, load_checkpoint
+from seqlab.train.checkpoint import best_checkpoint, latest_checkpoint, load_checkpoint
 
 TINY = ["--arch", "gru", "--max-steps", "20", "--batch-size", "16", "--lr", "5e-3", "--hidden-size", "32",
         "--num-layers", "1", "embed_dim=16", "warmup_steps=2", "eval_every=10", "log_every=5", "--quiet"]
@@ -289,6 +290,25 @@ def test_directory_without_a_checkpoint(tmp_path, capsys):
     assert_one_line_error(code, err, "no such directory")
     code, _, err = run(["train", "classify", *TINY, "--resume", "--out", tmp_path], capsys)
     assert_one_line_error(code, err, "holds no run to resume")
+
+
+def test_resume_of_a_run_stopped_before_its_first_checkpoint(runs, tmp_path, capsys):
+    """Killed after the first evaluation wrote best-* but before the first ckpt-*: --resume says
+    why it cannot continue and what is kept; --force starts again; the best weights still load."""
+    d = tmp_path / "killed"
+    shutil.copytree(runs["classify"], d)
+    (d / "latest").unlink()
+    for p in d.glob("ckpt-*"):
+        shutil.rmtree(p)
+    assert best_checkpoint(d) is not None and latest_checkpoint(d) is None
+    args = ["train", "classify", *TINY, "--max-steps", "2", *SIZES["classify"], "--out", d]
+    code, _, err = run([*args, "--resume"], capsys)
+    assert_one_line_error(code, err, "stopped before its first checkpoint", str(d / "best"), "--force")
+    code, _, err = run(["eval", d / "best"], capsys)
+    assert code == 0, err
+    code, _, err = run([*args, "--force"], capsys)
+    assert code == 0, err
+    assert latest_checkpoint(d) is not None
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "state"])

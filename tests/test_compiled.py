@@ -14,6 +14,9 @@ built (no compiler); the fallback tests run everywhere.
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -354,6 +357,44 @@ def test_no_compile_env_falls_back_to_fused(build_state, monkeypatch):
     assert kernel is fused.run_layer and why.backend == "fused" and "SEQLAB_NO_COMPILE" in why.reason
     with pytest.raises(ValueError, match="SEQLAB_NO_COMPILE"):
         choose("compiled", "gru", x, w, masks)
+
+
+def test_a_library_of_other_sources_is_never_used(tmp_path):
+    """Processes that start together share one build: one runs it, the others wait and then load
+    what is on disk, which is the old library if that build failed. The stamp compiled into the
+    library must catch that (and a stamp file that lies), raise, and leave no stamp behind."""
+    lib = compiled._build_dir() / "seqlab_compiled.so"
+    if not compiled.available() or not lib.is_file():
+        pytest.skip(f"the compiled extension is not available: {compiled.build_error()}")
+    script = f"""
+import shutil, torch
+from pathlib import Path
+from torch.utils import cpp_extension
+from seqlab.kernels import compiled
+build = compiled._build_dir()
+shutil.copy({str(lib)!r}, build / "seqlab_compiled.so")  # a library built from other sources
+stamp_file = build / "seqlab_compiled.stamp"
+compiled._stamp = lambda: "0" * 40  # what these sources hash to, here
+stamp_file.write_text("0" * 40)  # a stamp file that lies
+try:
+    compiled.load()
+    raise SystemExit("fast path: loaded a library of other sources")
+except RuntimeError as e:
+    assert "is not the build of these sources" in str(e), e
+assert not stamp_file.exists(), "the lying stamp file was kept"
+# a waiting process: the build ran elsewhere (and failed), cpp_extension just loads the file
+cpp_extension.load = lambda **kw: torch.ops.load_library(str(build / "seqlab_compiled.so"))
+try:
+    compiled.load()
+    raise SystemExit("slow path: used a library of other sources")
+except RuntimeError as e:
+    assert "another process's build of them failed" in str(e), e
+assert not stamp_file.exists(), "the old library was stamped as the new one"
+print("refused")
+"""
+    env = {**os.environ, "SEQLAB_BUILD_DIR": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "refused", res.stdout + res.stderr
 
 
 def test_failed_build_warns_once_and_falls_back(build_state, monkeypatch):

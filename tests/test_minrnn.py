@@ -302,6 +302,28 @@ def test_compiled_projection_on_each_product_path(cls, brgemm):
         torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("cls", CLASSES)
+def test_compiled_output_is_an_ordinary_tensor(cls):
+    """The output comes from the C++ buffer pool (T*B rows of 2 MiB and more): it can still be
+    resized and used as out= of another size, like torch.nn's outputs."""
+    if not compiled.available():
+        pytest.skip(f"the compiled path is not available here: {compiled.build_error()}")
+    torch.manual_seed(0)
+    m = cls(8, 64)
+    x = torch.randn(1024, 16, 8)  # h: 1024 * 16 * 64 floats = 4 MiB, a pooled buffer
+    with torch.no_grad():
+        out, _ = m(x, mode="compiled")
+        assert m.last_mode.mode == "compiled"
+        want = m(x, mode="scan")[0]
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    kept = out[:3].clone()
+    out.resize_(2048, 16, 64)  # larger: moved to fresh memory, the data kept
+    assert out.shape == (2048, 16, 64) and torch.equal(out[:3], kept)
+    out.resize_(0)  # emptied, then grown again as the out= of another shape
+    torch.add(torch.ones(5), 1, out=out)
+    assert out.shape == (5,) and torch.equal(out, torch.full((5,), 2.0))
+
+
 def test_compiled_mode_refuses_what_it_cannot_run():
     m = MinGRU(3, 2).to(torch.bfloat16)
     with pytest.raises(ValueError, match="mode='compiled' cannot run this call: .*float32 and float64.*bfloat16"):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import seqlab
-from seqlab.train.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from seqlab.train.checkpoint import Checkpoint, CheckpointError, best_checkpoint, latest_checkpoint, load_checkpoint
 
 from .base import App, ConfigError, holds_run, prepare_out, split_settings, write_json
 from .classify import ClassifyApp
@@ -135,6 +135,13 @@ def train_run(kind: str, *, arch: Optional[str] = None, task: Optional[str] = No
             if not holds_run(out):
                 raise CheckpointError(f"--resume {out}: holds no run to resume (expected a 'latest' file and "
                                       f"checkpoints)")
+            if latest_checkpoint(out) is None and best_checkpoint(out) is not None:
+                # stopped after its first evaluation but before its first checkpoint: best-* has the
+                # weights but no optimizer state, so training cannot continue exactly from it
+                raise CheckpointError(f"--resume {out}: the run stopped before its first checkpoint ('latest' "
+                                      f"is missing), so there is nothing to resume; its best evaluation is "
+                                      f"kept in {out / 'best'} (weights only, for eval and sample); give "
+                                      f"--force to start the run again")
             ckpt = load_checkpoint(out)
             cfg = ckpt.config
             if cfg.get("kind") != kind:

@@ -17,6 +17,8 @@ kernels). It is built with ``torch.utils.cpp_extension`` on first use and cached
   path);
 * if the build fails (no compiler, no ninja, a compile error) one warning says why, and
   dispatch takes the fused path, which computes the same values.
+* the library carries a stamp of the sources it was built from; one that does not match (left
+  on disk when a concurrent build of new sources failed) is refused the same way.
 
 Layers: this module validates and calls the two ops ``torch.ops.seqlab_compiled.rnn_forward``
 / ``rnn_backward`` from an autograd.Function; the kernel owns the memory of the loop. Runs
@@ -119,18 +121,38 @@ def load(verbose: bool = False) -> None:
     # same, but only after importing setuptools and running ninja (about 1.5 s per process).
     if lib.is_file() and stamp_file.is_file() and stamp_file.read_text() == stamp:
         torch.ops.load_library(str(lib))
+        if _loaded_stamp() != stamp:
+            stamp_file.unlink(missing_ok=True)  # so that the next process builds again
+            raise RuntimeError(f"{lib} is not the build of these sources (its stamp file was wrong); "
+                               f"it will be rebuilt by the next process")
         return
     from torch.utils import cpp_extension
 
     build.mkdir(parents=True, exist_ok=True)
     # is_python_module=False: the ops are registered with TORCH_LIBRARY and loaded into
-    # torch.ops, so the translation unit needs no pybind11 / Python headers
-    cpp_extension.load(name=_EXT_NAME, sources=[str(s) for s in SOURCES], extra_cflags=_cflags(),
+    # torch.ops, so the translation unit needs no pybind11 / Python headers.
+    # The stamp is compiled in: when several processes start at once, one builds and the others
+    # wait and then load what is on disk, which is the OLD library if that build failed
+    # (cpp_extension raises only in the process that ran it). Checking the loaded library's
+    # stamp keeps them from using it, and from stamping it as the build of these sources.
+    cpp_extension.load(name=_EXT_NAME, sources=[str(s) for s in SOURCES],
+                       extra_cflags=_cflags() + [f"-DSEQLAB_BUILD_STAMP=s{stamp}"],
                        build_directory=str(build), is_python_module=False, verbose=verbose)
-    if lib.is_file():
-        tmp = stamp_file.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(stamp)
-        tmp.replace(stamp_file)  # atomic: a concurrent reader sees the old stamp or the new one
+    if _loaded_stamp() != stamp:
+        raise RuntimeError(f"{lib} is not the build of these sources: another process's build of them "
+                           f"failed, or is still running; see its error, or delete {build} and retry")
+    tmp = stamp_file.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(stamp)
+    tmp.replace(stamp_file)  # atomic: a concurrent reader sees the old stamp or the new one
+
+
+def _loaded_stamp() -> Optional[str]:
+    """The stamp compiled into the loaded library (None: a library too old to carry one)."""
+    try:
+        loaded = torch.ops.seqlab_compiled.build_stamp()
+    except (AttributeError, RuntimeError):
+        return None
+    return loaded[1:] if loaded.startswith("s") else None
 
 
 def available() -> bool:

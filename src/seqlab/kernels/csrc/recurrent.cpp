@@ -32,6 +32,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
+#include <c10/core/CPUAllocator.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -265,7 +266,7 @@ struct StepMask {
 // size, which the next training step of the same shapes makes. Fresh blocks are 2 MiB
 // aligned and advised as transparent huge pages (Linux "madvise" mode), so that even their
 // first touch costs 1 fault per 2 MiB. Smaller buffers, and what the caller gets back as its
-// own (y, h_T, c_T: from_blob storage cannot be resized), use at::empty.
+// own (y, h_T, c_T), use at::empty.
 constexpr size_t POOL_PAGE = size_t(2) << 20;
 // What the pool may keep while nothing uses it: SEQLAB_POOL_MB (read once; 0 turns the pool
 // off), default 512 MiB, enough for the buffers of one LSTM step at (64, 100, 512).
@@ -326,7 +327,14 @@ Tensor loop_buffer(at::IntArrayRef sizes, const at::TensorOptions& opts) {
   if (bytes >= POOL_PAGE) {
     const size_t rounded = (bytes + POOL_PAGE - 1) / POOL_PAGE * POOL_PAGE;
     if (void* p = pool().take(rounded)) {
-      return at::from_blob(p, sizes, [rounded](void* q) { pool().give(q, rounded); }, opts);
+      // resizable like at::empty's storage: resize_ (or out= of another shape) moves the data
+      // to memory from the CPU allocator and hands this block back to the pool
+      return at::for_blob(p, sizes)
+          .deleter([rounded](void* q) { pool().give(q, rounded); })
+          .options(opts)
+          .resizeable_storage()
+          .allocator(c10::GetCPUAllocator())
+          .make_tensor();
     }
   }
   return at::empty(sizes, opts);
@@ -1195,8 +1203,8 @@ std::vector<Tensor> min_forward(int64_t cell, const Tensor& x, const Tensor& w, 
   const Tensor pre = project_rows(x.reshape({Tn * B, I}), w, given(b) ? *b : Tensor(), {Tn, B, GH});
   const Tensor h0 = h0_.contiguous();
   // h is the layer's output, and also from the pool (unlike the RNN loop's y): at T*B rows it is the
-  // largest buffer a training step touches first, and a training step frees it again. The price:
-  // its storage cannot be resized (resize_, or passing it as out= of another shape, raises).
+  // largest buffer a training step touches first, and a training step frees it again. Its storage
+  // is resizable like any other output's (see loop_buffer).
   Tensor h = loop_buffer({Tn, B, H}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "seqlab_min_forward", [&] {
     auto run = cell == MIN_GRU ? min_forward_rows<MIN_GRU, scalar_t> : min_forward_rows<MIN_LSTM, scalar_t>;
@@ -1297,6 +1305,15 @@ std::vector<Tensor> min_backward(int64_t cell, const Tensor& x, const Tensor& w,
   return g;
 }
 
+// What compiled.py stamps this build with (a hash of the sources, flags, torch and Python), so
+// that a library left on disk by another build can be told apart after loading it
+#ifndef SEQLAB_BUILD_STAMP
+#define SEQLAB_BUILD_STAMP unstamped
+#endif
+#define SEQLAB_STR2(x) #x
+#define SEQLAB_STR(x) SEQLAB_STR2(x)
+std::string build_stamp() { return SEQLAB_STR(SEQLAB_BUILD_STAMP); }
+
 }  // namespace
 
 TORCH_LIBRARY(seqlab_compiled, m) {
@@ -1314,6 +1331,7 @@ TORCH_LIBRARY(seqlab_compiled, m) {
   m.def("set_direct_blas(bool on) -> bool", &set_direct_blas);
   m.def("has_direct_blas() -> bool", &has_direct_blas);
   m.def("set_brgemm(int mode) -> int", &set_brgemm);
+  m.def("build_stamp() -> str", &build_stamp);
   m.def("brgemm_auto() -> bool", &brgemm_auto);
 }
 
