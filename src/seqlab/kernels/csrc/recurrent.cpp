@@ -379,7 +379,8 @@ Tensor add_opt(const Tensor& a, const Tensor& b) {
 // brgemm micro-kernel instead (at::native::cpublas::brgemm, what inductor's CPU GEMM templates
 // call): no packing, no fresh output, about 2 us less overhead per call than MKL, and JIT code
 // for the exact shape. Same machine, 1 thread, time against MKL's: per-step products 0.56-0.81
-// at (16, 256, 64) to (64, 2048, 512), projections 0.72-0.89 at 3200-65536 rows. It runs on one
+// at (16, 256, 64) to (64, 2048, 512), projections 0.72-0.89 at 3200-65536 rows, for weights of
+// up to 2M values (larger ones do not stay in cache: kBrgemmMaxWeight). It runs on one
 // thread only (this file has no OpenMP), so with more threads the products stay on MKL and
 // oneDNN's linear, which use them. With only AVX2 (oneDNN capped by ONEDNN_MAX_CPU_ISA=AVX2 on
 // that machine) brgemm took 1.4-1.9x MKL's time at k >= 256, so it is off there.
@@ -464,10 +465,16 @@ bool brgemm_auto() {
 // which pays only when enough rows read it (a one-step call at batch 1 would pay 50 us to
 // transpose a 1024 x 256 W_hh and save 2 us); `free` when the caller's W^T is contiguous already
 constexpr int64_t kBrgemmRows = 128;
+// brgemm does no cache blocking of W: once W^T outgrows the L2 cache it is slower than MKL. Same
+// machine, time against MKL's: 0.82-0.99 up to 2M values (k x n = 1024 x 2048, 2048 x 1024,
+// 512 x 4096), 1.08-5.7 at 4M (1024 x 4096, 2048 x 2048, 4096 x 1024, 512 x 8192, 8192 x 512).
+constexpr int64_t kBrgemmMaxWeight = int64_t(1) << 21;
 
+// `w`: the product's weight in either orientation (k x n values); `rows`: how many rows read it
 bool use_brgemm(const Tensor& w, int64_t rows, bool free) {
   if (w.scalar_type() != at::kFloat || g_brgemm == 0) return false;
-  return g_brgemm == 1 || (brgemm_auto() && (free || rows >= kBrgemmRows));
+  return g_brgemm == 1 ||
+         (brgemm_auto() && w.numel() <= kBrgemmMaxWeight && (free || rows >= kBrgemmRows));
 }
 
 // y (m, n) = x (m, k) wt (k, n), or y += under `acc`; all contiguous rows
