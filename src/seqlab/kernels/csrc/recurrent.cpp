@@ -377,8 +377,9 @@ Tensor add_opt(const Tensor& a, const Tensor& b) {
 // for the exact shape. Same machine, 1 thread, time against MKL's: per-step products 0.56-0.81
 // at (16, 256, 64) to (64, 2048, 512), projections 0.72-0.89 at 3200-65536 rows, for weights of
 // up to 2M values (larger ones do not stay in cache: kBrgemmMaxWeight). It runs on one
-// thread only (this file has no OpenMP), so with more threads the products stay on MKL and
-// oneDNN's linear, which use them. With only AVX2 (oneDNN capped by ONEDNN_MAX_CPU_ISA=AVX2 on
+// thread only (this file has no OpenMP), so with more threads the long products (projection,
+// dx) stay on MKL and the large per-step ones on oneDNN's linear, which use the threads; the
+// small per-step ones, which MKL does not speed up with threads, stay on brgemm. With only AVX2 (oneDNN capped by ONEDNN_MAX_CPU_ISA=AVX2 on
 // that machine) brgemm took 1.4-1.9x MKL's time at k >= 256, so it is off there.
 // set_brgemm (an op, for tests and benchmarks): 1 = always for float32, 0 = never, -1 = auto.
 
@@ -451,10 +452,10 @@ int64_t set_brgemm(int64_t mode) {
   return old;
 }
 
-// Whether auto mode takes brgemm on this machine and in this thread setting
+// Whether auto mode takes brgemm on this machine (for which products: use_brgemm, StepLinear)
 bool brgemm_auto() {
   static const bool avx512 = cpu_has_avx512();
-  return avx512 && at::get_num_threads() == 1 && at::globalContext().userEnabledMkldnn();
+  return avx512 && at::globalContext().userEnabledMkldnn();
 }
 
 // brgemm reads W^T (k, n) row by row: for a forward W that is a copy of n*k values per call,
@@ -466,11 +467,13 @@ constexpr int64_t kBrgemmRows = 128;
 // 512 x 4096), 1.08-5.7 at 4M (1024 x 4096, 2048 x 2048, 4096 x 1024, 512 x 8192, 8192 x 512).
 constexpr int64_t kBrgemmMaxWeight = int64_t(1) << 21;
 
-// `w`: the product's weight in either orientation (k x n values); `rows`: how many rows read it
-bool use_brgemm(const Tensor& w, int64_t rows, bool free) {
+// `w`: the product's weight in either orientation (k x n values); `rows`: how many rows read it.
+// `parallel`: whether MKL or oneDNN would spread this product over the threads torch has; if so,
+// brgemm (one thread) takes it only on one thread.
+bool use_brgemm(const Tensor& w, int64_t rows, bool free, bool parallel = true) {
   if (w.scalar_type() != at::kFloat || g_brgemm == 0) return false;
-  return g_brgemm == 1 ||
-         (brgemm_auto() && w.numel() <= kBrgemmMaxWeight && (free || rows >= kBrgemmRows));
+  return g_brgemm == 1 || (brgemm_auto() && w.numel() <= kBrgemmMaxWeight && (free || rows >= kBrgemmRows) &&
+                           (!parallel || at::get_num_threads() == 1));
 }
 
 // y (m, n) = x (m, k) wt (k, n), or y += under `acc`; all contiguous rows
@@ -579,7 +582,11 @@ struct StepLinear {
   bool brg = false, dnn = false, direct = false;
   StepLinear() = default;
   StepLinear(const Tensor& w_, int64_t m_, int64_t uses) : m(m_), n(w_.size(0)), k(w_.size(1)) {
-    brg = use_brgemm(w_, uses * m, w_.t().is_contiguous());
+    // On more threads only oneDNN's linear spreads a step's product over them; MKL does not pay
+    // at these sizes (2 threads, AVX-512 EPYC: (m, n, k) = (16, 256, 64) took 15 us on MKL, 4.6 us
+    // on brgemm), so brgemm takes the steps that oneDNN does not
+    const bool dnn_step = at::get_num_threads() > 1 && use_dnn(w_, m, n, k, uses);
+    brg = !dnn_step && use_brgemm(w_, uses * m, w_.t().is_contiguous(), /*parallel=*/false);
     if (brg) {
       wt = w_.t().contiguous();  // (k, n)
       return;
