@@ -379,8 +379,9 @@ Tensor add_opt(const Tensor& a, const Tensor& b) {
 // up to 2M values (larger ones do not stay in cache: kBrgemmMaxWeight). It runs on one
 // thread only (this file has no OpenMP), so with more threads the long products (projection,
 // dx) stay on MKL and the large per-step ones on oneDNN's linear, which use the threads; the
-// small per-step ones, which MKL does not speed up with threads, stay on brgemm. With only AVX2 (oneDNN capped by ONEDNN_MAX_CPU_ISA=AVX2 on
-// that machine) brgemm took 1.4-1.9x MKL's time at k >= 256, so it is off there.
+// small per-step ones, which MKL does not speed up with threads, stay on brgemm. With only
+// AVX2 (oneDNN capped by ONEDNN_MAX_CPU_ISA=AVX2 on that machine) brgemm took 1.4-1.9x MKL's
+// time at k >= 256, so it is off there.
 // set_brgemm (an op, for tests and benchmarks): 1 = always for float32, 0 = never, -1 = auto.
 
 bool cpu_has_avx512() {
