@@ -375,21 +375,23 @@ build = compiled._build_dir()
 shutil.copy({str(lib)!r}, build / "seqlab_compiled.so")  # a library built from other sources
 stamp_file = build / "seqlab_compiled.stamp"
 compiled._stamp = lambda: "0" * 40  # what these sources hash to, here
+
+
+def refused(path, why):
+    try:
+        compiled.load()
+    except RuntimeError as e:
+        assert why in str(e), e
+        assert not stamp_file.exists(), path + ": left a stamp file for a library of other sources"
+        return
+    raise SystemExit(path + ": used a library of other sources")
+
+
 stamp_file.write_text("0" * 40)  # a stamp file that lies
-try:
-    compiled.load()
-    raise SystemExit("fast path: loaded a library of other sources")
-except RuntimeError as e:
-    assert "is not the build of these sources" in str(e), e
-assert not stamp_file.exists(), "the lying stamp file was kept"
+refused("fast path", "is not the build of these sources")
 # a waiting process: the build ran elsewhere (and failed), cpp_extension just loads the file
 cpp_extension.load = lambda **kw: torch.ops.load_library(str(build / "seqlab_compiled.so"))
-try:
-    compiled.load()
-    raise SystemExit("slow path: used a library of other sources")
-except RuntimeError as e:
-    assert "another process's build of them failed" in str(e), e
-assert not stamp_file.exists(), "the old library was stamped as the new one"
+refused("slow path", "another process's build of them failed")
 print("refused")
 """
     env = {**os.environ, "SEQLAB_BUILD_DIR": str(tmp_path)}
