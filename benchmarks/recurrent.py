@@ -353,8 +353,9 @@ def _has_avx512() -> Optional[bool]:
 
 
 def _product_paths() -> dict:
-    """Where the compiled path sends float32 products in this process (None: not built):
-    oneDNN's linear for large per-step products, oneDNN's brgemm (one AVX-512 thread)."""
+    """Which float32 product paths the compiled path has in this process (None: not built):
+    oneDNN's linear (large per-step products on several threads, with AVX-512) and oneDNN's
+    brgemm (AVX-512: every product on one thread, the small per-step ones on several)."""
     try:
         ext = torch.ops.seqlab_compiled
         return {"compiled_onednn": bool(ext.has_onednn()), "compiled_brgemm": bool(ext.brgemm_auto())}
