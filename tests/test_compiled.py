@@ -25,7 +25,7 @@ from torch import nn
 
 import seqlab.nn as snn
 from seqlab.kernels import compiled, fused, reference
-from seqlab.kernels.common import LayerWeights, Masks, RECORDED
+from seqlab.kernels.common import GATES, LayerWeights, Masks, RECORDED
 from seqlab.kernels.dispatch import choose
 
 from kernel_cases import B, CELLS, H, I, KEEPS, P, T, TOL64, _inputs, compare  # tests/kernel_cases.py
@@ -91,6 +91,26 @@ def test_matches_reference_every_variant_f32(ext, gemm, cell):
     for layer_norm, proj, rec, keep in itertools.product((False, True), projs, (False, True), KEEPS):
         label = f"{cell} [{gemm}] ln={layer_norm} proj={proj} rec={rec} keep={keep}"
         _compare(cell, _inputs(cell, torch.float32, True, layer_norm, proj, rec, keep), torch.float32, label)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_rows_split_over_threads(ext, cell):
+    """On several threads a step's batch rows are split into chunks of at least 16384 values
+    (recurrent.cpp, for_rows): with G*H values a row, 2 * 16384 / (G*H) rows and a few more make
+    2 chunks. Every variant, against the reference. (Checked: reading the rows from 0 instead of
+    from the chunk's start fails it for every cell.)"""
+    if "OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("torch's intra-op threads are not OpenMP's here: the rows run in one thread")
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        projs = (0, P) if cell == "lstm" else (0,)
+        for layer_norm, proj, keep in itertools.product((False, True), projs, ("none", "zoneout")):
+            b = 2 * (16384 // (GATES[cell] * H)) + 4
+            args = _inputs(cell, torch.float32, True, layer_norm, proj, True, keep, t=3, b=b)
+            _compare(cell, args, torch.float32, f"{cell} 2 threads ln={layer_norm} proj={proj} keep={keep}")
+    finally:
+        torch.set_num_threads(old)
 
 
 @pytest.mark.parametrize("cell", CELLS)

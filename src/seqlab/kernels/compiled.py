@@ -25,8 +25,9 @@ Layers: this module validates and calls the two ops ``torch.ops.seqlab_compiled.
 float32 and float64 on CPU. The products use MKL (the products over all T*B rows into pooled
 buffers), except in float32 on a CPU with AVX-512: there, on one thread, the projection and the
 per-step products go to oneDNN's brgemm micro-kernel, and on more threads large per-step products
-go to oneDNN's linear (see "Matrix products" in the C++; ``torch.ops.seqlab_compiled.set_brgemm``
-and ``set_gemm_threshold`` move the switches).
+go to oneDNN's linear and small ones to brgemm (see "Matrix products" in the C++; ``torch.ops.seqlab_compiled.set_brgemm``
+and ``set_gemm_threshold`` move the switches). On Linux, where torch's threads are OpenMP's, the
+forward's pointwise rows of a step are split over them when there are enough (``_openmp_flags``).
 Double backward is not supported (``once_differentiable``): use the reference path for
 gradient-of-gradient work. Memory: the loop's large buffers (2 MiB and more: saved activations,
 per-step gradients) are recycled through a pool in the C++ that keeps up to 512 MiB of freed
@@ -100,7 +101,18 @@ def _cflags() -> list[str]:
     flags = ["-O3", "-fno-trapping-math"]
     if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
         flags.append("-march=native" if platform.machine() in ("x86_64", "AMD64") else "-mcpu=native")
-    return flags
+    return flags + _openmp_flags()
+
+
+def _openmp_flags() -> list[str]:
+    """-fopenmp where torch's own intra-op threads are OpenMP's on Linux: the step's rows then run
+    on them (at::parallel_for in the C++). The library links libgomp.so.1 by name, and at load time
+    that name is torch's copy, already in the process, so there is one OpenMP runtime and
+    torch.set_num_threads governs both. Elsewhere (another OS, torch's native thread pool) the
+    rows run in the calling thread."""
+    if sys.platform != "linux" or "OpenMP" not in torch.__config__.parallel_info():
+        return []
+    return ["-fopenmp"]
 
 
 def _stamp() -> str:
@@ -137,6 +149,7 @@ def load(verbose: bool = False) -> None:
     # stamp keeps them from using it, and from stamping it as the build of these sources.
     cpp_extension.load(name=_EXT_NAME, sources=[str(s) for s in SOURCES],
                        extra_cflags=_cflags() + [f"-DSEQLAB_BUILD_STAMP=s{stamp}"],
+                       extra_ldflags=_openmp_flags(),
                        build_directory=str(build), is_python_module=False, verbose=verbose)
     if _loaded_stamp() != stamp:
         raise RuntimeError(f"{lib} is not the build of these sources: another process's build of them "

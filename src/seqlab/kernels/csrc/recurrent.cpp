@@ -18,8 +18,10 @@
 //
 // Pointwise rows are written as short loops over contiguous memory so that the compiler
 // vectorises them (-O3); float uses an exp that vectorises (exp_f below), double std::exp.
-// tanh(v) = 2σ(2v) - 1, like the fused path. Nothing here is parallel over the batch:
-// the products use BLAS threads; the pointwise work of one step is small.
+// tanh(v) = 2σ(2v) - 1, like the fused path. The products use BLAS or oneDNN threads; the
+// forward's pointwise rows of a step are split over torch's threads when there are enough of
+// them (for_rows). The backward's rows stay in one thread: its LayerNorm weight gradients are
+// sums over rows.
 //
 // The ops are registered with the dispatcher (TORCH_LIBRARY) rather than through pybind11:
 // the translation unit then needs no Python headers and builds in about half the time, and
@@ -376,8 +378,8 @@ Tensor add_opt(const Tensor& a, const Tensor& b) {
 // call): no packing, no fresh output, about 2 us less overhead per call than MKL, and JIT code
 // for the exact shape. Same machine, 1 thread, time against MKL's: per-step products 0.56-0.81
 // at (16, 256, 64) to (64, 2048, 512), projections 0.72-0.89 at 3200-65536 rows, for weights of
-// up to 2M values (larger ones do not stay in cache: kBrgemmMaxWeight). It runs on one
-// thread only (this file has no OpenMP), so with more threads the long products (projection,
+// up to 2M values (larger ones do not stay in cache: kBrgemmMaxWeight). One call runs in one
+// thread (it is not split here), so with more threads the long products (projection,
 // dx) stay on MKL and the large per-step ones on oneDNN's linear, which use the threads; the
 // small per-step ones, which MKL does not speed up with threads, stay on brgemm. With only
 // AVX2 (oneDNN capped by ONEDNN_MAX_CPU_ISA=AVX2 on that machine) brgemm took 1.4-1.9x MKL's
@@ -627,6 +629,19 @@ int64_t set_gemm_threshold(int64_t n) {
 
 bool has_onednn() { return onednn().linear.has_value(); }
 
+// The pointwise work of one step, f(b0, b1) over batch rows [b0, b1), on torch's intra-op threads
+// when the step has enough of it: a chunk gets at least kRowValues values (rows x width), so
+// that the fork and join (about 1-2 us) stay small against it; fewer rows run in this thread.
+// Each row is computed alone, so the result does not depend on the thread count. Parallel only
+// when the extension is built with OpenMP (compiled.py: Linux), which then shares torch's own
+// runtime; else at::parallel_for runs f(0, B) here.
+constexpr int64_t kRowValues = 16384;
+
+template <typename F>
+void for_rows(int64_t B, int64_t width, const F& f) {
+  at::parallel_for(0, B, std::max<int64_t>(1, kRowValues / std::max<int64_t>(width, 1)), f);
+}
+
 // ---------------------------------------------------------------------------------------
 // forward
 //
@@ -753,10 +768,12 @@ std::vector<Tensor> rnn_forward(
 
       // xw_t = LN_ih(W_ih x_t) + b_ih (+ b_hh): first, the LSTM / RNN product below adds to it
       if (xp_p) {
-        for (int64_t b = 0; b < B; ++b) {
-          const int64_t row = t * B + b;
-          ln_apply<T_, false>(act_t + b * GH, xp_p + row * GH, GH, lnx_w, lnx_b, xm_p + row, xr_p + row);
-        }
+        for_rows(B, GH, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            const int64_t row = t * B + b;
+            ln_apply<T_, false>(act_t + b * GH, xp_p + row * GH, GH, lnx_w, lnx_b, xm_p + row, xr_p + row);
+          }
+        });
       } else if (bx_p) {
         for (int64_t b = 0; b < B; ++b)
           for (int64_t j = 0; j < GH; ++j) act_t[b * GH + j] += bx_p[j];
@@ -788,60 +805,66 @@ std::vector<Tensor> rnn_forward(
         T_* tau_t = tau_p + ts * B * H;
         // o ⊙ τ goes to q (then W_hr), to h̃ (then keep), or straight to h_t
         T_* q_t = proj ? q_p + ts * B * H : (h_tilde_p ? h_tilde_p : h_t);
-        for (int64_t b = 0; b < B; ++b) {
-          T_* a = act_t + b * GH;
-          if (hp_t) ln_apply<T_, true>(a, hp_t + b * GH, GH, lnh_w, lnh_b);
-          // i, f, g, o = σ, σ, tanh, σ of a
-          T_ *i = a, *f = a + H, *g = a + 2 * H, *o = a + 3 * H;
-          sigmoid_row(a, 2 * H);
-          tanh_row(g, H);
-          sigmoid_row(o, H);
-          // c̃_t = f ⊙ c_{t-1} + i ⊙ g
-          const T_* cp = c_prev + b * H;
-          T_* c = ct + b * H;
-          for (int64_t j = 0; j < H; ++j) c[j] = f[j] * cp[j] + i[j] * g[j];
-          // τ = tanh(LN_c(c̃_t)); q = o ⊙ τ
-          T_* tb = tau_t + b * H;
-          if (ln_c) ln_apply<T_, false>(tb, c, H, lnc_w, lnc_b);
-          else std::memcpy(tb, c, H * sizeof(T_));
-          tanh_row(tb, H);
-          T_* qb = q_t + b * H;
-          for (int64_t j = 0; j < H; ++j) qb[j] = o[j] * tb[j];
-          // c_t = kc ⊙ c_{t-1} + (1 - kc) ⊙ c̃_t
-          if (mkc) lerp_row(c_t + b * H, c, cp, mkc.row(t, b), mkc.ks(), H);
-        }
+        for_rows(B, GH, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            T_* a = act_t + b * GH;
+            if (hp_t) ln_apply<T_, true>(a, hp_t + b * GH, GH, lnh_w, lnh_b);
+            // i, f, g, o = σ, σ, tanh, σ of a
+            T_ *i = a, *f = a + H, *g = a + 2 * H, *o = a + 3 * H;
+            sigmoid_row(a, 2 * H);
+            tanh_row(g, H);
+            sigmoid_row(o, H);
+            // c̃_t = f ⊙ c_{t-1} + i ⊙ g
+            const T_* cp = c_prev + b * H;
+            T_* c = ct + b * H;
+            for (int64_t j = 0; j < H; ++j) c[j] = f[j] * cp[j] + i[j] * g[j];
+            // τ = tanh(LN_c(c̃_t)); q = o ⊙ τ
+            T_* tb = tau_t + b * H;
+            if (ln_c) ln_apply<T_, false>(tb, c, H, lnc_w, lnc_b);
+            else std::memcpy(tb, c, H * sizeof(T_));
+            tanh_row(tb, H);
+            T_* qb = q_t + b * H;
+            for (int64_t j = 0; j < H; ++j) qb[j] = o[j] * tb[j];
+            // c_t = kc ⊙ c_{t-1} + (1 - kc) ⊙ c̃_t
+            if (mkc) lerp_row(c_t + b * H, c, cp, mkc.row(t, b), mkc.ks(), H);
+          }
+        });
         // h̃_t = W_hr (o ⊙ τ)
         if (proj) lin_hr(q_t, keep.defined() ? h_tilde_p : h_t);  // (B, H) @ (H, P)
       } else if (gru) {
         T_* hwn_t = hw_n_p + ts * B * H;
         T_* dst = h_tilde_p ? h_tilde_p : h_t;
-        for (int64_t b = 0; b < B; ++b) {
-          T_* a = act_t + b * GH;
-          T_* hwb = hw_p + b * GH;
-          if (hp_t) ln_apply<T_, false>(hwb, hp_t + b * GH, GH, lnh_w, lnh_b);
-          else if (lnh_b) for (int64_t j = 0; j < GH; ++j) hwb[j] += lnh_b[j];  // + b_hh
-          // r, z = σ(xw_rz + hw_rz); n = tanh(xw_n + r ⊙ hw_n)
-          for (int64_t j = 0; j < 2 * H; ++j) a[j] += hwb[j];
-          sigmoid_row(a, 2 * H);
-          T_ *r = a, *z = a + H, *n = a + 2 * H;
-          const T_* hn = hwb + 2 * H;
-          for (int64_t j = 0; j < H; ++j) n[j] += r[j] * hn[j];
-          tanh_row(n, H);
-          std::memcpy(hwn_t + b * H, hn, H * sizeof(T_));
-          // h̃_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
-          lerp_row(dst + b * H, n, hprev_p + b * P, z, 1, H);
-        }
+        for_rows(B, GH, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            T_* a = act_t + b * GH;
+            T_* hwb = hw_p + b * GH;
+            if (hp_t) ln_apply<T_, false>(hwb, hp_t + b * GH, GH, lnh_w, lnh_b);
+            else if (lnh_b) for (int64_t j = 0; j < GH; ++j) hwb[j] += lnh_b[j];  // + b_hh
+            // r, z = σ(xw_rz + hw_rz); n = tanh(xw_n + r ⊙ hw_n)
+            for (int64_t j = 0; j < 2 * H; ++j) a[j] += hwb[j];
+            sigmoid_row(a, 2 * H);
+            T_ *r = a, *z = a + H, *n = a + 2 * H;
+            const T_* hn = hwb + 2 * H;
+            for (int64_t j = 0; j < H; ++j) n[j] += r[j] * hn[j];
+            tanh_row(n, H);
+            std::memcpy(hwn_t + b * H, hn, H * sizeof(T_));
+            // h̃_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+            lerp_row(dst + b * H, n, hprev_p + b * P, z, 1, H);
+          }
+        });
       } else {
         const bool relu = cell == RNN_RELU;
-        for (int64_t b = 0; b < B; ++b) {
-          T_* a = act_t + b * GH;
-          if (hp_t) ln_apply<T_, true>(a, hp_t + b * GH, GH, lnh_w, lnh_b);
-          if (relu) {
-            for (int64_t j = 0; j < H; ++j) a[j] = a[j] > T_(0) ? a[j] : T_(0);
-          } else {
-            tanh_row(a, H);
+        for_rows(B, GH, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            T_* a = act_t + b * GH;
+            if (hp_t) ln_apply<T_, true>(a, hp_t + b * GH, GH, lnh_w, lnh_b);
+            if (relu) {
+              for (int64_t j = 0; j < H; ++j) a[j] = a[j] > T_(0) ? a[j] : T_(0);
+            } else {
+              tanh_row(a, H);
+            }
           }
-        }
+        });
       }
 
       // h_t = k_t ⊙ h_{t-1} + (1 - k_t) ⊙ h̃_t
