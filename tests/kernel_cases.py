@@ -15,9 +15,15 @@ from seqlab.kernels.common import GATES, LayerWeights, Masks, RECORDED
 T, B, I, H, P = 5, 3, 7, 4, 3  # I = 7 is prime so no other size can divide it
 TOL64 = dict(atol=1e-10, rtol=1e-10)
 # float32 is judged against the float64 reference: the fused error may be at most F32_RATIO times
-# the float32 reference's own error, plus F32_ATOL. A fixed tolerance does not fit: LayerNorm over
-# few units (G*H = 4 for the RNN) has a large rstd, which amplifies float32 rounding in both kernels.
-F32_RATIO, F32_ATOL = 4.0, 1e-5
+# the float32 reference's own error, plus F32_RTOL of the largest value, plus F32_ATOL. A fixed
+# tolerance does not fit: LayerNorm over few units (G*H = 4 for the RNN) has a large rstd, which
+# amplifies float32 rounding in both kernels. F32_RTOL is for sums over many rows (weight
+# gradients, and dh0 through LayerNorm), which the fast paths add in another order than the
+# reference's per-step autograd: measured up to 7e-6 of the largest value (2026-11-29), where
+# the reference's own error was 5-10x smaller. Until then the float32 gradients were not
+# checked at all: the float64 run drew other cotangents (see _run), so the reference's "error"
+# was as large as the gradients.
+F32_RATIO, F32_RTOL, F32_ATOL = 4.0, 2e-5, 1e-5
 CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
 #: how the state-update masks are drawn (see ``_masks``)
 KEEPS = ("none", "zoneout", "zoneout_expect", "padding", "padding_zoneout")
@@ -83,10 +89,16 @@ def _run(kernel, cell, x, h0, c0, w, masks, seed=1):
     """Outputs, recorded values and the gradients of every input that requires grad."""
     res = kernel(cell, x, h0, c0, w, masks, record=True)
     gen = torch.Generator().manual_seed(seed)
-    loss = (res.y * torch.randn(res.y.shape, generator=gen, dtype=x.dtype)).sum()
-    loss = loss + (res.h * torch.randn(res.h.shape, generator=gen, dtype=x.dtype)).sum()
+
+    def cotangent(shape):
+        # drawn in float64 and rounded: randn draws different numbers in float32 and float64
+        # (from 16 values on), and the float32 runs are judged against a float64 run's gradients
+        return torch.randn(shape, generator=gen, dtype=torch.float64).to(x.dtype)
+
+    loss = (res.y * cotangent(res.y.shape)).sum()
+    loss = loss + (res.h * cotangent(res.h.shape)).sum()
     if res.c is not None:
-        loss = loss + (res.c * torch.randn(res.c.shape, generator=gen, dtype=x.dtype)).sum()
+        loss = loss + (res.c * cotangent(res.c.shape)).sum()
     leaves = {"x": x, "h0": h0, "c0": c0, **w._asdict()}
     leaves = {k: v for k, v in leaves.items() if v is not None and v.requires_grad}
     grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
@@ -134,5 +146,7 @@ def compare(kernel, cell, args, dtype, label):
         assert got[name].dtype == torch.float32, (label, name)
         err_fast = (got[name].double() - truth[name]).abs().max().item() if got[name].numel() else 0.0
         err_ref = (want[name].double() - truth[name]).abs().max().item() if want[name].numel() else 0.0
-        assert err_fast <= F32_RATIO * err_ref + F32_ATOL, (
-            f"{label} {name}: float32 error {err_fast:.2e} against float64, the reference's is {err_ref:.2e}")
+        scale = truth[name].abs().max().item() if truth[name].numel() else 0.0
+        assert err_fast <= F32_RATIO * err_ref + F32_RTOL * scale + F32_ATOL, (
+            f"{label} {name}: float32 error {err_fast:.2e} against float64, the reference's is {err_ref:.2e} "
+            f"(largest value {scale:.2e})")

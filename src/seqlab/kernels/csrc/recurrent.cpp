@@ -19,9 +19,8 @@
 // Pointwise rows are written as short loops over contiguous memory so that the compiler
 // vectorises them (-O3); float uses an exp that vectorises (exp_f below), double std::exp.
 // tanh(v) = 2σ(2v) - 1, like the fused path. The products use BLAS or oneDNN threads; the
-// forward's pointwise rows of a step are split over torch's threads when there are enough of
-// them (for_rows). The backward's rows stay in one thread: its LayerNorm weight gradients are
-// sums over rows.
+// pointwise rows of a step are split over torch's threads when there are enough of them
+// (for_rows), except in a backward that sums LayerNorm weight gradients over the rows.
 //
 // The ops are registered with the dispatcher (TORCH_LIBRARY) rather than through pybind11:
 // the translation unit then needs no Python headers and builds in about half the time, and
@@ -957,8 +956,9 @@ std::vector<Tensor> rnn_backward(
   Tensor dq = (lstm && proj) ? at::empty({B, H}, opts) : Tensor();
   // dh = dhp W_hh is a linear with weight W_hh^T (P, GH), passed as a view (see StepLinear)
   const StepLinear lin_dh(w_hh.t(), B, T), lin_dq = (lstm && proj) ? StepLinear(w_hr.t(), B, T) : StepLinear();
-  Tensor dtau = ln_c ? at::empty({H}, opts) : Tensor();  // dL/d LN_c(c̃_t) of one row
-  Tensor dct = lstm ? at::empty({H}, opts) : Tensor();
+  // dL/d LN_c(c̃_t) and dL/dc̃_t of a step, a row each (rows may run on different threads)
+  Tensor dtau = ln_c ? at::empty({B, H}, opts) : Tensor();
+  Tensor dct = lstm ? at::empty({B, H}, opts) : Tensor();
   // LN_ih's backward runs in the loop too, on each step's rows of da while they are in cache,
   // in place (da becomes dL/dxp) unless the recurrent side still reads da after the loop
   // (dhp is da without LN_hh)
@@ -997,6 +997,12 @@ std::vector<Tensor> rnn_backward(
     T_ *dY_p = dY.data_ptr<T_>(), *dht_all_p = dht_all.data_ptr<T_>(), *da_p = da.data_ptr<T_>();
     T_ *dhw_p = dhw.data_ptr<T_>(), *dhp_p = dhp.data_ptr<T_>(), *dxp_p = dxp.data_ptr<T_>(), *dq_p0 = ptr(dq);
     T_ *dc_p = ptr(dc), *dir = ptr(direct);
+    // a step's rows on torch's threads, as in the forward, unless a LayerNorm weight gradient
+    // (a sum over rows) is accumulated in them
+    auto step_rows = [&](const auto& f) {
+      if (ln_hh || ln_c) f(int64_t(0), B);
+      else for_rows(B, GH, f);
+    };
 
     for (int64_t t = T - 1; t >= 0; --t) {
       // dL/dh_t = from y_t + from step t+1
@@ -1028,69 +1034,76 @@ std::vector<Tensor> rnn_backward(
         const T_* c_prev = t == 0 ? c0_p : c_all_p + (t - 1) * B * H;
         const T_* tau_t = tau_p + t * B * H;
         const T_* ct_t = ln_c ? c_tilde_p + t * B * H : nullptr;
-        for (int64_t b = 0; b < B; ++b) {
-          const T_* a = a_t + b * GH;
-          const T_ *i = a, *f = a + H, *g = a + 2 * H, *o = a + 3 * H;
-          T_* d = da_t + b * GH;
-          T_ *d_i = d, *d_f = d + H, *d_g = d + 2 * H, *d_o = d + 3 * H;
-          const T_* dqb = dq_p + b * H;
-          const T_* tb = tau_t + b * H;
-          // dτ' = dq ⊙ o ⊙ (1 - τ²) (into dct, or dtau under LN_c); da_o = dq ⊙ τ ⊙ o(1-o)
-          T_* dtp = ln_c ? dtau_p : dct_p;
-          for (int64_t j = 0; j < H; ++j) {
-            dtp[j] = dqb[j] * o[j] * (T_(1) - tb[j] * tb[j]);
-            d_o[j] = dqb[j] * tb[j] * o[j] * (T_(1) - o[j]);
+        step_rows([&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            const T_* a = a_t + b * GH;
+            const T_ *i = a, *f = a + H, *g = a + 2 * H, *o = a + 3 * H;
+            T_* d = da_t + b * GH;
+            T_ *d_i = d, *d_f = d + H, *d_g = d + 2 * H, *d_o = d + 3 * H;
+            const T_* dqb = dq_p + b * H;
+            const T_* tb = tau_t + b * H;
+            // dτ' = dq ⊙ o ⊙ (1 - τ²) (into dct, or dtau under LN_c); da_o = dq ⊙ τ ⊙ o(1-o)
+            T_* dctb = dct_p + b * H;
+            T_* dtp = ln_c ? dtau_p + b * H : dctb;
+            for (int64_t j = 0; j < H; ++j) {
+              dtp[j] = dqb[j] * o[j] * (T_(1) - tb[j] * tb[j]);
+              d_o[j] = dqb[j] * tb[j] * o[j] * (T_(1) - o[j]);
+            }
+            if (ln_c) ln_backward_row(dctb, dtp, ct_t + b * H, H, lnc_w, dw_c.data(), db_c.data());
+            const T_* cp = c_prev + b * H;
+            T_* dcb = dc_p + b * H;
+            const T_* kc = mkc ? mkc.row(t, b) : nullptr;
+            const int64_t kcs = mkc ? mkc.ks() : 0;
+            for (int64_t j = 0; j < H; ++j) {
+              const T_ kk = kc ? kc[j * kcs] : T_(0);
+              const T_ dctj = dctb[j] + (T_(1) - kk) * dcb[j];  // dc̃_t
+              d_i[j] = dctj * g[j] * i[j] * (T_(1) - i[j]);
+              d_f[j] = dctj * cp[j] * f[j] * (T_(1) - f[j]);
+              d_g[j] = dctj * i[j] * (T_(1) - g[j] * g[j]);
+              dcb[j] = f[j] * dctj + kk * dcb[j];  // dc_{t-1}
+            }
+            if (ln_hh) ln_backward_row(dhp_t + b * GH, d, hp_t + b * GH, GH, lnh_w, dw_h.data(), nullptr);
           }
-          if (ln_c) ln_backward_row(dct_p, dtp, ct_t + b * H, H, lnc_w, dw_c.data(), db_c.data());
-          const T_* cp = c_prev + b * H;
-          T_* dcb = dc_p + b * H;
-          const T_* kc = mkc ? mkc.row(t, b) : nullptr;
-          const int64_t kcs = mkc ? mkc.ks() : 0;
-          for (int64_t j = 0; j < H; ++j) {
-            const T_ kk = kc ? kc[j * kcs] : T_(0);
-            const T_ dctj = dct_p[j] + (T_(1) - kk) * dcb[j];  // dc̃_t
-            d_i[j] = dctj * g[j] * i[j] * (T_(1) - i[j]);
-            d_f[j] = dctj * cp[j] * f[j] * (T_(1) - f[j]);
-            d_g[j] = dctj * i[j] * (T_(1) - g[j] * g[j]);
-            dcb[j] = f[j] * dctj + kk * dcb[j];  // dc_{t-1}
-          }
-          if (ln_hh) ln_backward_row(dhp_t + b * GH, d, hp_t + b * GH, GH, lnh_w, dw_h.data(), nullptr);
-        }
+        });
       } else if (gru) {
         const T_* hprev = t == 0 ? h0_p : h_all_p + (t - 1) * B * P;
         const T_* hwn_t = hw_n_p + t * B * H;
-        for (int64_t b = 0; b < B; ++b) {
-          const T_* a = a_t + b * GH;
-          const T_ *r = a, *z = a + H, *n = a + 2 * H;
-          const T_* dhb = dht_p + b * P;
-          const T_* hn = hwn_t + b * H;
-          const T_* hpv = hprev + b * P;
-          T_* d = da_t + b * GH;
-          T_* e = dhw_t + b * GH;
-          T_* dr = dir + b * H;
-          for (int64_t j = 0; j < H; ++j) {
-            const T_ dn = dhb[j] * (T_(1) - z[j]) * (T_(1) - n[j] * n[j]);  // dn'
-            const T_ drr = dn * hn[j] * r[j] * (T_(1) - r[j]);
-            const T_ dzz = dhb[j] * (hpv[j] - n[j]) * z[j] * (T_(1) - z[j]);
-            d[j] = drr; d[H + j] = dzz; d[2 * H + j] = dn;
-            e[j] = drr; e[H + j] = dzz; e[2 * H + j] = dn * r[j];
-            dr[j] = z[j] * dhb[j];
+        step_rows([&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            const T_* a = a_t + b * GH;
+            const T_ *r = a, *z = a + H, *n = a + 2 * H;
+            const T_* dhb = dht_p + b * P;
+            const T_* hn = hwn_t + b * H;
+            const T_* hpv = hprev + b * P;
+            T_* d = da_t + b * GH;
+            T_* e = dhw_t + b * GH;
+            T_* dr = dir + b * H;
+            for (int64_t j = 0; j < H; ++j) {
+              const T_ dn = dhb[j] * (T_(1) - z[j]) * (T_(1) - n[j] * n[j]);  // dn'
+              const T_ drr = dn * hn[j] * r[j] * (T_(1) - r[j]);
+              const T_ dzz = dhb[j] * (hpv[j] - n[j]) * z[j] * (T_(1) - z[j]);
+              d[j] = drr; d[H + j] = dzz; d[2 * H + j] = dn;
+              e[j] = drr; e[H + j] = dzz; e[2 * H + j] = dn * r[j];
+              dr[j] = z[j] * dhb[j];
+            }
+            if (ln_hh) ln_backward_row(dhp_t + b * GH, e, hp_t + b * GH, GH, lnh_w, dw_h.data(), nullptr);
           }
-          if (ln_hh) ln_backward_row(dhp_t + b * GH, e, hp_t + b * GH, GH, lnh_w, dw_h.data(), nullptr);
-        }
+        });
       } else {
         const bool relu = cell == RNN_RELU;
-        for (int64_t b = 0; b < B; ++b) {
-          const T_* hb = a_t + b * GH;  // h̃_t
-          const T_* dhb = dht_p + b * P;
-          T_* d = da_t + b * GH;
-          if (relu) {
-            for (int64_t j = 0; j < H; ++j) d[j] = hb[j] > T_(0) ? dhb[j] : T_(0);
-          } else {
-            for (int64_t j = 0; j < H; ++j) d[j] = dhb[j] * (T_(1) - hb[j] * hb[j]);
+        step_rows([&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            const T_* hb = a_t + b * GH;  // h̃_t
+            const T_* dhb = dht_p + b * P;
+            T_* d = da_t + b * GH;
+            if (relu) {
+              for (int64_t j = 0; j < H; ++j) d[j] = hb[j] > T_(0) ? dhb[j] : T_(0);
+            } else {
+              for (int64_t j = 0; j < H; ++j) d[j] = dhb[j] * (T_(1) - hb[j] * hb[j]);
+            }
+            if (ln_hh) ln_backward_row(dhp_t + b * GH, d, hp_t + b * GH, GH, lnh_w, dw_h.data(), nullptr);
           }
-          if (ln_hh) ln_backward_row(dhp_t + b * GH, d, hp_t + b * GH, GH, lnh_w, dw_h.data(), nullptr);
-        }
+        });
       }
 
       // dh_{t-1} = (dhp_t W_hh) ⊙ m + k_t ⊙ dL/dh_t (+ z ⊙ dh̃_t for the GRU)
