@@ -78,6 +78,7 @@ def _is_main_process() -> bool:
 
 def _train(args: argparse.Namespace) -> int:
     from seqlab.apps import parse_overrides, read_config_file, train_run
+    from seqlab.train.checkpoint import BEST
 
     settings: dict[str, Any] = {}
     if args.config is not None:
@@ -96,7 +97,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"{args.kind}: {result.get('parameters', 0):,} parameters, stopped at step {result.get('step')} "
               f"({result.get('stopped')}); run saved in {args.out}")
         if result.get("best_checkpoint"):
-            print(f"best validation score {result['best']:.4g}: {os.path.join(args.out, 'best')} "
+            print(f"best validation score {result['best']:.4g}: {os.path.join(args.out, BEST)} "
                   f"({os.path.basename(result['best_checkpoint'])})")
         if result.get("metrics"):
             print(_table(result["metrics"]))

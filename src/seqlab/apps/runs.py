@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 import seqlab
-from seqlab.train.checkpoint import Checkpoint, CheckpointError, best_checkpoint, latest_checkpoint, load_checkpoint
+from seqlab.train.checkpoint import (BEST, Checkpoint, CheckpointError, best_checkpoint, latest_checkpoint,
+                                     load_checkpoint)
 
 from .base import App, ConfigError, holds_run, prepare_out, split_settings, write_json
 from .classify import ClassifyApp
@@ -140,7 +141,7 @@ def train_run(kind: str, *, arch: Optional[str] = None, task: Optional[str] = No
                 # weights but no optimizer state, so training cannot continue exactly from it
                 raise CheckpointError(f"--resume {out}: the run stopped before its first checkpoint ('latest' "
                                       f"is missing), so there is nothing to resume; its best evaluation is "
-                                      f"kept in {out / 'best'} (weights only, for eval and sample); give "
+                                      f"kept in {out / BEST} (weights only, for eval and sample); give "
                                       f"--force to start the run again")
             ckpt = load_checkpoint(out)
             cfg = ckpt.config

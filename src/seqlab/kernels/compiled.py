@@ -25,9 +25,10 @@ Layers: this module validates and calls the two ops ``torch.ops.seqlab_compiled.
 float32 and float64 on CPU. The products use MKL (the products over all T*B rows into pooled
 buffers), except in float32 on a CPU with AVX-512: there, on one thread, the projection and the
 per-step products go to oneDNN's brgemm micro-kernel, and on more threads large per-step products
-go to oneDNN's linear and small ones to brgemm (see "Matrix products" in the C++; ``torch.ops.seqlab_compiled.set_brgemm``
-and ``set_gemm_threshold`` move the switches). On Linux, where torch's threads are OpenMP's, the
-forward's pointwise rows of a step are split over them when there are enough (``_openmp_flags``).
+go to oneDNN's linear and small ones to brgemm (see "Matrix products" in the C++;
+``torch.ops.seqlab_compiled.set_brgemm`` and ``set_gemm_threshold`` move the switches). On Linux,
+where torch's threads are OpenMP's, a step's pointwise rows are split over them when there are
+enough (``_openmp_flags``; the backward keeps rows that sum LayerNorm weight gradients in one).
 Double backward is not supported (``once_differentiable``): use the reference path for
 gradient-of-gradient work. Memory: the loop's large buffers (2 MiB and more: saved activations,
 per-step gradients) are recycled through a pool in the C++ that keeps up to 512 MiB of freed

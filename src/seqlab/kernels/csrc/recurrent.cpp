@@ -587,14 +587,15 @@ struct StepLinear {
     // On more threads only oneDNN's linear spreads a step's product over them; MKL does not pay
     // at these sizes (2 threads, AVX-512 EPYC: (m, n, k) = (16, 256, 64) took 15 us on MKL, 4.6 us
     // on brgemm), so brgemm takes the steps that oneDNN does not
-    const bool dnn_step = at::get_num_threads() > 1 && use_dnn(w_, m, n, k, uses);
-    brg = !dnn_step && use_brgemm(w_, uses * m, w_.t().is_contiguous(), /*parallel=*/false);
+    const bool dnn_ok = use_dnn(w_, m, n, k, uses);
+    brg = !(dnn_ok && at::get_num_threads() > 1) &&
+          use_brgemm(w_, uses * m, w_.t().is_contiguous(), /*parallel=*/false);
     if (brg) {
       wt = w_.t().contiguous();  // (k, n)
       return;
     }
     w = w_.contiguous();
-    dnn = use_dnn(w, m, n, k, uses);
+    dnn = dnn_ok;
     if (dnn) packed = dnn_pack(w, m);
     const int64_t int_max = std::numeric_limits<int>::max();
     direct = !dnn && g_direct_blas && has_direct_blas() && m <= int_max && n <= int_max && k <= int_max;
