@@ -417,7 +417,8 @@ def test_resume_with_more_steps_follows_the_new_schedule(tmp_path):
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"max_steps": 0}, "max_steps: expected an int >= 1, got 0"),
+    ({"max_steps": -1}, "max_steps: expected an int >= 0, got -1"),
+    ({"max_steps": 0}, "max_steps: 0 means as many steps as max_time allows, so it needs max_time > 0"),
     ({"lr": -1.0}, "lr: expected a number > 0, got -1.0"),
     ({"decay": "step"}, "decay: expected one of ['cosine', 'linear', 'constant'], got 'step'"),
     ({"min_lr_ratio": 2}, "min_lr_ratio: expected a number in [0, 1], got 2.0"),

@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "layer_norm, recurrent_dropout, zoneout, forget_bias, nhead, dim_feedforward, max_len, "
                               "tie_weights, pooling, attention), training's (max_steps, batch_size, lr, weight_decay, "
                               "warmup_steps, decay, min_lr_ratio, clip_norm, eval_every, checkpoint_every, patience, "
-                              "seed, log_every, max_time, keep_checkpoints, keep_best, find_unused_parameters) and "
+                              "seed, log_every, max_time, keep_checkpoints, keep_best, find_unused_parameters, tensorboard) and "
                               "the data's (n_train, n_valid, n_test, data_seed, level, min_freq, max_vocab, format; "
                               "lm: bptt, carry_state, eval_tokens, eval_rows; seq2seq: teacher_forcing, beam, "
                               "eval_examples, max_decode_len; generate: n_samples). Example: seqlab train seq2seq "
@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--max-steps", type=int)
     common.add_argument("--batch-size", type=int)
     common.add_argument("--lr", type=float)
-    common.add_argument("--max-time", type=float, help="seconds of training (0 = no limit)")
+    common.add_argument("--max-time", type=float, help="seconds of training (0 = no limit); without --max-steps, "
+                                                       "warm-up and decay are fitted to it")
     common.add_argument("--seed", type=int)
     common.add_argument("--hidden-size", type=int)
     common.add_argument("--num-layers", type=int)

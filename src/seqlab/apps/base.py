@@ -179,6 +179,14 @@ class App:
     # Set by train_run to the trainer's checkpoint interval: an app that carries state between
     # batches (lm) restarts it where checkpoints fall, so resuming from one is exact.
     checkpoint_every: int = 0
+    # Set by train_run to the ModelConfig being trained, for what depends on the arch (the lm's
+    # window cutting); None when batches are asked for without a model in view.
+    model_config: Any = None
+
+    @classmethod
+    def defaults(cls, arch: str) -> dict[str, Any]:
+        """Settings a fresh ``train KIND --arch ARCH`` starts from, under the user's own (none here)."""
+        return {}
 
     def __init__(self, options: DataOptions):
         if not isinstance(options, self.Options):

@@ -5,10 +5,7 @@ The documents of a split are one stream of ids, each document followed by ``<eos
     stream = doc_1 <eos> doc_2 <eos> ...
 
 so ``<eos>`` doubles as the document boundary, and sampling without a prompt starts from it
-("the start of a document"). Training is truncated back-propagation through time over
-:class:`seqlab.data.BPTTBatcher` windows (B, bptt+1): row b of one window continues row b of
-the previous one, and the model's state is carried across windows, detached (``carry_state``).
-The loss is the mean negative log-likelihood per token,
+("the start of a document"). The loss is the mean negative log-likelihood per token,
 
 .. math::
     \mathcal{L} = -\frac{1}{N}\sum_{t=1}^{N} \log p(x_t \mid x_{<t}), \qquad
@@ -16,9 +13,24 @@ The loss is the mean negative log-likelihood per token,
 
 (bits per character at char level; per word at word level, reported as ``bits_per_token``).
 
-The carried state restarts from zero at the start of every epoch and in the window after every
-checkpoint the trainer writes (every ``checkpoint_every`` steps). A checkpoint therefore never
-needs the state, and a run resumed from one ends with the same weights as an uninterrupted run.
+Two ways to cut the stream into training windows of ``bptt`` tokens (``carry_state``):
+
+* **carried** (the recurrent archs' default): truncated back-propagation through time over
+  :class:`seqlab.data.BPTTBatcher` windows (B, bptt+1). Row b of one window continues row b of the
+  previous one and the model's state is carried across windows, detached. The state restarts from
+  zero at the start of every epoch and in the window after every checkpoint the trainer writes
+  (every ``checkpoint_every`` steps), so a checkpoint never needs it and a resumed run ends with
+  the same weights as an uninterrupted one.
+* **independent** (the transformer's default): :class:`seqlab.data.WindowSampler` windows, cut at
+  a random phase each epoch and served in a random order, each from an empty context, as GPT
+  models are trained: every position of a window predicts its next token, so a window of T tokens
+  gives T targets, and no step recomputes context it does not train on.
+
+Scoring a split (:meth:`LMApp.score`) runs ``eval_rows`` segments of it in parallel, in windows of
+``bptt`` tokens, carrying the state across windows exactly when training carried it (otherwise
+the windows are non-overlapping, each from an empty context). The whole split is scored by
+``seqlab eval``; during training ``eval_tokens`` of it are, in segments spread evenly over the
+split, so that the figure estimates the whole split's score rather than that of its beginning.
 """
 from __future__ import annotations
 
@@ -28,7 +40,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from seqlab.data import EOS, BPTTBatcher, DataError, Vocab, read_examples
+from seqlab.data import EOS, BPTTBatcher, DataError, Vocab, WindowSampler, read_examples
 from seqlab.decoding import sample as sample_tokens
 from seqlab.models.lm import next_token_nll
 
@@ -37,10 +49,12 @@ from .base import App, ConfigError, DataOptions, unwrap
 
 @dataclass
 class LMOptions(DataOptions):
-    bptt: int = 128             # tokens per truncated-BPTT window
-    carry_state: bool = True    # carry the (detached) state from one window to the next
-    eval_tokens: int = 50_000   # validation tokens scored during training (0 = all); `seqlab eval` scores all
-    eval_rows: int = 16         # parallel rows when scoring a split
+    bptt: int = 128             # tokens per training window (the transformer's context when trained)
+    # carry the (detached) state from one window to the next (BPTT rows), or train on independent
+    # windows; None = carry for the recurrent archs, independent windows for the transformer
+    carry_state: Optional[bool] = None
+    eval_tokens: int = 50_000   # validation tokens scored during training, spread over the split (0 = all)
+    eval_rows: int = 16         # parallel rows (segments) when scoring a split
 
     def validate(self) -> None:
         super().validate()
@@ -74,17 +88,45 @@ class _Windows(BPTTBatcher):
         self.served = int(state.get("served", 0))  # checkpoints from before this field: 0
 
 
+class _IndependentWindows(WindowSampler):
+    """WindowSampler's windows as 1-tuples (the trainer shards tuples by rows)."""
+
+    def __iter__(self):
+        for window in super().__iter__():
+            yield (window,)  # (B, <=bptt+1)
+
+
+# What a fresh `seqlab train lm --arch A` trains, under the user's own settings: about 1M
+# parameters at char level, settings measured against the peers of benchmarks/peers.py on 2 CPU
+# cores with budgets of minutes (the model is then far from converged, so regularisation is light).
+LM_DEFAULTS: dict[str, dict] = {
+    "rnn": {"embed_dim": 128, "hidden_size": 512, "num_layers": 2, "dropout": 0.1, "lr": 2e-3},
+    "lstm": {"embed_dim": 256, "hidden_size": 256, "num_layers": 2, "dropout": 0.2, "lr": 3e-3},
+    "gru": {"embed_dim": 288, "hidden_size": 288, "num_layers": 2, "dropout": 0.2, "lr": 3e-3},
+    "mingru": {"embed_dim": 256, "hidden_size": 384, "num_layers": 3, "dropout": 0.1, "lr": 3e-3},
+    "minlstm": {"embed_dim": 256, "hidden_size": 320, "num_layers": 3, "dropout": 0.1, "lr": 3e-3},
+    "transformer": {"embed_dim": 144, "hidden_size": 144, "num_layers": 4, "nhead": 4, "max_len": 256,
+                    "dropout": 0.0, "lr": 2e-3, "weight_decay": 0.1},
+}
+LM_COMMON_DEFAULTS = {"batch_size": 32, "bptt": 128}
+
+
 class LMApp(App):
     kind = "lm"
     default_task = "stdlib"
     Options = LMOptions
     monitor, mode = "loss", "min"
 
+    @classmethod
+    def defaults(cls, arch: str) -> dict:
+        return {**LM_COMMON_DEFAULTS, **LM_DEFAULTS.get(arch, {})}
+
     def __init__(self, options: LMOptions):
         super().__init__(options)
         self.vocab: Optional[Vocab] = None
         self._streams: dict[str, Tensor] = {}
         self._windows: Optional[_Windows] = None
+        self._carry = True
         self._state = None
 
     # -- data -------------------------------------------------------------------------------
@@ -125,8 +167,18 @@ class LMApp(App):
 
     # -- training ---------------------------------------------------------------------------
 
+    def carries(self, arch: Optional[str]) -> bool:
+        """Whether training (and scoring) carries the state across windows, for a model of ``arch``."""
+        if self.options.carry_state is not None:
+            return self.options.carry_state
+        return arch != "transformer"
+
     def batches(self, batch_size: int, seed: int):
         ids = self.stream("train")
+        self._carry = self.carries(None if self.model_config is None else self.model_config.arch)
+        if not self._carry:
+            self._windows = None
+            return _IndependentWindows(ids, batch_size, self.options.bptt, seed=seed)
         if ids.numel() // batch_size < 2:
             raise DataError(f"the training text has {ids.numel()} tokens, too few for batch_size {batch_size} "
                             f"(expected at least {2 * batch_size})")
@@ -135,25 +187,43 @@ class LMApp(App):
 
     def loss_fn(self, model: nn.Module, batch: tuple) -> tuple[Tensor, int]:
         (window,) = batch  # (B, T+1)
+        if not self._carry:
+            loss, count, _ = next_token_nll(model, window)  # every window from an empty context
+            return loss, count
         w = self._windows
         if w is not None and w.starts_epoch:
             self._state = None  # rows wrap to the stream's start: the old state belongs elsewhere
         elif w is not None and self.checkpoint_every > 0 and (w.served - 1) % self.checkpoint_every == 0:
             self._state = None  # the first window after a checkpoint: where a resumed run starts
         loss, count, state = next_token_nll(model, window, self._state)
-        self._state = unwrap(model).detach_state(state) if self.options.carry_state else None
+        self._state = unwrap(model).detach_state(state)
         return loss, count
 
     @torch.no_grad()
-    def score(self, model: nn.Module, ids: Tensor) -> tuple[float, int]:
-        """(summed NLL in nats, tokens scored) of a stream, in ``eval_rows`` parallel rows."""
+    def score(self, model: nn.Module, ids: Tensor, tokens: int = 0) -> tuple[float, int]:
+        """(summed NLL in nats, tokens scored) of a stream, in ``eval_rows`` parallel segments.
+
+        ``tokens = 0``: the whole stream, cut into contiguous segments (the last ``N mod rows``
+        tokens left out). ``tokens > 0``: about that many, in segments spread evenly over the
+        stream. Each segment is scored in windows of ``bptt`` tokens, carrying the state across
+        them when the model was trained carrying it (see the module docstring).
+        """
         raw = unwrap(model)
-        rows = max(1, min(self.options.eval_rows, ids.numel() // (2 * self.options.bptt)))
-        if ids.numel() // rows < 2:
-            raise DataError(f"a split of {ids.numel()} tokens is too short to score; expected at least 2")
+        N, T = ids.numel(), self.options.bptt
+        rows = max(1, min(self.options.eval_rows, N // (2 * T)))
+        length = N // rows  # tokens per segment
+        if tokens:
+            length = min(length, max(2, -(-tokens // rows)))
+        if length < 2:
+            raise DataError(f"a split of {N} tokens is too short to score; expected at least 2")
+        starts = [round(r * (N - length) / max(1, rows - 1)) for r in range(rows)] if tokens else \
+            [r * length for r in range(rows)]
+        segments = torch.stack([ids[s: s + length] for s in starts]).long()  # rows x (length,) -> (rows, length)
+        carry = self.carries(raw.config.arch)
         total, count, state = 0.0, 0, None
-        for window in BPTTBatcher(ids, rows, self.options.bptt):  # (rows, <=T+1)
-            loss, n, state = next_token_nll(raw, window, state)
+        for p in range(0, length - 1, T):
+            window = segments[:, p: p + T + 1]  # (rows, <=T+1)
+            loss, n, state = next_token_nll(raw, window, state if carry else None)
             state = raw.detach_state(state)
             total += float(loss)
             count += n
@@ -164,12 +234,11 @@ class LMApp(App):
         from seqlab.train.metrics import bits_per_char, perplexity
 
         ids = self.stream(split)
-        if during_training and self.options.eval_tokens:
-            ids = ids[: self.options.eval_tokens]
+        tokens = self.options.eval_tokens if during_training else 0
         was_training = unwrap(model).training
         unwrap(model).eval()
         try:
-            total, count = self.score(model, ids)
+            total, count = self.score(model, ids, tokens)
         finally:
             unwrap(model).train(was_training)
         loss = total / count

@@ -7,6 +7,7 @@ any weight allocated, so a typo costs nothing.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -100,6 +101,16 @@ def load_run(run_dir: str | Path, *, kind: Optional[str] = None, command: str = 
     return Run(got, app, model, ckpt)
 
 
+def describe_settings(kind: str, mcfg: Any, tcfg: Any, options: Any, parameters: int) -> str:
+    """The settings a run trains with, every one, as ``key=value`` words (what ``--config`` takes)."""
+    def words(d: dict, skip: tuple = ()) -> str:
+        return " ".join(f"{k}={v}" for k, v in d.items() if k not in skip and v is not None)
+    steps = "" if tcfg.max_steps else f" (max_steps=0: as many steps as max_time={tcfg.max_time:g} s allows)"
+    return (f"train {kind} {mcfg.arch}, {parameters:,} parameters{steps}\n"
+            f"  model: {words(mcfg.to_dict(), ('kind', 'arch'))}\n  train: {words(tcfg.to_dict())}\n"
+            f"  data:  {words(options.to_dict())}")
+
+
 def train_run(kind: str, *, arch: Optional[str] = None, task: Optional[str] = None, data: Optional[str] = None,
               valid: Optional[str] = None, test: Optional[str] = None, settings: Optional[dict[str, Any]] = None,
               out: str | Path, resume: bool = False, force: bool = False, progress: bool = True) -> dict:
@@ -118,6 +129,11 @@ def train_run(kind: str, *, arch: Optional[str] = None, task: Optional[str] = No
         if arch is not None and value != arch:
             raise ConfigError(f"--arch {arch} and arch={value!r} disagree; expected one arch")
         arch = value
+    if not resume and arch is not None:
+        given = {key.rpartition(".")[2] for key in settings}
+        settings = {**{k: v for k, v in cls.defaults(arch).items() if k not in given}, **settings}
+    if not resume and settings.get("max_time") and "max_steps" not in settings:
+        settings["max_steps"] = 0  # a time budget and no step count: the schedule follows the budget
     model_s, train_s, data_s = split_settings(settings, *setting_keys(kind))
     for name, value in {"data": data, "valid": valid, "test": test}.items():
         if value is not None:
@@ -189,9 +205,12 @@ def train_run(kind: str, *, arch: Optional[str] = None, task: Optional[str] = No
             raise _config_error(e) from None
         torch.manual_seed(tcfg.seed)
         model = build_model(mcfg)
+        if progress and rank == 0:
+            print(describe_settings(kind, mcfg, tcfg, options, count_parameters(model)), file=sys.stderr, flush=True)
         config = {"model_class": type(model).__name__, "kind": kind, "model": mcfg.to_dict(),
                   "train": dataclasses.asdict(tcfg), "data": options.to_dict(), "seqlab": seqlab.__version__}
         app.checkpoint_every = tcfg.checkpoint_every
+        app.model_config = mcfg
         trainer = Trainer(model, tcfg, batches=app.batches(tcfg.batch_size, tcfg.seed), loss_fn=app.loss_fn,
                           evaluate=lambda m: app.evaluate(m, "validation", during_training=True), run_dir=out,
                           config=config, extra=lambda: {"vocab": app.vocab_dict()}, monitor=app.monitor,

@@ -13,11 +13,11 @@ corpus              the stdlib documentation corpus (pydoc topics + docstrings, 
 tasks               TASKS registry and load_task: dates, numbers, langid, ner, names, stdlib
 synthetic           copy_memory, adding_problem and their baseline losses
 files               read_text, read_examples: the user's .txt / .tsv / .jsonl files
-batching            pad_collate, BatchIterator, BPTTBatcher
+batching            pad_collate, BatchIterator, BPTTBatcher, WindowSampler
 ==================  ============================================================================
 """
 from .base import KINDS, SPLITS, DataError, split_of
-from .batching import BatchIterator, BPTTBatcher, pad_collate
+from .batching import BatchIterator, BPTTBatcher, WindowSampler, pad_collate
 from .corpus import Document, Splits, join_documents, normalize_text, stdlib_corpus, stdlib_documents
 from .files import read_examples, read_text
 from .synthetic import (COPY_BLANK, COPY_DELIMITER, COPY_VOCAB, adding_baseline, adding_problem, copy_memory,
@@ -27,7 +27,7 @@ from .vocab import EOS, PAD, SOS, SPECIALS, UNK, Labels, Vocab
 
 __all__ = [
     "KINDS", "SPLITS", "DataError", "split_of",
-    "BatchIterator", "BPTTBatcher", "pad_collate",
+    "BatchIterator", "BPTTBatcher", "WindowSampler", "pad_collate",
     "Document", "Splits", "join_documents", "normalize_text", "stdlib_corpus", "stdlib_documents",
     "read_examples", "read_text",
     "COPY_BLANK", "COPY_DELIMITER", "COPY_VOCAB", "adding_baseline", "adding_problem", "copy_memory",

@@ -3,8 +3,9 @@
 * :func:`pad_collate`: variable-length id sequences -> padded (B, L) LongTensor + lengths.
 * :class:`BatchIterator`: seeded shuffled mini-batches over a list of examples.
 * :class:`BPTTBatcher`: one long token stream -> (B, T+1) windows for truncated BPTT.
+* :class:`WindowSampler`: one long token stream -> (B, T+1) independent windows in a random order.
 
-Both iterators keep their whole state in a few ints (``state_dict()`` is JSON, so it goes
+The iterators keep their whole state in a few ints (``state_dict()`` is JSON, so it goes
 into a checkpoint's ``extra``). The shuffle order of an epoch is a pure function of
 ``(seed, epoch)`` rather than the running state of an RNG, which is why no RNG state needs
 saving: a restored iterator recomputes the same permutation and carries on from ``position``.
@@ -169,6 +170,80 @@ class BPTTBatcher:
                             f"this stream gives {mine[0]} rows of {mine[1]}")
         # bptt may change on resume: position is a column, not a window count.
         self.epoch, self.position = state["epoch"], state["position"]
+
+
+class WindowSampler:
+    """Independent training windows over one token stream, the way GPT models are trained.
+
+    Each epoch cuts the stream, from a random phase ``φ`` in [0, T), into K windows of T+1 tokens
+    that overlap by one, and serves them in a random order, ``batch_size`` at a time::
+
+        window k = ids[φ + kT : φ + kT + T + 1]      x = window[:, :-1], y = window[:, 1:]
+
+    so an epoch trains on every token from ``φ`` on exactly once (each window's T positions each
+    predict their next token) and no window depends on another: nothing is carried between them.
+    The phase moves the cuts between epochs, so every token is, over epochs, seen with every amount
+    of context. The last batch of an epoch may hold fewer windows.
+
+    Phase and order are a pure function of ``(seed, epoch)``, so the whole state is two ints
+    (``state_dict()`` is JSON) and a restored sampler serves the same windows. The stream may be
+    stored in any integer dtype; windows come out as int64.
+
+    >>> s = WindowSampler(torch.arange(20), batch_size=2, bptt=4, seed=0)
+    >>> b = next(iter(s)); b.shape, b.dtype
+    (torch.Size([2, 5]), torch.int64)
+    """
+
+    def __init__(self, ids: torch.Tensor, batch_size: int, bptt: int, *, seed: int = 0):
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 1:
+            got = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise DataError(f"WindowSampler expects a 1-D id tensor, got {got}")
+        if batch_size < 1 or bptt < 1:
+            raise DataError(f"batch_size and bptt must be >= 1, got {batch_size} and {bptt}")
+        if ids.numel() < 2 * bptt + 1:
+            raise DataError(f"{ids.numel()} tokens are too few for windows of {bptt} tokens: expected at least "
+                            f"{2 * bptt + 1}")
+        self.ids = ids
+        self.batch_size = batch_size
+        self.bptt = bptt
+        self.seed = seed
+        self.epoch = 0
+        self.position = 0  # windows already served this epoch
+
+    def plan(self, epoch: int) -> tuple[int, list[int]]:
+        """(phase, window starts in serving order) of ``epoch``."""
+        rng = random.Random(f"seqlab.WindowSampler/{self.seed}/{epoch}")  # string seeds are stable (SHA-512)
+        phase = rng.randrange(self.bptt)
+        count = (self.ids.numel() - 1 - phase) // self.bptt
+        starts = [phase + k * self.bptt for k in range(count)]
+        rng.shuffle(starts)
+        return phase, starts
+
+    def __len__(self) -> int:
+        """Batches in an epoch (at phase 0; a later phase may have one window fewer)."""
+        return math.ceil(((self.ids.numel() - 1) // self.bptt) / self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        _, starts = self.plan(self.epoch)
+        T = self.bptt
+        while self.position < len(starts):
+            take = starts[self.position: self.position + self.batch_size]
+            self.position += len(take)
+            yield torch.stack([self.ids[s: s + T + 1] for s in take]).long()  # B x (T+1,) -> (B, T+1)
+        self.epoch += 1
+        self.position = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "bptt": self.bptt,
+                "size": int(self.ids.numel())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        _check_state(state, ("epoch", "position", "seed", "bptt", "size"), "WindowSampler")
+        mine = (int(self.ids.numel()), self.bptt)
+        if (state["size"], state["bptt"]) != mine:
+            raise DataError(f"WindowSampler state is for {state['size']} tokens in windows of {state['bptt']}, "
+                            f"this one has {mine[0]} tokens in windows of {mine[1]}")
+        self.epoch, self.position, self.seed = state["epoch"], state["position"], state["seed"]
 
 
 def _check_state(state: Any, keys: tuple[str, ...], owner: str) -> None:

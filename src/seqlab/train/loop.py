@@ -57,6 +57,9 @@ from .checkpoint import (CheckpointError, best_checkpoint, latest_checkpoint, lo
 from .schedule import DECAYS, WarmupDecayLR
 
 STOPS = ("max_steps", "early_stop", "goal", "max_time")
+UNPLANNED = 2 ** 62  # the horizon of a time-budgeted run before its plan is fixed: the rate stays at its peak
+PLAN_MIN_STEPS = 20  # a time-budgeted run fixes its plan after at least this many steps ...
+PLAN_SKIP_STEPS = 5  # ... leaving out the first few, which pay for allocation and lazy set-up
 FINAL_STOPS = ("early_stop", "goal")  # a resumed run that stopped so stays stopped
 
 
@@ -68,7 +71,9 @@ class DivergenceError(FloatingPointError):
 class TrainConfig:
     """Settings of one training run. ``from_dict`` rejects unknown keys; bad values raise ValueError."""
 
-    max_steps: int = 1000  # optimizer updates, not epochs: runs of different data sizes compare by compute
+    # optimizer updates, not epochs: runs of different data sizes compare by compute. 0 = as many as
+    # max_time allows: the schedule's horizon is then fixed from the step time measured in warm-up
+    max_steps: int = 1000
     batch_size: int = 32  # the GLOBAL batch: split across processes, so results do not depend on their number
     lr: float = 2e-3  # peak learning rate, reached at the end of warm-up
     weight_decay: float = 0.01  # AdamW's decoupled decay, on matrices only (not biases, norms' gains)
@@ -87,6 +92,7 @@ class TrainConfig:
     # under torchrun: DDP's option for a model whose loss leaves some parameters unused (an extra
     # pass over the autograd graph every step, so off unless needed)
     find_unused_parameters: bool = False
+    tensorboard: bool = True  # also write the curves as TensorBoard event files in RUN/tensorboard (rank 0)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -101,7 +107,12 @@ class TrainConfig:
                 if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
                     raise ValueError(f"TrainConfig.{f.name}: expected a finite number, got {v!r}")
                 setattr(self, f.name, float(v))
-        positive = ("max_steps", "batch_size", "log_every", "keep_checkpoints")
+        if self.max_steps == 0 and not self.max_time > 0:
+            raise ValueError("TrainConfig.max_steps: 0 means as many steps as max_time allows, so it needs "
+                             f"max_time > 0; got max_time={self.max_time!r}")
+        if self.max_steps < 0:
+            raise ValueError(f"TrainConfig.max_steps: expected an int >= 0, got {self.max_steps!r}")
+        positive = ("batch_size", "log_every", "keep_checkpoints")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name}: expected an int >= 1, got {getattr(self, name)!r}")
@@ -204,7 +215,8 @@ class Trainer:
                  run_dir: str | Path, config: dict, extra: Optional[Callable[[], dict]] = None,
                  monitor: str = "loss", mode: str = "min", progress: bool = True,
                  shard: Optional[Callable[[Any, int, int], Any]] = None,
-                 stop_when: Optional[Callable[[dict], bool]] = None):
+                 stop_when: Optional[Callable[[dict], bool]] = None,
+                 clock: Callable[[], float] = time.perf_counter):
         if not isinstance(cfg, TrainConfig):
             raise ValueError(f"cfg: expected a TrainConfig, got {type(cfg).__name__}")
         if not isinstance(config, dict) or "model_class" not in config:
@@ -229,7 +241,13 @@ class Trainer:
         self.monitor, self.mode, self.progress = monitor, mode, progress
         self.shard = shard or D.shard_batch
         self.optimizer = _optimizer(model, cfg)
-        self.scheduler = WarmupDecayLR(self.optimizer, cfg.warmup_steps, cfg.max_steps, cfg.decay, cfg.min_lr_ratio)
+        # The schedule's horizon: max_steps, or (max_steps = 0) the plan fixed during the run.
+        self.plan: Optional[dict] = None  # {"total_steps", "warmup_steps", "step_seconds"} once fixed
+        self.scheduler = WarmupDecayLR(self.optimizer, cfg.warmup_steps, cfg.max_steps or UNPLANNED, cfg.decay,
+                                       cfg.min_lr_ratio)
+        self.clock = clock  # the training clock (tests pass a fake one)
+        self._step_seconds: list[float] = []  # this invocation's step times, until the plan is fixed
+        self._writer = None  # TensorBoard's SummaryWriter while fitting (rank 0)
         self.step = 0
         self.best: Optional[float] = None
         self.bad_evals = 0  # evaluations since the best one
@@ -253,7 +271,7 @@ class Trainer:
         if not (resume and self._resume()):
             random.seed(cfg.seed + rank)
             torch.manual_seed(cfg.seed + rank)
-        if self.stopped in FINAL_STOPS or self.step >= cfg.max_steps:
+        if self.stopped in FINAL_STOPS or self.step >= self.horizon:
             return self.summary()  # a finished run stays finished
         self.stopped = None
         net = self.model
@@ -263,10 +281,12 @@ class Trainer:
                        find_unused_parameters=cfg.find_unused_parameters)
         self.model.train()
         data = iter(self.batches)
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True,
-                   disable=not (self.progress and rank == 0))
+        bar = tqdm(total=None if self.horizon == UNPLANNED else self.horizon, initial=self.step, desc="train",
+                   dynamic_ncols=True, disable=not (self.progress and rank == 0))
         budget_end = self.train_time + cfg.max_time  # max_time counts this invocation only
-        running = time.perf_counter()  # the training clock runs from here to the next pause
+        started = self.train_time
+        self._open_writer()
+        running = self.clock()  # the training clock runs from here to the next pause
         try:
             while self.stopped is None:
                 batch, data = self._next_batch(data)
@@ -275,7 +295,13 @@ class Trainer:
                 for acc in (self._since_eval, self._window):
                     acc[0] += loss * count
                     acc[1] += count
-                self.train_time += time.perf_counter() - running  # the clock stops: what follows is not training
+                seconds = self.clock() - running  # the clock stops: what follows is not training
+                self.train_time += seconds
+                if self.horizon == UNPLANNED:
+                    self._step_seconds.append(seconds)
+                    if self.step >= PLAN_MIN_STEPS and (self.step >= cfg.warmup_steps
+                                                        or self.train_time - started >= 0.1 * cfg.max_time):
+                        self._fix_plan(budget_end - self.train_time, bar)
                 if self.step % cfg.log_every == 0:
                     entry = self._log_entry()
                     bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}",
@@ -287,16 +313,66 @@ class Trainer:
                 if self.stopped is None and cfg.max_time > 0:
                     if D.broadcast_object(self.train_time >= budget_end):  # rank 0's clock decides
                         self.stopped = "max_time"
-                if self.stopped is None and self.step >= cfg.max_steps:
+                if self.stopped is None and self.step >= self.horizon:
                     self.stopped = "max_steps"
                 if self.stopped is not None and self.evaluate_fn is not None and not evaluated:
                     self._evaluate(bar, final=True)  # the final score; no stop decision left to make
                 if self.stopped is not None or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
                     self.save()
-                running = time.perf_counter()
+                running = self.clock()
         finally:
             bar.close()
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
         return self.summary()
+
+    # ------------------------------------------------------------------ the schedule's horizon
+
+    @property
+    def horizon(self) -> int:
+        """The step the schedule ends at: max_steps, the plan's total, or UNPLANNED before the plan."""
+        if self.cfg.max_steps:
+            return self.cfg.max_steps
+        return self.plan["total_steps"] if self.plan is not None else UNPLANNED
+
+    def _fix_plan(self, seconds_left: float, bar) -> None:
+        """Fix the horizon (max_steps = 0) from the median step time so far, once, after warm-up.
+
+        total = step + seconds_left / median step time; the warm-up is cut to a tenth of that
+        total if the budget is too short for it. The plan is saved in every checkpoint, so a
+        resumed run follows the same schedule instead of measuring again; broadcast from rank 0
+        so every rank steps the same schedule.
+        """
+        plan = None
+        if D.is_main():
+            times = sorted(self._step_seconds[PLAN_SKIP_STEPS:])  # the first steps pay one-off costs
+            per = max(times[len(times) // 2], 1e-9)
+            total = self.step + max(1, int(seconds_left / per))
+            warmup = min(self.cfg.warmup_steps, max(self.step, total // 10))
+            plan = {"total_steps": total, "warmup_steps": warmup, "step_seconds": per}
+        self.plan = D.broadcast_object(plan)
+        self._step_seconds = []
+        self.scheduler.reconfigure(self.plan["warmup_steps"], self.plan["total_steps"], self.cfg.decay,
+                                   self.cfg.min_lr_ratio)
+        bar.total = self.plan["total_steps"]
+        bar.refresh()
+
+    def _open_writer(self) -> None:
+        if not (self.cfg.tensorboard and D.is_main()):
+            return
+        from torch.utils.tensorboard import SummaryWriter  # imported late: it loads tensorboard
+
+        self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+
+    def _scalars(self, prefix: str, values: dict) -> None:
+        """TensorBoard scalars at the current step (no-op without a writer)."""
+        if self._writer is None:
+            return
+        for k, v in values.items():
+            if isinstance(v, (int, float)) and math.isfinite(v) and k != "step":
+                self._writer.add_scalar(f"{prefix}/{k}", v, self.step)
+        self._writer.flush()
 
     def _next_batch(self, data: Iterator) -> tuple[Any, Iterator]:
         try:
@@ -315,6 +391,7 @@ class Trainer:
                  "train_time": self.train_time}
         self.log.append(entry)
         self._window, self._window_start = [0.0, 0.0], self.train_time
+        self._scalars("train", entry)
         return entry
 
     def _train_step(self, net: nn.Module, batch: Any, rank: int, world: int) -> tuple[float, float]:
@@ -387,6 +464,7 @@ class Trainer:
         metrics, best, bad, entry, stop, better = D.broadcast_object(decision)
         self.metrics, self.best, self.bad_evals = metrics, best, bad
         self.history.append(entry)
+        self._scalars("validation", entry)
         self._since_eval = [0.0, 0.0]
         if better and self.cfg.keep_best:
             self.save_best()
@@ -400,7 +478,7 @@ class Trainer:
                 "history": self.history, "log": self.log, "stopped": self.stopped,
                 "data": self.batches.state_dict(), "since_eval": self._since_eval, "window": self._window,
                 "train_time": self.train_time, "window_start": self._window_start,
-                "train_config": self.cfg.to_dict(), "world_size": D.get_world_size()}
+                "train_config": self.cfg.to_dict(), "world_size": D.get_world_size(), "plan": self.plan}
 
     def _extra(self) -> dict:
         """``extra()``'s JSON plus the trainer's state, for a checkpoint."""
@@ -447,8 +525,15 @@ class Trainer:
         self.model.load_state_dict(ckpt.model_state)
         restore_training(ckpt, optimizer=self.optimizer, scheduler=self.scheduler, rng=True)
         # The saved schedule is back; the current config's horizon wins (e.g. more max_steps
-        # to train longer). Unchanged settings rewrite the same rates, so resume stays exact.
-        self.scheduler.reconfigure(self.cfg.warmup_steps, self.cfg.max_steps, self.cfg.decay, self.cfg.min_lr_ratio)
+        # to train longer), else the saved plan of a time-budgeted run. Unchanged settings
+        # rewrite the same rates, so resume stays exact.
+        self.plan = ts.get("plan")
+        if self.cfg.max_steps or self.plan is None:
+            self.scheduler.reconfigure(self.cfg.warmup_steps, self.cfg.max_steps or UNPLANNED, self.cfg.decay,
+                                       self.cfg.min_lr_ratio)
+        else:
+            self.scheduler.reconfigure(self.plan["warmup_steps"], self.plan["total_steps"], self.cfg.decay,
+                                       self.cfg.min_lr_ratio)
         self.batches.load_state_dict(ts["data"])
         self.step, self.best, self.bad_evals = ts["step"], ts["best"], ts["bad_evals"]
         self.metrics, self.history, self.log, self.stopped = ts["metrics"], ts["history"], ts["log"], ts["stopped"]
@@ -469,6 +554,7 @@ class Trainer:
     def summary(self) -> dict:
         best_path = best_checkpoint(self.run_dir) if D.is_main() else None
         return {"step": self.step, "metrics": self.metrics, "best": self.best, "history": self.history,
+                "plan": self.plan,
                 "stopped": self.stopped or "max_steps", "log": self.log, "train_time": self.train_time,
                 "best_checkpoint": None if best_path is None else str(best_path)}
 

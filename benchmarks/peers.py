@@ -1,0 +1,445 @@
+"""seqlab's language models against the programs people would otherwise run, at equal training time.
+
+    python benchmarks/peers.py                         # embedded corpus, 600 s each, six models (~65 min)
+    python benchmarks/peers.py --budget 120 --models lstm-peer,lstm
+    python benchmarks/peers.py --data my.txt --budget 300
+
+**Data.** One text (``--data FILE``, default: the first ``--chars`` characters of the embedded
+standard-library documentation corpus) split at 90%: the last 10% is the validation text, the same
+for every program. Every program trains at about ``--params`` parameters for ``--budget`` seconds
+of training, one after the other in this process on the same threads; each clock pauses while its
+program evaluates, so evaluation costs nobody training time.
+
+**Peers**, written here from their published recipes (they share no code with seqlab):
+
+* ``lstm-peer``: pytorch/examples' ``word_language_model`` with characters as tokens. Embedding ->
+  2-layer LSTM -> Linear tied to the embedding, dropout 0.2, plain SGD at lr 20 with gradient
+  norm clipped to 0.25, bptt 64, batch 16, the hidden state carried (detached) from batch to batch,
+  lr / 4 after every epoch whose validation loss did not improve. Scored with the state carried
+  through the whole validation text (10 rows).
+* ``gpt-peer``: nanoGPT's ``model.py`` at its README's CPU "baby GPT" settings: 4 layers, 4 heads,
+  block 64, batch 12, no dropout, no biases, learned positions, tied output; AdamW (betas 0.9/0.99,
+  weight decay 0.1 on matrices), lr 1e-3, 100 warm-up iterations, cosine to 1e-4 at ``max_iters``,
+  clip 1.0. The width is set to the parameter target (the recipe's 128 gives 0.8M), and
+  ``max_iters`` is fitted to the budget from the step time measured over its first iterations, as a
+  user with a time budget would. Scored on non-overlapping 64-character blocks of the validation text.
+
+**seqlab**: ``seqlab train lm --data TRAIN --valid VALID --arch A --max-time BUDGET`` on its own
+defaults for that arch (its printed settings, sizes included), then the best checkpoint scored on
+the whole validation text as ``seqlab eval RUN/best --split validation`` does.
+
+Reported: validation loss in nats per token (characters; seqlab's stream has one ``<eos>`` token
+per paragraph break where the peers see two newlines) at the budget, the curve of validation loss
+against training seconds, tokens/s. Writes ``--json``, a PNG plot (``--plot``) and, with
+``--markdown``, this script's section of ``benchmarks/RESULTS.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+try:
+    import seqlab  # noqa: F401
+except ImportError:  # run from a checkout without installing: python benchmarks/peers.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+MODELS = ("lstm-peer", "gpt-peer", "rnn", "lstm", "gru", "transformer")
+
+
+# ----------------------------------------------------------------------------
+# Data
+
+
+def load_text(path: Optional[str], chars: int) -> str:
+    if path is None:
+        from seqlab.data.corpus import stdlib_corpus
+        return stdlib_corpus().train[:chars]
+    return Path(path).read_text(encoding="utf-8")
+
+
+class CharData:
+    """The text's characters as ids (vocabulary from the training part), split at 90%."""
+
+    def __init__(self, text: str, valid_fraction: float = 0.1):
+        cut = int(len(text) * (1 - valid_fraction))
+        self.train_text, self.valid_text = text[:cut], text[cut:]
+        chars = sorted(set(self.train_text))
+        self.stoi = {c: i + 1 for i, c in enumerate(chars)}  # 0: a character the training part lacks
+        self.vocab_size = len(chars) + 1
+        self.train = self.encode(self.train_text)
+        self.valid = self.encode(self.valid_text)
+
+    def encode(self, text: str) -> torch.Tensor:
+        return torch.tensor([self.stoi.get(c, 0) for c in text], dtype=torch.long)
+
+
+class Clock:
+    """Training seconds: runs between ``start`` and ``stop``; evaluation happens while it is stopped."""
+
+    def __init__(self):
+        self.total, self._t0 = 0.0, None
+
+    def start(self):
+        self._t0 = time.perf_counter()
+
+    def stop(self):
+        self.total += time.perf_counter() - self._t0
+        self._t0 = None
+
+    def now(self) -> float:
+        return self.total + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
+
+
+# ----------------------------------------------------------------------------
+# Peer 1: pytorch/examples word_language_model, characters as tokens
+
+
+class RNNModel(nn.Module):
+    """Encoder (embedding) -> LSTM -> decoder (tied), as in word_language_model's model.py."""
+
+    def __init__(self, ntoken: int, nhid: int, nlayers: int, dropout: float):
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.encoder = nn.Embedding(ntoken, nhid)
+        self.rnn = nn.LSTM(nhid, nhid, nlayers, dropout=dropout)
+        self.decoder = nn.Linear(nhid, ntoken)
+        self.decoder.weight = self.encoder.weight  # tied: emsize == nhid
+        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+
+    def forward(self, x, hidden):  # x (T, B)
+        emb = self.drop(self.encoder(x))  # (T, B, H)
+        out, hidden = self.rnn(emb, hidden)  # (T, B, H)
+        return self.decoder(self.drop(out)), hidden  # (T, B, V)
+
+
+def batchify(ids: torch.Tensor, bsz: int) -> torch.Tensor:
+    n = ids.numel() // bsz
+    return ids[: n * bsz].view(bsz, n).t().contiguous()  # (N/B, B): column b is a contiguous row of the text
+
+
+def run_lstm_peer(data: CharData, budget: float, params: int, eval_every: float, seed: int) -> dict:
+    torch.manual_seed(seed)
+    nhid = _fit_width(lambda h: RNNModel(data.vocab_size, h, 2, 0.2), params, step=8)
+    model = RNNModel(data.vocab_size, nhid, 2, 0.2)
+    bptt, bsz, lr, clip = 64, 16, 20.0, 0.25
+    train = batchify(data.train, bsz)  # (N/16, 16)
+    valid = batchify(data.valid, 10)  # (N/10, 10)
+
+    @torch.no_grad()
+    def evaluate() -> float:
+        model.eval()
+        total, count, hidden = 0.0, 0, None
+        for i in range(0, valid.size(0) - 1, bptt):
+            x, y = valid[i:i + bptt], valid[i + 1:i + 1 + bptt]
+            x = x[: y.size(0)]
+            out, hidden = model(x, hidden)
+            total += F.cross_entropy(out.view(-1, out.size(-1)), y.reshape(-1), reduction="sum").item()
+            count += y.numel()
+        model.train()
+        return total / count
+
+    clock, curve, tokens = Clock(), [(0.0, evaluate())], 0
+    best_val, next_eval, done = math.inf, eval_every, False
+    model.train()
+    clock.start()
+    while not done:
+        hidden = None
+        for i in range(0, train.size(0) - 1, bptt):
+            x, y = train[i:i + bptt], train[i + 1:i + 1 + bptt]
+            x = x[: y.size(0)]
+            hidden = None if hidden is None else tuple(h.detach() for h in hidden)
+            model.zero_grad()
+            out, hidden = model(x, hidden)
+            loss = F.cross_entropy(out.view(-1, out.size(-1)), y.reshape(-1))
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(p.grad, alpha=-lr)
+            tokens += y.numel()
+            if clock.now() >= budget:
+                done = True
+                break
+            if clock.now() >= next_eval:
+                clock.stop()
+                curve.append((clock.total, evaluate()))
+                next_eval += eval_every
+                clock.start()
+        clock.stop()
+        val = evaluate()  # the recipe's end-of-epoch validation, which drives the annealing
+        curve.append((clock.total, val))
+        if val < best_val:
+            best_val = val
+        else:
+            lr /= 4.0
+        clock.start()
+    clock.stop()
+    final = evaluate()
+    return {"params": _count(model), "width": nhid, "curve": curve, "final": final, "train_s": clock.total,
+            "tokens_per_s": tokens / clock.total, "settings": {"bptt": bptt, "batch": bsz, "sgd_lr": 20.0,
+                                                               "final_lr": lr, "clip": clip, "dropout": 0.2}}
+
+
+# ----------------------------------------------------------------------------
+# Peer 2: a nanoGPT-style GPT
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, nhead: int):
+        super().__init__()
+        self.nhead = nhead
+        self.ln_1, self.ln_2 = nn.LayerNorm(d, bias=False), nn.LayerNorm(d, bias=False)
+        self.c_attn = nn.Linear(d, 3 * d, bias=False)
+        self.c_proj = nn.Linear(d, d, bias=False)
+        self.c_fc = nn.Linear(d, 4 * d, bias=False)
+        self.mlp_proj = nn.Linear(4 * d, d, bias=False)
+
+    def forward(self, x):  # (B, T, C)
+        B, T, C = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)  # (B, T, C) each
+        q, k, v = (t.view(B, T, self.nhead, C // self.nhead).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        x = x + self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))  # (B, T, C)
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab: int, block: int, n_layer: int, nhead: int, d: int):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(block, d)
+        self.blocks = nn.ModuleList(Block(d, nhead) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(d, bias=False)
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * n_layer) if name.endswith(("c_proj.weight", "mlp_proj.weight")) else 0.02
+                nn.init.normal_(p, std=std)
+
+    def forward(self, idx):  # (B, T)
+        x = self.wte(idx) + self.wpe(torch.arange(idx.size(1)))  # (B, T, C)
+        for b in self.blocks:
+            x = b(x)
+        return self.lm_head(self.ln_f(x))  # (B, T, V)
+
+
+def run_gpt_peer(data: CharData, budget: float, params: int, eval_every: float, seed: int) -> dict:
+    torch.manual_seed(seed)
+    block, batch, n_layer, nhead = 64, 12, 4, 4
+    d = _fit_width(lambda w: GPT(data.vocab_size, block, n_layer, nhead, w), params, step=nhead * 4)
+    model = GPT(data.vocab_size, block, n_layer, nhead, d)
+    lr, min_lr, warmup = 1e-3, 1e-4, 100
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.99))
+    gen = torch.Generator().manual_seed(seed)
+
+    def get_batch():
+        ix = torch.randint(data.train.numel() - block - 1, (batch,), generator=gen)
+        x = torch.stack([data.train[i:i + block] for i in ix.tolist()])  # (B, T)
+        y = torch.stack([data.train[i + 1:i + 1 + block] for i in ix.tolist()])
+        return x, y
+
+    @torch.no_grad()
+    def evaluate() -> float:
+        model.eval()
+        n = (data.valid.numel() - 1) // block
+        x = data.valid[: n * block].view(n, block)  # (N, T) non-overlapping blocks
+        y = data.valid[1: n * block + 1].view(n, block)
+        total = 0.0
+        for i in range(0, n, 64):
+            logits = model(x[i:i + 64])
+            total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y[i:i + 64].reshape(-1),
+                                     reduction="sum").item()
+        model.train()
+        return total / y.numel()
+
+    def lr_at(it: int, max_iters: int) -> float:
+        if it < warmup:
+            return lr * (it + 1) / (warmup + 1)
+        ratio = min(1.0, (it - warmup) / max(1, max_iters - warmup))
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+    clock, curve, tokens = Clock(), [(0.0, evaluate())], 0
+    max_iters, it, next_eval, step_times = None, 0, eval_every, []
+    model.train()
+    clock.start()
+    while clock.now() < budget and (max_iters is None or it < max_iters):
+        t0 = time.perf_counter()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(it, max_iters or 10 ** 9)
+        x, y = get_batch()
+        logits = model(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        it += 1
+        tokens += y.numel()
+        step_times.append(time.perf_counter() - t0)
+        if max_iters is None and it == 50:  # fit the cosine to the budget from the measured step time
+            per = sorted(step_times[5:])[len(step_times[5:]) // 2]
+            max_iters = it + int((budget - clock.now()) / per)
+        if clock.now() >= next_eval:
+            clock.stop()
+            curve.append((clock.total, evaluate()))
+            next_eval += eval_every
+            clock.start()
+    clock.stop()
+    final = evaluate()
+    curve.append((clock.total, final))
+    return {"params": _count(model), "width": d, "curve": curve, "final": final, "train_s": clock.total,
+            "tokens_per_s": tokens / clock.total, "settings": {"block": block, "batch": batch, "layers": n_layer,
+                                                               "heads": nhead, "lr": lr, "iters": it,
+                                                               "max_iters": max_iters}}
+
+
+# ----------------------------------------------------------------------------
+# seqlab
+
+
+def run_seqlab(arch: str, train_path: Path, valid_path: Path, budget: float, out: Path, seed: int,
+               settings: dict) -> dict:
+    from seqlab.apps import load_run, train_run
+    from seqlab.models import count_parameters
+
+    run_dir = out / f"seqlab-{arch}"
+    result = train_run("lm", arch=arch, data=str(train_path), valid=str(valid_path), out=run_dir, force=True,
+                       settings={"max_time": float(budget), "seed": seed, "eval_tokens": 0, **settings},
+                       progress=False)
+    best = load_run(run_dir / "best") if (run_dir / "best").exists() else load_run(run_dir)
+    final = best.app.evaluate(best.model, "validation")
+    log = result.get("log") or []
+    tok_s = sorted(e["tokens_per_s"] for e in log)[len(log) // 2] if log else float("nan")
+    curve = [(h["train_time"], h["loss"]) for h in result["history"]]
+    return {"params": count_parameters(best.model), "curve": curve, "final": final["loss"],
+            "train_s": result["train_time"], "tokens_per_s": tok_s, "settings": result.get("settings", {}),
+            "steps": result["step"], "stopped": result["stopped"]}
+
+
+# ----------------------------------------------------------------------------
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # tied weights are listed once
+
+
+def _fit_width(build: Callable[[int], nn.Module], target: int, step: int) -> int:
+    return min(range(step, 1025, step), key=lambda w: abs(_count(build(w)) - target))
+
+
+def at_time(curve: list, t: float) -> float:
+    """The curve's last value at or before ``t`` seconds."""
+    vals = [v for s, v in curve if s <= t + 1e-9]
+    return vals[-1] if vals else float("nan")
+
+
+def plot(results: dict, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, r in results.items():
+        xs, ys = zip(*r["curve"])
+        ax.plot(xs, ys, marker=".", label=f"{name} ({r['params'] / 1e6:.2f}M, {r['tokens_per_s']:.0f} tok/s)",
+                linestyle="--" if name.endswith("-peer") else "-")
+    ax.set_xlabel("training seconds")
+    ax.set_ylabel("validation loss (nats/char)")
+    lo = min(min(v for _, v in r["curve"]) for r in results.values())
+    ax.set_ylim(lo - 0.05, min(3.5, max(r["curve"][min(1, len(r["curve"]) - 1)][1] for r in results.values()) + 0.1))
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def table(results: dict, budget: float) -> str:
+    lines = ["| program | params | tokens/s | val loss at 25% | at 50% | at budget (whole split, best) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['params']:,} | {r['tokens_per_s']:.0f} | {at_time(r['curve'], budget / 4):.4f} | "
+                     f"{at_time(r['curve'], budget / 2):.4f} | **{r['final']:.4f}** |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=None, help="a UTF-8 text file (default: the embedded stdlib corpus)")
+    p.add_argument("--chars", type=int, default=550_000, help="characters of the embedded corpus (default 550000)")
+    p.add_argument("--budget", type=float, default=600.0, help="training seconds per program (default 600)")
+    p.add_argument("--params", type=int, default=1_000_000, help="parameter target of the peers (default 1M)")
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
+    p.add_argument("--evals", type=int, default=10, help="curve points per program (default 10)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra seqlab settings for every seqlab model (to try settings; the table is for defaults)")
+    p.add_argument("--json", default="runs/peers.json")
+    p.add_argument("--plot", default="runs/peers.png")
+    p.add_argument("--runs", default=None, help="where seqlab's run directories go (default: a temporary folder)")
+    args = p.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    bad = [m for m in models if m not in MODELS]
+    if bad or not models:
+        p.error(f"--models expects a comma-separated subset of {','.join(MODELS)}, got {args.models!r}")
+    if args.budget <= 0:
+        p.error(f"--budget must be > 0, got {args.budget}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from seqlab.apps.base import parse_overrides
+    extra = parse_overrides(args.set)
+
+    text = load_text(args.data, args.chars)
+    data = CharData(text)
+    results: dict = {}
+    every = args.budget / args.evals
+    with tempfile.TemporaryDirectory(prefix="seqlab-peers-") as tmp:
+        out = Path(args.runs) if args.runs else Path(tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        train_path, valid_path = out / "train.txt", out / "valid.txt"
+        train_path.write_text(data.train_text, encoding="utf-8")
+        valid_path.write_text(data.valid_text, encoding="utf-8")
+        for name in models:
+            t0 = time.perf_counter()
+            if name == "lstm-peer":
+                r = run_lstm_peer(data, args.budget, args.params, every, args.seed)
+            elif name == "gpt-peer":
+                r = run_gpt_peer(data, args.budget, args.params, every, args.seed)
+            else:
+                r = run_seqlab(name, train_path, valid_path, args.budget, out, args.seed, extra)
+            r["wall_s"] = time.perf_counter() - t0
+            results[name] = r
+            print(f"{name}: {r['params']:,} params, {r['tokens_per_s']:.0f} tok/s, {r['train_s']:.0f} s -> "
+                  f"validation {r['final']:.4f} nats/char", file=sys.stderr, flush=True)
+    cpu = platform.processor() or platform.machine()
+    header = (f"{len(text):,} characters ({'embedded stdlib corpus' if args.data is None else args.data}), last 10% "
+              f"validation; {args.budget:g} training seconds each; torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads, {cpu}")
+    print(header + "\n\n" + table(results, args.budget))
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"header": header, "budget_s": args.budget, "results": results}, indent=1) + "\n")
+    plot(results, Path(args.plot), header)
+    print(f"\nwrote {path} and {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
