@@ -273,7 +273,9 @@ def test_lm_cell_curve_is_bpc_against_training_time(eval_every):
     h = rec["history"]
     assert h[0] == {"step": 0, "time": 0.0, "bpc": h[0]["bpc"]} and h[-1]["step"] == rec["steps"]
     assert [x["step"] for x in h] == sorted({x["step"] for x in h})  # one point per evaluation, in order
-    assert [x["time"] for x in h] == sorted(x["time"] for x in h) and h[-1]["time"] == rec["train_time"] >= 0.4
+    assert [x["time"] for x in h] == sorted(x["time"] for x in h) and h[-1]["time"] == rec["train_time"]
+    # the budget ends the run, or the schedule fitted to it does, a step or so earlier
+    assert rec["train_time"] >= 0.4 if rec["stopped"] == "max_time" else rec["stopped"] == "max_steps"
     # every eval_every steps (3, or chosen from the measured step time for about eval_points), and at the end
     assert rec["eval_every"] == (eval_every or rec["eval_every"]) >= 1
     assert [x["step"] for x in h[1:-1]] == list(range(rec["eval_every"], rec["steps"], rec["eval_every"]))

@@ -181,10 +181,12 @@ def _eval(args: argparse.Namespace) -> int:
     metrics = run.app.evaluate(run.model, args.split, **kwargs)
     if args.json:
         print(json.dumps({"run": str(args.dir), "kind": run.kind, "step": run.checkpoint.step, "split": args.split,
-                          "metrics": metrics}))
+                          "scoring": run.app.scoring(run.model), "metrics": metrics}))
     else:
         print(f"{run.kind} run {args.dir}, step {run.checkpoint.step}, split {args.split}")
         print(_table(metrics))
+        if run.app.scoring(run.model):
+            print(run.app.scoring(run.model))
     return 0
 
 
@@ -220,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "layer_norm, recurrent_dropout, zoneout, forget_bias, nhead, dim_feedforward, max_len, "
                               "tie_weights, pooling, attention), training's (max_steps, batch_size, lr, weight_decay, "
                               "warmup_steps, decay, min_lr_ratio, clip_norm, eval_every, checkpoint_every, patience, "
-                              "seed, log_every, max_time, keep_checkpoints, keep_best, find_unused_parameters, tensorboard) and "
+                              "seed, log_every, max_time, keep_checkpoints, keep_best, find_unused_parameters, tensorboard, clock) and "
                               "the data's (n_train, n_valid, n_test, data_seed, level, min_freq, max_vocab, format; "
                               "lm: bptt, carry_state, eval_tokens, eval_rows; seq2seq: teacher_forcing, beam, "
                               "eval_examples, max_decode_len; generate: n_samples). Example: seqlab train seq2seq "

@@ -274,6 +274,10 @@ class App:
                  ) -> dict[str, float]:
         raise NotImplementedError
 
+    def scoring(self, model: nn.Module) -> str:
+        """How ``evaluate`` scores a split, in words, where that is not obvious ('' if it is)."""
+        return ""
+
 
 # ----------------------------------------------------------------------------
 # Settings: TOML files and key=value overrides

@@ -229,6 +229,13 @@ class LMApp(App):
             count += n
         return total, count
 
+    def scoring(self, model: nn.Module) -> str:
+        o, raw = self.options, unwrap(model)
+        how = ("the state carried from window to window" if self.carries(raw.config.arch)
+               else "non-overlapping windows, each from an empty context")
+        return (f"scored in {o.eval_rows} parallel segments of the split, in windows of {o.bptt} tokens with {how}; "
+                f"during training {o.eval_tokens or 'all'} tokens of it, in segments spread over it")
+
     def evaluate(self, model: nn.Module, split: str = "validation", *, during_training: bool = False
                  ) -> dict[str, float]:
         from seqlab.train.metrics import bits_per_char, perplexity

@@ -2,10 +2,12 @@ r"""Character-level language modelling on the embedded stdlib corpus: bits per c
 training time and against parameters.
 
 Every architecture is a :class:`seqlab.models.LanguageModel` of the same embedding size, untied
-output, its width chosen so the parameter count is closest to the target. Training walks the first
-``train_chars`` of the training split as ``batch_size`` parallel rows, in windows of ``context + 1``
-characters (:class:`seqlab.data.BPTTBatcher`), from a fresh zero state for each window, so every
-architecture sees the same context of at most ``context`` characters. Validation bits per
+output, its width chosen so the parameter count is closest to the target. Every architecture is
+trained the way ``seqlab train lm`` trains the transformer, as GPT models are: independent windows
+of ``context + 1`` characters of the first ``train_chars`` of the training split, cut at a random
+phase each epoch and served in a random order (:class:`seqlab.data.WindowSampler`), each from a
+fresh zero state, so every architecture sees the same context of at most ``context`` characters
+and the verdicts compare architectures, not training recipes. Validation bits per
 character are measured on non-overlapping windows of the first ``valid_chars`` of the validation
 split, before training and every ``eval_every`` steps:
 
@@ -13,8 +15,9 @@ split, before training and every ``eval_every`` steps:
 
 The loop is :class:`seqlab.train.Trainer` with ``max_time = budget``: its clock counts training
 only (evaluation and checkpoints excluded) and stamps ``train_time`` on every evaluation, which
-is the time axis of the curve. The optimiser is plain Adam at a constant rate (AdamW with no
-decay, no warm-up), since a time budget has no step count for a schedule to end at.
+is the time axis of the curve. The optimiser is AdamW without weight decay, with ``train lm``'s
+schedule for a time budget: a linear warm-up, then a cosine whose horizon the trainer fixes from
+the step time it measures during the warm-up (``max_steps = 0``).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..data import BPTTBatcher, Vocab, stdlib_corpus
+from ..data import Vocab, WindowSampler, stdlib_corpus
 from ..models import ModelConfig, build_model
 from ..models.lm import next_token_nll
 from ..train import TrainConfig, Trainer
@@ -46,7 +49,8 @@ class LMCellConfig:
     nhead: int = 4
     context: int = 128              # characters per training window
     batch_size: int = 32
-    lr: float = 3e-3                # Adam; transformer lr * transformer_lr_scale
+    lr: float = 3e-3                # peak rate; transformer lr * transformer_lr_scale
+    warmup_steps: int = 50
     transformer_lr_scale: float = 0.33
     clip_norm: float = 1.0
     budget: float = 60.0            # seconds of training (evaluation excluded)
@@ -161,14 +165,14 @@ def train_lm(cfg: LMCellConfig, *, tick: Optional[Callable[[float], None]] = Non
     mcfg = matched_lm_config(cfg, len(vocab))
     torch.manual_seed(cfg.seed)
     model = build_model(mcfg)
-    batches = BPTTBatcher(train, cfg.batch_size, cfg.context)
-    eval_every = _steps_per_eval(cfg, model, next(iter(BPTTBatcher(train, cfg.batch_size, cfg.context))))
+    batches = WindowSampler(train, cfg.batch_size, cfg.context, seed=cfg.seed)
+    eval_every = _steps_per_eval(cfg, model, next(iter(WindowSampler(train, cfg.batch_size, cfg.context))))
     tcfg = TrainConfig(
-        max_steps=10 ** 9,  # the budget ends the run
+        max_steps=0,  # the budget ends the run, and the schedule is fitted to it
         batch_size=cfg.batch_size, lr=cfg.lr * (cfg.transformer_lr_scale if cfg.arch == "transformer" else 1.0),
-        weight_decay=0.0, warmup_steps=0, decay="constant", clip_norm=cfg.clip_norm, eval_every=eval_every,
-        checkpoint_every=0, seed=cfg.seed, log_every=eval_every, max_time=cfg.budget, keep_checkpoints=1,
-        keep_best=False)
+        weight_decay=0.0, warmup_steps=cfg.warmup_steps, decay="cosine", clip_norm=cfg.clip_norm,
+        eval_every=eval_every, checkpoint_every=0, seed=cfg.seed, log_every=eval_every, max_time=cfg.budget,
+        keep_checkpoints=1, keep_best=False, tensorboard=False)
     tokens = [0]
 
     def loss_fn(net, window):
@@ -197,6 +201,7 @@ def train_lm(cfg: LMCellConfig, *, tick: Optional[Callable[[float], None]] = Non
         "params": sum(p.numel() for p in model.parameters()),
         "vocab_size": len(vocab),
         "steps": result["step"],
+        "stopped": result["stopped"],  # max_time, or max_steps: the schedule fitted to the budget ended first
         "eval_every": eval_every,
         "train_time": round(result["train_time"], 3),
         "tokens_per_s": tokens[0] / max(result["train_time"], 1e-9),

@@ -1,4 +1,4 @@
-"""The training loop. It has nothing to do with any particular model.
+r"""The training loop. It has nothing to do with any particular model.
 
 The trainer knows three things about the task, all passed in by the caller:
 
@@ -35,6 +35,19 @@ while the trainer evaluates and writes checkpoints. ``train_time`` (seconds, cum
 resumes) is stamped on every history entry (one per evaluation) and log entry, ``max_time``
 and the log's units per second count the same clock, so "validation metric against training
 seconds" curves and time budgets do not depend on how often or how slowly one evaluates.
+The clock is wall time, or (``clock = "cpu"``) the process's CPU time, which other work on a
+shared machine does not stretch.
+
+A time budget without a step count (``max_steps = 0``, ``max_time > 0``) still gets a whole
+schedule: at the end of the warm-up (after at least ``PLAN_MIN_STEPS`` steps, or once a tenth of
+the budget is spent) the trainer fixes the horizon from the median step time so far,
+
+.. math:: S = t + \left\lfloor \frac{\text{max\_time} - \text{train\_time}}{\text{median step time}} \right\rfloor
+
+(the warm-up cut to at most S/10 if the budget is short), and decays to the end of the budget.
+The plan is saved in every checkpoint, so a resumed run follows it instead of measuring again.
+Rank 0 writes the log and the evaluations as TensorBoard scalars in ``RUN/tensorboard``
+(``tensorboard = True``): ``tensorboard --logdir runs/`` shows every run's curves.
 """
 from __future__ import annotations
 
@@ -57,6 +70,7 @@ from .checkpoint import (CheckpointError, best_checkpoint, latest_checkpoint, lo
 from .schedule import DECAYS, WarmupDecayLR
 
 STOPS = ("max_steps", "early_stop", "goal", "max_time")
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 UNPLANNED = 2 ** 62  # the horizon of a time-budgeted run before its plan is fixed: the rate stays at its peak
 PLAN_MIN_STEPS = 20  # a time-budgeted run fixes its plan after at least this many steps ...
 PLAN_SKIP_STEPS = 5  # ... leaving out the first few, which pay for allocation and lazy set-up
@@ -87,6 +101,9 @@ class TrainConfig:
     seed: int = 0  # seeds Python's and torch's RNGs (rank r uses seed + r) at the start of a fresh run
     log_every: int = 10  # steps between progress-bar updates and entries of the training log
     max_time: float = 0.0  # training seconds in this invocation, evaluation and checkpoints excluded; 0 = no limit
+    # what max_time and train_time count: "wall" seconds, or "cpu" seconds of this process (all its
+    # threads), which a busy shared machine does not stretch (use one thread to compare with wall time)
+    clock: str = "wall"
     keep_checkpoints: int = 2  # the newest ones kept on disk
     keep_best: bool = True  # when evaluating: also keep the best-scoring weights (RUN/best -> best-STEP)
     # under torchrun: DDP's option for a model whose loss leaves some parameters unused (an extra
@@ -122,6 +139,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name}: expected a value >= 0, got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr: expected a number > 0, got {self.lr!r}")
+        if self.clock not in CLOCKS:
+            raise ValueError(f"TrainConfig.clock: expected one of {list(CLOCKS)}, got {self.clock!r}")
         if self.decay not in DECAYS:
             raise ValueError(f"TrainConfig.decay: expected one of {list(DECAYS)}, got {self.decay!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -216,7 +235,7 @@ class Trainer:
                  monitor: str = "loss", mode: str = "min", progress: bool = True,
                  shard: Optional[Callable[[Any, int, int], Any]] = None,
                  stop_when: Optional[Callable[[dict], bool]] = None,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Optional[Callable[[], float]] = None):
         if not isinstance(cfg, TrainConfig):
             raise ValueError(f"cfg: expected a TrainConfig, got {type(cfg).__name__}")
         if not isinstance(config, dict) or "model_class" not in config:
@@ -245,7 +264,7 @@ class Trainer:
         self.plan: Optional[dict] = None  # {"total_steps", "warmup_steps", "step_seconds"} once fixed
         self.scheduler = WarmupDecayLR(self.optimizer, cfg.warmup_steps, cfg.max_steps or UNPLANNED, cfg.decay,
                                        cfg.min_lr_ratio)
-        self.clock = clock  # the training clock (tests pass a fake one)
+        self.clock = clock or CLOCKS[cfg.clock]  # the training clock (tests pass a fake one)
         self._step_seconds: list[float] = []  # this invocation's step times, until the plan is fixed
         self._writer = None  # TensorBoard's SummaryWriter while fitting (rank 0)
         self.step = 0
