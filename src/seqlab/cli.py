@@ -19,8 +19,11 @@ flags for the common ones. An unknown key stops the run. Under
 ``torchrun --nproc_per_node N -m seqlab.cli train ...`` the trainer runs data-parallel.
 
 Errors the user can fix (a missing or malformed file, an unknown task, arch or key, a run
-directory without a checkpoint or of another kind, an unknown label) print ONE line on stderr
-and exit with status 2; anything else is a bug and keeps its traceback.
+directory without a checkpoint, of another kind or locked by another writer, an unknown label, a
+full or read-only disk, a diverged training) print ONE line on stderr and exit with status 2;
+anything else is a bug and keeps its traceback. Warnings (labels training never shows, prompt
+characters outside the vocabulary) are one ``seqlab CMD: warning: ...`` line each. SIGINT and
+SIGTERM during training save a checkpoint and exit 130 / 143 (see seqlab.train.loop).
 """
 from __future__ import annotations
 
@@ -28,14 +31,17 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+import warnings
 from typing import Any, Optional, Sequence
 
 import seqlab
 from seqlab.experiments.cli import add_compare_parser, add_explain_parser
+from seqlab.models.config import ARCHS, KINDS
 
-KINDS = ("lm", "classify", "tag", "seq2seq", "generate")
-ARCHS = ("rnn", "lstm", "gru", "transformer", "mingru", "minlstm")
+SEED_LIMIT = 2 ** 32  # as seqlab.apps.base.SEED_LIMIT, which imports torch
+
 # The flags that stand for common settings: flag dest -> setting key.
 SETTING_FLAGS = {"max_steps": "max_steps", "batch_size": "batch_size", "lr": "lr", "attention": "attention",
                  "hidden_size": "hidden_size", "num_layers": "num_layers", "max_time": "max_time", "seed": "seed"}
@@ -90,9 +96,14 @@ def _train(args: argparse.Namespace) -> int:
             settings[key] = value
     if args.task is not None and args.data is not None:
         raise UsageError(f"give --task or --data, not both; got --task {args.task} and --data {args.data}")
+
     result = train_run(args.kind, arch=args.arch, task=args.task, data=args.data, valid=args.valid, test=args.test,
                        settings=settings, out=args.out, resume=args.resume, force=args.force,
                        progress=not args.quiet)
+    if result.get("stopped") == "interrupted":
+        if _is_main_process():
+            print(f"interrupted at step {result.get('step')}: saved; --resume to continue", file=sys.stderr)
+        return 128 + int(result.get("signal") or signal.SIGINT)
     if _is_main_process():
         print(f"{args.kind}: {result.get('parameters', 0):,} parameters, stopped at step {result.get('step')} "
               f"({result.get('stopped')}); run saved in {args.out}")
@@ -107,12 +118,20 @@ def _train(args: argparse.Namespace) -> int:
 def _check_sampling(args: argparse.Namespace) -> None:
     from seqlab.apps import ConfigError
 
-    if args.temperature <= 0:
-        raise ConfigError(f"--temperature must be > 0, got {args.temperature}")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise ConfigError(f"--temperature must be a finite number > 0, got {args.temperature}")
     if args.top_k is not None and args.top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
+    _check_seed(args.seed)
+
+
+def _check_seed(seed: Optional[int]) -> None:
+    from seqlab.apps import ConfigError
+
+    if seed is not None and not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"--seed must be in [0, 2**32), got {seed}")
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -180,8 +199,11 @@ def _eval(args: argparse.Namespace) -> int:
         kwargs["beam"] = args.beam
     metrics = run.app.evaluate(run.model, args.split, **kwargs)
     if args.json:
-        print(json.dumps({"run": str(args.dir), "kind": run.kind, "step": run.checkpoint.step, "split": args.split,
-                          "scoring": run.app.scoring(run.model), "metrics": metrics}))
+        from seqlab.apps.base import finite_json
+
+        print(json.dumps(finite_json({"run": str(args.dir), "kind": run.kind, "step": run.checkpoint.step,
+                                      "split": args.split, "scoring": run.app.scoring(run.model),
+                                      "metrics": metrics}), allow_nan=False))
     else:
         print(f"{run.kind} run {args.dir}, step {run.checkpoint.step}, split {args.split}")
         print(_table(metrics))
@@ -205,28 +227,40 @@ def _table(metrics: dict[str, float]) -> str:
 # The parser
 
 
+RUN_DIR_HELP = ("a run directory (its newest checkpoint), DIR/best (the best-scoring one, kept when the run "
+                "evaluated) or one checkpoint folder")
+TRAIN_EPILOG = ("Setting keys: the model's (embed_dim, hidden_size, num_layers, dropout, bidirectional, layer_norm, "
+                "recurrent_dropout, zoneout, forget_bias, nhead, dim_feedforward, max_len, tie_weights, pooling, "
+                "attention), training's (max_steps, batch_size, lr, weight_decay, warmup_steps, decay, min_lr_ratio, "
+                "clip_norm, eval_every, checkpoint_every, patience, seed, log_every, max_time, keep_checkpoints, "
+                "keep_best, find_unused_parameters, tensorboard, clock) and the data's (n_train, n_valid, n_test, "
+                "data_seed, level, min_freq, max_vocab, max_line, format; lm: bptt, carry_state, eval_tokens, "
+                "eval_rows; seq2seq: teacher_forcing, beam, eval_examples, max_decode_len; generate: n_samples). "
+                "Ctrl-C or SIGTERM saves a checkpoint and exits 130 / 143; --resume continues. Example: seqlab train "
+                "seq2seq --task dates --arch gru --attention bahdanau lr=3e-3 --out runs/dates")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="seqlab", description=seqlab.__doc__)
     parser.add_argument("--version", action="version", version=f"seqlab {seqlab.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
     p = sub.add_parser("info", help="versions and the recurrence paths available here")
     p.set_defaults(func=_info)
+    _add_train_parser(sub)
+    _add_inference_parsers(sub)
+    _add_eval_parser(sub)
+    add_compare_parser(sub)
+    add_explain_parser(sub)
+    return parser
 
+
+def _add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model of one kind into a run directory",
                        usage="seqlab train KIND [--task NAME | --data PATH] --arch ARCH [--config FILE.toml] "
                              "[key=value ...] --out DIR [--resume | --force] [options]",
                        description="Train KIND into --out. Settings: key=value words (TOML values), --config "
                                    "FILE.toml, and the flags below (later ones win); an unknown key fails.",
-                       epilog="Setting keys: the model's (embed_dim, hidden_size, num_layers, dropout, bidirectional, "
-                              "layer_norm, recurrent_dropout, zoneout, forget_bias, nhead, dim_feedforward, max_len, "
-                              "tie_weights, pooling, attention), training's (max_steps, batch_size, lr, weight_decay, "
-                              "warmup_steps, decay, min_lr_ratio, clip_norm, eval_every, checkpoint_every, patience, "
-                              "seed, log_every, max_time, keep_checkpoints, keep_best, find_unused_parameters, tensorboard, clock) and "
-                              "the data's (n_train, n_valid, n_test, data_seed, level, min_freq, max_vocab, format; "
-                              "lm: bptt, carry_state, eval_tokens, eval_rows; seq2seq: teacher_forcing, beam, "
-                              "eval_examples, max_decode_len; generate: n_samples). Example: seqlab train seq2seq "
-                              "--task dates --arch gru --attention bahdanau lr=3e-3 --out runs/dates")
+                       epilog=TRAIN_EPILOG)
     p.add_argument("kind", choices=KINDS, metavar="KIND", help=f"one of {', '.join(KINDS)}")
     src = p.add_argument_group("data")
     src.add_argument("--task", help="a generated task (default per kind: lm stdlib, classify langid, tag ner, "
@@ -238,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE.toml", help="settings file (flat keys or [model] [train] [data])")
     p.add_argument("--out", required=True, metavar="DIR", help="the run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--force", action="store_true", help="start over in --out even if it holds a run")
+    p.add_argument("--force", action="store_true", help="start over in --out even if it holds a run (removed only "
+                                                        "once the new run has passed every check)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     common = p.add_argument_group("common settings (also as key=value)")
     common.add_argument("--max-steps", type=int)
@@ -252,19 +287,20 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--attention", choices=("none", "bahdanau", "luong-dot", "luong-general"))
     p.set_defaults(func=_train, overrides=[])
 
-    def sampling(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--temperature", type=float, default=1.0)
-        q.add_argument("--top-k", type=int)
-        q.add_argument("--top-p", type=float)
-        q.add_argument("--seed", type=int, default=0)
 
-    RUN_DIR_HELP = ("a run directory (its newest checkpoint), DIR/best (the best-scoring one, kept when the run "
-                    "evaluated) or one checkpoint folder")
+def _add_sampling_arguments(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--temperature", type=float, default=1.0)
+    q.add_argument("--top-k", type=int)
+    q.add_argument("--top-p", type=float)
+    q.add_argument("--seed", type=int, default=0)
+
+
+def _add_inference_parsers(sub) -> None:
     p = sub.add_parser("sample", help="sample text from a language model run")
     p.add_argument("dir", metavar="DIR", help=RUN_DIR_HELP)
     p.add_argument("--prompt", default="")
     p.add_argument("--length", type=int, default=200, help="at most this many tokens after the prompt")
-    sampling(p)
+    _add_sampling_arguments(p)
     p.set_defaults(func=_sample)
 
     p = sub.add_parser("translate", help="decode texts with a seq2seq run")
@@ -287,19 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", metavar="DIR", help=RUN_DIR_HELP)
     p.add_argument("--condition", required=True, metavar="LABEL")
     p.add_argument("--n", type=int, default=5)
-    sampling(p)
+    _add_sampling_arguments(p)
     p.set_defaults(func=_generate)
 
+
+def _add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="score a run on a split (a table, or --json)")
     p.add_argument("dir", metavar="DIR", help=RUN_DIR_HELP)
     p.add_argument("--split", default="test", choices=("train", "validation", "test"))
-    p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    p.add_argument("--json", action="store_true", help="one JSON object (strict: NaN and infinities as null)")
     p.add_argument("--beam", type=int, help="seq2seq: beam size (default: the run's)")
     p.set_defaults(func=_eval)
-
-    add_compare_parser(sub)
-    add_explain_parser(sub)
-    return parser
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -328,13 +362,55 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from seqlab.apps.base import ConfigError
     from seqlab.data import DataError
     from seqlab.train.checkpoint import CheckpointError
+    from seqlab.train.loop import DivergenceError
 
+    def say(message: str) -> None:
+        print(f"seqlab {args.command}: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        say(f"warning: {message}")
+
+    previous_term = _terminate_as_exception()
+    saved_show = warnings.showwarning
     try:
-        return args.func(args)
-    except (DataError, CheckpointError, ConfigError, UsageError) as e:
-        message = " ".join(str(e).split("\n")).strip()
-        print(f"seqlab {args.command}: error: {message}", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")  # each distinct warning once, whatever PYTHONWARNINGS says
+            warnings.showwarning = show_warning
+            return args.func(args)
+    except (DataError, CheckpointError, ConfigError, UsageError, DivergenceError) as e:
+        say(f"error: {e}")
         return 2
+    except OSError as e:  # a full disk, a read-only or vanished directory: the environment, not a bug
+        where = f"{e.filename}: " if e.filename else ""
+        say(f"error: {where}{e.strerror or e}; the last complete checkpoint, if any, is kept")
+        return 2
+    except KeyboardInterrupt:
+        say("interrupted; nothing half-written is kept (checkpoints are atomic), the last complete one remains")
+        return 128 + signal.SIGINT
+    except _Terminated:
+        say("terminated; nothing half-written is kept (checkpoints are atomic), the last complete one remains")
+        return 128 + signal.SIGTERM
+    finally:
+        warnings.showwarning = saved_show
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+class _Terminated(BaseException):
+    """SIGTERM outside the training loop (which handles it itself): unwinds like Ctrl-C."""
+
+
+def _terminate_as_exception():
+    """Make SIGTERM raise _Terminated in the main thread; returns the previous handler (None if not set)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise _Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

@@ -29,17 +29,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
+import tempfile
 import tomllib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Optional, Sequence
 
 from torch import Tensor, nn
 
-from seqlab.data import TASKS, DataError, load_task, read_examples, split_of
-from seqlab.train.checkpoint import BEST, LATEST
+from seqlab.data import TASKS, DataError, DataWarning, load_task, read_examples, split_of
+from seqlab.train.checkpoint import BEST, LATEST, LOCK, atomic_write_text, remove_stale_temporaries
+
+
+SEED_LIMIT = 2 ** 32  # seeds are in [0, 2**32): what every generator seqlab seeds (torch, numpy, Python) takes
 
 
 class ConfigError(ValueError):
@@ -74,6 +80,9 @@ class DataOptions:
     level: str = "char"                 # 'char' | 'word': what one token of text is
     min_freq: int = 1                   # rarer symbols become <unk> (teaches the model what <unk> means)
     max_vocab: Optional[int] = None     # cap on the vocabulary size, specials included
+    # longest line (characters) of the user's files; a longer one is refused with its line number,
+    # since one example is one sequence through the network and its memory grows with the length
+    max_line: int = 10_000
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
@@ -121,6 +130,10 @@ class DataOptions:
                 raise ConfigError(f"{name} must be >= 1, got {v}")
         if self.min_freq < 1:
             raise ConfigError(f"min_freq must be >= 1, got {self.min_freq}")
+        if not 0 <= self.data_seed < SEED_LIMIT:
+            raise ConfigError(f"data_seed must be in [0, 2**32), got {self.data_seed}")
+        if self.max_line < 1:
+            raise ConfigError(f"max_line must be >= 1, got {self.max_line}")
         if self.task is not None and self.data is not None:
             raise ConfigError(f"give either a task or a data file, got task {self.task!r} and data {self.data!r}")
 
@@ -215,6 +228,10 @@ class App:
             self._cache[split] = self._load(split)
         return self._cache[split]
 
+    def require(self, split: str) -> None:
+        """Read ``split`` now (a DataError if it has no examples) rather than at its first use."""
+        self.examples(split)
+
     def _load(self, split: str) -> list:
         o = self.options
         n = {"train": o.n_train, "validation": o.n_valid, "test": o.n_test}[split]
@@ -239,11 +256,65 @@ class App:
 
     def read_file(self, path: str) -> list:
         """The examples of one of the user's files."""
-        return read_examples(path, self.kind, format=self.options.format)
+        return read_examples(path, self.kind, format=self.options.format, max_line=self.options.max_line)
 
     def split_key(self, example) -> str:
         """What :func:`split_of` hashes to place one example of the user's file."""
         return json.dumps(example, ensure_ascii=False)
+
+    def source(self, split: str) -> str:
+        """Where the examples of ``split`` come from, for messages: a file or a task."""
+        o = self.options
+        if o.task is not None:
+            return f"task {o.task!r}"
+        own = {"validation": o.valid, "test": o.test}.get(split)
+        return own if own is not None else f"{o.data} (its {split} part)"
+
+    # -- settings that only the kind can judge ------------------------------------------------
+
+    @classmethod
+    def check_model(cls, mcfg: Any, options: DataOptions) -> None:
+        """Raise a ConfigError if the model settings ``mcfg`` (sizes not yet known) cannot train
+        with ``options``; called before any data is read."""
+
+    # -- labels -----------------------------------------------------------------------------
+
+    def label_set(self):
+        """The closed label set of the kind (classes, tags, conditions), or None for kinds without one."""
+        return None
+
+    def labels_of(self, example) -> list[str]:
+        """The labels one example carries (empty for kinds without labels)."""
+        return []
+
+    def check_splits(self) -> None:
+        """After ``build``: a DataError if no validation label was seen in training (a file of
+        another kind, most likely), a DataWarning for each split holding labels training never
+        shows, since the model cannot learn to predict them."""
+        if self.label_set() is None:
+            return
+        seen = {y for ex in self.examples("train") for y in self.labels_of(ex)}
+        splits = ["validation"] + (["test"] if self.options.test is not None else [])
+        for split in splits:
+            labels = [y for ex in self.examples(split) for y in self.labels_of(ex)]
+            unseen = sorted(set(labels) - seen)
+            if unseen and len(unseen) == len(set(labels)):
+                raise DataError(f"{self.source(split)}: none of its {len(set(labels))} labels appears in the "
+                                f"training data (e.g. {unseen[0]!r}); expected a {self.kind} file with the "
+                                f"training data's labels")
+            if unseen:
+                count = sum(y in unseen for y in labels)
+                warnings.warn(f"{self.source(split)}: {count} {split} label(s) never seen in training "
+                              f"({', '.join(map(repr, unseen[:5]))}{', ...' if len(unseen) > 5 else ''}); the "
+                              f"model cannot learn to predict them", DataWarning, stacklevel=2)
+
+    def encode_label(self, label: str, split: str) -> int:
+        """The id of ``label`` of an example of ``split``; an unknown one is a DataError naming the split's source."""
+        try:
+            return self.label_set().encode(label)
+        except DataError as e:
+            raise DataError(f"{self.source(split)}: {e} (labels come from the training and validation data)"
+                            ) from None
 
     # -- vocabularies -----------------------------------------------------------------------
 
@@ -367,31 +438,52 @@ def split_settings(settings: dict[str, Any], model_keys: Sequence[str], train_ke
 # Run directories
 
 RUN_MARKERS = (LATEST, BEST)  # the pointer files of seqlab.train.checkpoint
+OWN_FILES = (LOCK,)  # files a run directory may hold that are neither a run nor the user's
 
 
 def holds_run(run_dir: Path) -> bool:
     return run_dir.is_dir() and (any((run_dir / m).exists() for m in RUN_MARKERS)
-                                 or any(run_dir.glob("ckpt-*")))
+                                 or any(p.is_dir() for p in run_dir.glob("ckpt-*")))
+
+
+def check_writable(run_dir: Path) -> None:
+    """A ConfigError unless ``run_dir`` is, or can be created as, a directory this process can
+    write in. Asked of the file system by creating (and removing) a file, since permission bits
+    do not tell about read-only mounts or a root user."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir}: is a file, expected a directory")
+    parent = run_dir
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--out {run_dir}: cannot be created, {parent} is a file")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".seqlab-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"--out {run_dir}: cannot write in {parent} ({e.strerror})") from None
 
 
 def prepare_out(run_dir: Path, *, force: bool, check_only: bool = False) -> None:
     """Make ``run_dir`` ready for a new run. Nothing there is removed unless ``force``; with
-    ``force`` only what a run wrote (checkpoints, 'latest', 'best', metrics.json) is removed.
-    ``check_only``: raise if it cannot be done, change nothing."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir}: is a file, expected a directory")
+    ``force`` only what a run wrote (checkpoints, 'latest', 'best', metrics.json, temporaries)
+    is removed. ``check_only``: raise if it cannot be done, change nothing (the location must be
+    writable too). The caller holds the run's lock when it is not ``check_only``."""
+    check_writable(run_dir)
     if holds_run(run_dir):
         if not force:
             raise ConfigError(f"--out {run_dir}: already holds a run; give --resume to continue it or --force to "
                               f"start over (its checkpoints will be deleted)")
         if check_only:
             return
+        remove_stale_temporaries(run_dir)
         for p in run_dir.iterdir():
-            if p.name.startswith(("ckpt-", ".ckpt-", "best-", ".best-")) and p.is_dir():
+            if p.name.startswith(("ckpt-", "best-")) and p.is_dir():
                 shutil.rmtree(p)
-            elif p.name in (*RUN_MARKERS, *(f".{m}.tmp" for m in RUN_MARKERS), "metrics.json"):
+            elif p.name in (*RUN_MARKERS, "metrics.json"):
                 p.unlink()
-    elif run_dir.is_dir() and any(run_dir.iterdir()) and not force:
+    elif run_dir.is_dir() and any(p.name not in OWN_FILES for p in run_dir.iterdir()) and not force:
         raise ConfigError(f"--out {run_dir}: is not empty and holds no run; give an empty or new directory "
                           f"(or --force to write into it)")
     if not check_only:
@@ -399,6 +491,17 @@ def prepare_out(run_dir: Path, *, force: bool, check_only: bool = False) -> None
 
 
 def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """``obj`` as strict JSON (non-finite numbers become null), written atomically."""
+    atomic_write_text(path, json.dumps(finite_json(obj), indent=1, sort_keys=True, allow_nan=False) + "\n")
+
+
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None: JSON has no such numbers, and
+    ``json.dumps`` would write the non-standard ``NaN`` / ``Infinity`` that strict parsers reject."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj

@@ -64,8 +64,14 @@ class ClassifyApp(App):
         tokens, lengths = pad_collate([ids for ids, _ in items])  # (B, T), (B,)
         return tokens, lengths, torch.tensor([y for _, y in items], dtype=torch.long)  # (B,)
 
+    def label_set(self):
+        return self.labels
+
+    def labels_of(self, example) -> list[str]:
+        return [example[1]]
+
     def encoded(self, split: str) -> list:
-        return [(self.encode_text(t), self.labels.encode(y)) for t, y in self.examples(split)]
+        return [(self.encode_text(t), self.encode_label(y, split)) for t, y in self.examples(split)]
 
     def batches(self, batch_size: int, seed: int):
         return Batches(BatchIterator(self.encoded("train"), batch_size, seed=seed), self.collate)

@@ -72,8 +72,14 @@ class GenerateApp(App):
 
     # -- batches ----------------------------------------------------------------------------
 
+    def label_set(self):
+        return self.conditions
+
+    def labels_of(self, example) -> list[str]:
+        return [example[0]]
+
     def encoded(self, split: str) -> list:
-        return [(self.conditions.encode(c), self.vocab.encode(t)) for c, t in self.examples(split)]
+        return [(self.encode_label(c, split), self.vocab.encode(t)) for c, t in self.examples(split)]
 
     @staticmethod
     def collate(items: list) -> tuple[Tensor, Tensor, Tensor]:

@@ -34,13 +34,15 @@ split, so that the figure estimates the whole split's score rather than that of 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from seqlab.data import EOS, BPTTBatcher, DataError, Vocab, WindowSampler, read_examples
+from seqlab.data import EOS, BPTTBatcher, DataError, DataWarning, Vocab, WindowSampler, read_examples
+from seqlab.data.streams import encode_stream, is_plain_text, text_streams
 from seqlab.decoding import sample as sample_tokens
 from seqlab.models.lm import next_token_nll
 
@@ -55,6 +57,8 @@ class LMOptions(DataOptions):
     carry_state: Optional[bool] = None
     eval_tokens: int = 50_000   # validation tokens scored during training, spread over the split (0 = all)
     eval_rows: int = 16         # parallel rows (segments) when scoring a split
+    # a text's units (paragraphs or lines) are cut into windows, so only memory bounds them
+    max_line: int = 10_000_000
 
     def validate(self) -> None:
         super().validate()
@@ -121,6 +125,12 @@ class LMApp(App):
     def defaults(cls, arch: str) -> dict:
         return {**LM_COMMON_DEFAULTS, **LM_DEFAULTS.get(arch, {})}
 
+    @classmethod
+    def check_model(cls, mcfg, options: LMOptions) -> None:
+        if mcfg.arch == "transformer" and options.bptt > mcfg.max_len:
+            raise ConfigError(f"bptt={options.bptt} needs a transformer with max_len >= bptt (its positions), "
+                              f"got max_len={mcfg.max_len}")
+
     def __init__(self, options: LMOptions):
         super().__init__(options)
         self.vocab: Optional[Vocab] = None
@@ -143,8 +153,53 @@ class LMApp(App):
             return paragraphs
         return [line for line in text.split("\n") if line.strip()]
 
+    def _streamed(self, split: str) -> Optional[str]:
+        """The plain-text file ``split`` is streamed from (never held as strings), or None."""
+        o = self.options
+        if o.task is not None:
+            return None
+        path = {"validation": o.valid, "test": o.test}.get(split) or o.data
+        return path if is_plain_text(path, o.format) else None
+
+    def _limits(self) -> dict:
+        o = self.options
+        return {s: n for s, n in (("train", o.n_train), ("validation", o.n_valid), ("test", o.n_test)) if n}
+
+    def _read_streams(self, split: str) -> None:
+        """Stream ``split`` (and, for the --data file, its sibling hash splits) into compact ids;
+        builds the vocabulary from the training units when there is none yet."""
+        o, path = self.options, self._streamed(split)
+        own = split != "train" and path != o.data
+        vocab, streams = text_streams(path, self.vocab, level=o.level, min_freq=o.min_freq, max_size=o.max_vocab,
+                                      split=split if own else None, key=self.kind, limits=self._limits(),
+                                      max_line=o.max_line)
+        self.vocab = vocab
+        for s, ids in streams.items():
+            if own and s != split:
+                continue
+            if not own and s != "train" and self._streamed(s) != o.data:
+                continue  # that split comes from its own file
+            self._streams.setdefault(s, ids)
+        if split not in self._streams:
+            flag = "--valid" if split == "validation" else "--test"
+            where = path if own else f"{path} (its {split} part by hash split; train with {flag} FILE to name one)"
+            raise DataError(f"{where}: no {split} examples; expected at least one")
+
+    def examples(self, split: str) -> list:
+        if self._streamed(split) is not None:
+            raise DataError(f"{self._streamed(split)}: a plain-text corpus is streamed, not held as examples; "
+                            f"use stream({split!r})")  # pragma: no cover - a caller bug, not the user's
+        return super().examples(split)
+
+    def require(self, split: str) -> None:
+        self.stream(split)
+
     def build(self) -> None:
         o = self.options
+        if self._streamed("train") is not None:
+            self.vocab = None
+            self._read_streams("train")
+            return
         self.vocab = Vocab.build(self.examples("train"), o.level, min_freq=o.min_freq, max_size=o.max_vocab)
 
     def vocab_dict(self) -> dict:
@@ -157,12 +212,13 @@ class LMApp(App):
         return {"vocab_size": len(self.vocab)}
 
     def stream(self, split: str) -> Tensor:
-        """The ids of ``split`` as one stream, ``<eos>`` after each document; (N,) int64."""
+        """The ids of ``split`` as one stream, ``<eos>`` after each document; (N,) in the smallest
+        integer type that holds the vocabulary (seqlab.data.streams.id_dtype)."""
         if split not in self._streams:
-            ids: list[int] = []
-            for doc in self.examples(split):
-                ids.extend(self.vocab.encode(doc, eos=True))
-            self._streams[split] = torch.tensor(ids, dtype=torch.long)
+            if self._streamed(split) is not None:
+                self._read_streams(split)
+            else:
+                self._streams[split] = encode_stream(self.examples(split), self.vocab)
         return self._streams[split]
 
     # -- training ---------------------------------------------------------------------------
@@ -216,13 +272,15 @@ class LMApp(App):
             length = min(length, max(2, -(-tokens // rows)))
         if length < 2:
             raise DataError(f"a split of {N} tokens is too short to score; expected at least 2")
-        starts = [round(r * (N - length) / max(1, rows - 1)) for r in range(rows)] if tokens else \
-            [r * length for r in range(rows)]
-        segments = torch.stack([ids[s: s + length] for s in starts]).long()  # rows x (length,) -> (rows, length)
+        if tokens:  # a few short segments: copied, in the stream's compact dtype
+            starts = [round(r * (N - length) / max(1, rows - 1)) for r in range(rows)]
+            segments = torch.stack([ids[s: s + length] for s in starts])  # rows x (length,) -> (rows, length)
+        else:  # the whole split: a view, so scoring a large split copies nothing
+            segments = ids[: rows * length].view(rows, length)  # (rows, length)
         carry = self.carries(raw.config.arch)
         total, count, state = 0.0, 0, None
         for p in range(0, length - 1, T):
-            window = segments[:, p: p + T + 1]  # (rows, <=T+1)
+            window = segments[:, p: p + T + 1].long()  # (rows, <=T+1), int64 one window at a time
             loss, n, state = next_token_nll(raw, window, state if carry else None)
             state = raw.detach_state(state)
             total += float(loss)
@@ -262,6 +320,11 @@ class LMApp(App):
         raw = unwrap(model)
         raw.eval()
         ids = [EOS] + self.vocab.encode(prompt)
+        unknown = sorted({s for s in self.vocab.tokenize(prompt) if s not in self.vocab})
+        if unknown:
+            warnings.warn(f"the prompt has {len(unknown)} symbol(s) the model never saw "
+                          f"({', '.join(map(repr, unknown[:5]))}{', ...' if len(unknown) > 5 else ''}); "
+                          f"they are read as <unk>", DataWarning, stacklevel=2)
         max_len = getattr(raw.config, "max_len", None)
         if raw.config.arch == "transformer" and max_len is not None and len(ids) + length > max_len:
             raise ConfigError(f"prompt ({len(ids) - 1} tokens) + length ({length}) must be at most the "

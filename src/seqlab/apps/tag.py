@@ -66,8 +66,15 @@ class TagApp(App):
 
     # -- batches ----------------------------------------------------------------------------
 
+    def label_set(self):
+        return self.tags
+
+    def labels_of(self, example) -> list[str]:
+        return list(example[1])
+
     def encoded(self, split: str) -> list:
-        return [(self.vocab.encode(toks), [self.tags.encode(t) for t in tags]) for toks, tags in self.examples(split)]
+        return [(self.vocab.encode(toks), [self.encode_label(t, split) for t in tags])
+                for toks, tags in self.examples(split)]
 
     @staticmethod
     def collate(items: list) -> tuple[Tensor, Tensor, Tensor]:

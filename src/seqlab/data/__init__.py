@@ -7,7 +7,7 @@ faker) or the Python standard library, and the same arguments give the same data
 ==================  ============================================================================
 module              what lives there
 ==================  ============================================================================
-base                DataError, KINDS (example shapes), SPLITS and split_of (the disjointness rule)
+base                DataError, DataWarning, KINDS (example shapes), SPLITS and split_of (the disjointness rule)
 vocab               Vocab (char / word, specials <pad> <unk> <sos> <eos> = 0..3), Labels
 corpus              the stdlib documentation corpus (pydoc topics + docstrings, read by ast)
 tasks               TASKS registry and load_task: dates, numbers, langid, ner, names, stdlib
@@ -16,7 +16,7 @@ files               read_text, read_examples: the user's .txt / .tsv / .jsonl fi
 batching            pad_collate, BatchIterator, BPTTBatcher, WindowSampler
 ==================  ============================================================================
 """
-from .base import KINDS, SPLITS, DataError, split_of
+from .base import KINDS, SPLITS, DataError, DataWarning, split_of
 from .batching import BatchIterator, BPTTBatcher, WindowSampler, pad_collate
 from .corpus import Document, Splits, join_documents, normalize_text, stdlib_corpus, stdlib_documents
 from .files import read_examples, read_text
@@ -26,7 +26,7 @@ from .tasks import TASKS, Task, load_task
 from .vocab import EOS, PAD, SOS, SPECIALS, UNK, Labels, Vocab
 
 __all__ = [
-    "KINDS", "SPLITS", "DataError", "split_of",
+    "KINDS", "SPLITS", "DataError", "DataWarning", "split_of",
     "BatchIterator", "BPTTBatcher", "WindowSampler", "pad_collate",
     "Document", "Splits", "join_documents", "normalize_text", "stdlib_corpus", "stdlib_documents",
     "read_examples", "read_text",

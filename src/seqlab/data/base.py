@@ -14,6 +14,11 @@ class DataError(ValueError):
     """
 
 
+class DataWarning(UserWarning):
+    """Data that can be used but probably not as meant: labels that training never shows, prompt
+    characters outside the vocabulary. The ``seqlab`` command prints each as one line."""
+
+
 # The kinds of example and their fields, in tuple order. Generated tasks and the user's own
 # files produce the same shapes, so a model never needs to know where its data came from.
 KINDS: dict[str, tuple[str, ...]] = {

@@ -128,10 +128,14 @@ class BPTTBatcher:
     its hidden state across windows (detached). The last window of an epoch may be shorter
     (at least 2 columns). ``position`` is the start column of the next window; 0 means a new
     epoch begins, which is where a trainer resets the hidden state.
+
+    A tensor stream keeps its integer dtype (a corpus may be stored in one byte per token);
+    each window comes out as int64, so only one window is ever widened.
     """
 
     def __init__(self, ids: Union[torch.Tensor, Sequence[int]], batch_size: int, bptt: int):
-        ids = torch.as_tensor(ids, dtype=torch.long)
+        if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.is_complex():
+            ids = torch.as_tensor(ids, dtype=torch.long)
         if ids.dim() != 1:
             raise DataError(f"BPTTBatcher expects a 1-D id stream, got shape {tuple(ids.shape)}")
         if batch_size < 1 or bptt < 1:
@@ -154,7 +158,7 @@ class BPTTBatcher:
         while self.position < L - 1:
             p = self.position
             self.position = p + self.bptt
-            yield self.rows[:, p: p + self.bptt + 1]  # (B, <=T+1)
+            yield self.rows[:, p: p + self.bptt + 1].long()  # (B, <=T+1), int64
         self.epoch += 1
         self.position = 0
 

@@ -70,13 +70,23 @@ class Vocab:
         """
         if level not in LEVELS:
             raise DataError(f"vocabulary level must be one of {LEVELS}, got {level!r}")
+        counts: Counter[str] = Counter()
+        for t in texts:
+            counts.update(_tokenize(t, level))
+        return cls.from_counts(counts, level, min_freq=min_freq, max_size=max_size)
+
+    @classmethod
+    def from_counts(cls, counts: dict[str, int], level: str = "char", *, min_freq: int = 1,
+                    max_size: Optional[int] = None) -> "Vocab":
+        """The vocabulary :meth:`build` gives for texts whose symbols were counted as ``counts``
+        (what a one-pass reader of a corpus too large to hold as strings collects)."""
+        if level not in LEVELS:
+            raise DataError(f"vocabulary level must be one of {LEVELS}, got {level!r}")
         if min_freq < 1:
             raise DataError(f"min_freq must be >= 1, got {min_freq}")
         if max_size is not None and max_size < len(SPECIALS):
             raise DataError(f"max_size must be >= {len(SPECIALS)} (the specials), got {max_size}")
-        counts: Counter[str] = Counter()
-        for t in texts:
-            counts.update(_tokenize(t, level))
+        counts = dict(counts)
         for s in SPECIALS:  # a literal "<unk>" in the data is text, but it cannot get a second id
             counts.pop(s, None)
         kept = sorted((s for s, c in counts.items() if c >= min_freq), key=lambda s: (-counts[s], s))

@@ -23,36 +23,51 @@ torch.Size([2, 7, 5])
 """
 from __future__ import annotations
 
-import torch  # the docstring example uses it
-from torch import nn
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .classifier import Classifier, Tagger
+# config is torch-free and loaded at once: the `seqlab` command's parser takes KINDS and ARCHS
+# from it without paying for torch. The models load on first use (PEP 562).
 from .config import ARCHS, KINDS, ModelConfig
-from .generator import ConditionalGenerator
-from .lm import LanguageModel
-from .seq2seq import Seq2Seq, Seq2SeqState
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from .classifier import Classifier, Tagger
+    from .generator import ConditionalGenerator
+    from .lm import LanguageModel
+    from .seq2seq import Seq2Seq, Seq2SeqState
 
 __all__ = ["ModelConfig", "build_model", "count_parameters", "LanguageModel", "Classifier", "Tagger", "Seq2Seq",
            "Seq2SeqState", "ConditionalGenerator", "ARCHS", "KINDS", "MODELS"]
 
-MODELS: dict[str, type[nn.Module]] = {
-    "lm": LanguageModel,
-    "classify": Classifier,
-    "tag": Tagger,
-    "seq2seq": Seq2Seq,
-    "generate": ConditionalGenerator,
-}
+_LAZY = {"Classifier": "classifier", "Tagger": "classifier", "ConditionalGenerator": "generator",
+         "LanguageModel": "lm", "Seq2Seq": "seq2seq", "Seq2SeqState": "seq2seq"}
+_MODEL_OF_KIND = {"lm": "LanguageModel", "classify": "Classifier", "tag": "Tagger", "seq2seq": "Seq2Seq",
+                  "generate": "ConditionalGenerator"}
 
 
-def build_model(config: ModelConfig) -> nn.Module:
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name == "MODELS":
+        models = {kind: __getattr__(cls) for kind, cls in _MODEL_OF_KIND.items()}
+        globals()["MODELS"] = models
+        return models
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def build_model(config: ModelConfig) -> "nn.Module":
     """The model of ``config.kind`` (a dict is accepted too and checked by ModelConfig.from_dict)."""
     if isinstance(config, dict):
         config = ModelConfig.from_dict(config)
     if not isinstance(config, ModelConfig):
         raise TypeError(f"build_model: expected a ModelConfig, got {type(config).__name__}")
-    return MODELS[config.kind](config)
+    return __getattr__("MODELS")[config.kind](config)
 
 
-def count_parameters(model: nn.Module) -> int:
+def count_parameters(model: "nn.Module") -> int:
     """Trainable parameters, each shared tensor (tied weights) counted once."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -11,18 +11,27 @@ trainer evaluates, a copy of the best-scoring one with its own pointer::
         model.safetensors    # the weights
         train.safetensors    # optimizer tensors and torch RNG states
         state.json           # config, vocabulary, metrics, step, optimizer/scheduler scalars,
-                             # Python RNG, data position, and the sha256 of both tensor files
+                             # Python RNG, data position
+        manifest.json        # the sha256 of the three files above
+      .lock                  # held (flock) by the one process writing the run: RunLock
 
 A checkpoint is first written completely into a hidden temporary folder,
-flushed, then renamed into place; ``latest`` is replaced by ``os.replace``.
-A crash at any moment therefore leaves the previous checkpoint intact and
-``latest`` pointing at a complete one. Weights are safetensors and everything
-else is JSON, so loading a checkpoint runs no code from it. ``load_checkpoint``
-takes a checkpoint folder, a run directory (its newest) or a pointer file
-(``RUN/best``, ``RUN/latest``).
+flushed, then renamed into place; ``latest`` is replaced by ``os.replace`` from
+a uniquely named, fsynced temporary file (:func:`atomic_write_text`). A crash at
+any moment therefore leaves the previous checkpoint intact and ``latest``
+pointing at a complete one; :func:`resumable_checkpoint` finds the newest
+complete one even if ``latest`` is lost, and :func:`remove_stale_temporaries`
+clears what a crash left half-written. Every file is covered by the manifest,
+the vocabulary in state.json included, so a damaged checkpoint fails when it is
+loaded rather than later. Weights are safetensors and everything else is JSON,
+so loading a checkpoint runs no code from it. ``load_checkpoint`` takes a
+checkpoint folder, a run directory (its newest) or a pointer file (``RUN/best``,
+``RUN/latest``).
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -40,10 +49,17 @@ from torch import nn
 FORMAT = "seqlab-checkpoint-1"
 LATEST = "latest"
 BEST = "best"
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+HASHED = ("model.safetensors", "train.safetensors", "state.json")
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, truncated, corrupted or belongs to another model."""
+
+
+class RunLockedError(CheckpointError):
+    """Another process is writing the run directory."""
 
 
 @dataclass
@@ -136,6 +152,96 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Replace ``path`` by a file holding ``text``, all or nothing.
+
+    The text goes to a uniquely named temporary file beside ``path`` (two writers never share
+    one), is fsynced, renamed over ``path`` and the directory fsynced, so a crash leaves either
+    the old file or the new one, never a mix, and no fixed-name leftover for the next writer.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide a run's files from the other users of a machine
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+class RunLock:
+    """The one writer of a run directory: an exclusive ``flock`` on ``RUN/.lock``, held from
+    before the run's files are touched until it ends.
+
+    The OS drops the lock when the process dies however it dies, so a crash never leaves a
+    stale lock; the file keeps the holder's pid for the message a second writer gets. The file
+    is never deleted: unlinking it would let two processes hold locks on two different files.
+
+    >>> with RunLock(run_dir):      # doctest: +SKIP
+    ...     train()
+    """
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir)
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "RunLock":
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunLockedError(f"{self.run_dir}: another seqlab process (pid {holder}) is writing this run; "
+                                     f"expected one writer per run directory (wait for it, or use another --out)"
+                                     ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove what interrupted writes left in ``run_dir`` (hidden ``.ckpt-*`` / ``.best-*``
+    folders, ``.*.tmp`` files); returns them. Call it only while holding the run's lock: another
+    writer's temporaries look the same."""
+    run_dir = Path(run_dir)
+    gone = []
+    if not run_dir.is_dir():
+        return gone
+    for p in run_dir.iterdir():
+        if p.name.startswith((".ckpt-", ".best-")) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(p)
+        elif p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
+
+
 # ----------------------------------------------------------------------------
 # Saving and loading
 
@@ -179,14 +285,16 @@ def save_checkpoint(
         state["rng"], t = rng_state()
         train_tensors.update(t)
         save_file(train_tensors, str(tmp / "train.safetensors"))
-        state["sha256"] = {f: _sha256(tmp / f) for f in ("model.safetensors", "train.safetensors")}
+        state["manifest"] = MANIFEST  # a state.json that names its manifest cannot be loaded without it
         with open(tmp / "state.json", "w", encoding="utf-8") as f:
             json.dump(state, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        for f in ("model.safetensors", "train.safetensors"):
+        manifest = {"format": FORMAT, "sha256": {f: _sha256(tmp / f) for f in HASHED}}
+        with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=1, sort_keys=True)
+        for f in (*HASHED, MANIFEST):
             with open(tmp / f, "rb+") as fh:
                 os.fsync(fh.fileno())
+        _fsync_dir(tmp)
         final = run_dir / name
         if final.exists():  # re-saving the same step (e.g. a resumed run's end): replace it whole
             shutil.rmtree(final)
@@ -194,10 +302,7 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    pointer_tmp = run_dir / f".{pointer}.tmp"
-    pointer_tmp.write_text(name + "\n", encoding="utf-8")
-    os.replace(pointer_tmp, run_dir / pointer)
-    _fsync_dir(run_dir)
+    atomic_write_text(run_dir / pointer, name + "\n")
     for old in sorted(p for p in run_dir.glob(f"{prefix}-*") if p.is_dir())[:-keep] if keep > 0 else []:
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
@@ -247,34 +352,88 @@ def load_checkpoint(path: str | os.PathLike, *, model_class: Optional[str] = Non
                                   f"checkpoint folder, a run directory or a pointer file such as RUN/best)")
         path = found
     if not (path / "state.json").exists():
-        found = latest_checkpoint(path)
+        found = latest_checkpoint(path) or resumable_checkpoint(path)  # 'latest' lost: the newest whole one
         if found is None:
             raise CheckpointError(f"{path}: holds no checkpoint (expected a 'latest' file or a state.json)")
         path = found
+    _verify_files(path)
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path / 'state.json'}: unreadable or corrupted ({e})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path / 'state.json'}: expected format {FORMAT!r}, "
-                              f"got {state.get('format') if isinstance(state, dict) else type(state).__name__!r}")
+    _check_state(path, state)
     tensors = {}
     for fname in ("model.safetensors", "train.safetensors"):
         fpath = path / fname
-        if not fpath.is_file():
-            raise CheckpointError(f"{fpath}: missing")
-        want = state.get("sha256", {}).get(fname)
-        got = _sha256(fpath)
-        if want != got:
-            raise CheckpointError(f"{fpath}: corrupted or truncated (sha256 {got[:12]}…, expected {str(want)[:12]}…)")
         try:
             tensors[fname] = load_file(str(fpath))
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointError(f"{fpath}: not a valid safetensors file ({e})") from None
-    saved_class = state.get("config", {}).get("model_class")
+    saved_class = state["config"].get("model_class")
     if model_class is not None and saved_class != model_class:
         raise CheckpointError(f"{path}: made by model {saved_class!r}, expected {model_class!r}")
     return Checkpoint(path, tensors["model.safetensors"], state, tensors["train.safetensors"])
+
+
+def _verify_files(path: Path) -> None:
+    """Check every file of checkpoint folder ``path`` against its manifest (or, for checkpoints
+    written before the manifest, the tensor files against the sha256 in state.json)."""
+    for fname in ("model.safetensors", "train.safetensors", "state.json"):
+        if not (path / fname).is_file():
+            raise CheckpointError(f"{path / fname}: missing")
+    if (path / MANIFEST).is_file():
+        try:
+            want = json.loads((path / MANIFEST).read_text(encoding="utf-8"))["sha256"]
+            if not isinstance(want, dict):
+                raise TypeError(f"sha256 is a {type(want).__name__}")
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{path / MANIFEST}: unreadable or corrupted ({e})") from None
+        names = HASHED
+    else:
+        try:
+            state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path / 'state.json'}: unreadable or corrupted ({e})") from None
+        if isinstance(state, dict) and state.get("manifest"):
+            raise CheckpointError(f"{path / MANIFEST}: missing (state.json says the checkpoint has one)")
+        want = state.get("sha256", {}) if isinstance(state, dict) else {}
+        want = want if isinstance(want, dict) else {}
+        names = ("model.safetensors", "train.safetensors")
+    for fname in names:
+        got = _sha256(path / fname)
+        if want.get(fname) != got:
+            raise CheckpointError(f"{path / fname}: corrupted or truncated (sha256 {got[:12]}…, "
+                                  f"expected {str(want.get(fname))[:12]}…)")
+
+
+def _check_state(path: Path, state: Any) -> None:
+    """The shape of a state.json: what every reader of it relies on, checked once here."""
+    where = path / "state.json"
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{where}: expected format {FORMAT!r}, "
+                              f"got {state.get('format') if isinstance(state, dict) else type(state).__name__!r}")
+    for key, typ, what in (("step", int, "an int"), ("config", dict, "a JSON object"),
+                           ("extra", dict, "a JSON object")):
+        value = state.get(key)
+        if not isinstance(value, typ) or isinstance(value, bool):
+            raise CheckpointError(f"{where}: expected '{key}' to be {what}, got {value!r:.60}")
+
+
+def resumable_checkpoint(run_dir: str | os.PathLike) -> Optional[Path]:
+    """The checkpoint a run resumes from: the one ``latest`` names if it is whole, else the
+    newest ``ckpt-*`` folder that verifies (a crash or a user may have lost ``latest``), else None."""
+    run_dir = Path(run_dir)
+    pointed = latest_checkpoint(run_dir)
+    candidates = ([pointed] if pointed is not None else []) + sorted(
+        (p for p in run_dir.glob("ckpt-*") if p.is_dir() and p != pointed), reverse=True)
+    for path in candidates:
+        try:
+            _verify_files(path)
+            _check_state(path, json.loads((path / "state.json").read_text(encoding="utf-8")))
+        except (CheckpointError, OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        return path
+    return None
 
 
 def restore_training(ckpt: Checkpoint, *, optimizer=None, scheduler=None, rng: bool = True) -> None:

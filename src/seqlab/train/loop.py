@@ -48,12 +48,24 @@ the budget is spent) the trainer fixes the horizon from the median step time so 
 The plan is saved in every checkpoint, so a resumed run follows it instead of measuring again.
 Rank 0 writes the log and the evaluations as TensorBoard scalars in ``RUN/tensorboard``
 (``tensorboard = True``): ``tensorboard --logdir runs/`` shows every run's curves.
+
+SIGINT (Ctrl-C) and SIGTERM do not kill a fitting trainer mid-step: the step in progress
+finishes, a checkpoint is written and ``fit`` returns with ``stopped == "interrupted"`` and
+``signal`` set, so the caller can save its summary and exit 130 / 143. The flag travels with the
+step's loss all-reduce, so under torchrun every rank stops at the same step. A second signal
+raises KeyboardInterrupt at once; checkpoints are written atomically, so that loses only the
+steps since the last one. A run resumed from an interrupt's checkpoint ends with the weights of
+an uninterrupted run whenever the batches carry no state of their own between steps (an lm that
+carries its hidden state restarts it only at ``checkpoint_every`` boundaries).
 """
 from __future__ import annotations
 
 import base64
 import math
 import random
+import signal
+import sys
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -66,10 +78,10 @@ from tqdm.auto import tqdm
 
 from . import distributed as D
 from .checkpoint import (CheckpointError, best_checkpoint, latest_checkpoint, load_checkpoint, restore_training,
-                         rng_state, save_checkpoint, set_rng_state)
+                         resumable_checkpoint, rng_state, save_checkpoint, set_rng_state)
 from .schedule import DECAYS, WarmupDecayLR
 
-STOPS = ("max_steps", "early_stop", "goal", "max_time")
+STOPS = ("max_steps", "early_stop", "goal", "max_time", "interrupted")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 UNPLANNED = 2 ** 62  # the horizon of a time-budgeted run before its plan is fixed: the rate stays at its peak
 PLAN_MIN_STEPS = 20  # a time-budgeted run fixes its plan after at least this many steps ...
@@ -98,7 +110,7 @@ class TrainConfig:
     eval_every: int = 200  # steps between evaluations; 0 = only at the end
     checkpoint_every: int = 200  # steps between checkpoints; 0 = only at the end
     patience: int = 0  # evaluations without improvement before stopping early; 0 = never stop early
-    seed: int = 0  # seeds Python's and torch's RNGs (rank r uses seed + r) at the start of a fresh run
+    seed: int = 0  # seeds Python's and torch's RNGs (rank r uses seed + r) at the start of a fresh run; < 2**32
     log_every: int = 10  # steps between progress-bar updates and entries of the training log
     max_time: float = 0.0  # training seconds in this invocation, evaluation and checkpoints excluded; 0 = no limit
     # what max_time and train_time count: "wall" seconds, or "cpu" seconds of this process (all its
@@ -137,6 +149,8 @@ class TrainConfig:
                      "max_time"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name}: expected a value >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.seed < 2 ** 32:  # torch.manual_seed and numpy refuse larger ones mid-run
+            raise ValueError(f"TrainConfig.seed: expected an int in [0, 2**32), got {self.seed!r}")
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr: expected a number > 0, got {self.lr!r}")
         if self.clock not in CLOCKS:
@@ -279,6 +293,8 @@ class Trainer:
         self._since_eval = [0.0, 0.0]  # (loss sum, count) since the last evaluation
         self._window = [0.0, 0.0]  # ... since the last log entry
         self._grad_norm = self._lr = math.nan  # of the latest update, for the log
+        self._signal = 0  # SIGINT / SIGTERM received while fitting (0: none); acted on after the step
+        self.interrupted_by = 0  # the signal that stopped the last fit, or 0
 
     # ------------------------------------------------------------------ the loop
 
@@ -305,6 +321,7 @@ class Trainer:
         budget_end = self.train_time + cfg.max_time  # max_time counts this invocation only
         started = self.train_time
         self._open_writer()
+        previous = self._catch_signals()
         running = self.clock()  # the training clock runs from here to the next pause
         try:
             while self.stopped is None:
@@ -334,12 +351,18 @@ class Trainer:
                         self.stopped = "max_time"
                 if self.stopped is None and self.step >= self.horizon:
                     self.stopped = "max_steps"
+                if self.stopped is None and self._interrupt_agreed:
+                    self.stopped = "interrupted"  # save below, without a final evaluation: the user is waiting
+                    self.interrupted_by = self._signal or signal.SIGTERM  # another rank's signal: torchrun's TERM
+                    self.save()
+                    break
                 if self.stopped is not None and self.evaluate_fn is not None and not evaluated:
                     self._evaluate(bar, final=True)  # the final score; no stop decision left to make
                 if self.stopped is not None or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
                     self.save()
                 running = self.clock()
         finally:
+            self._restore_signals(previous)
             bar.close()
             if self._writer is not None:
                 self._writer.close()
@@ -421,9 +444,12 @@ class Trainer:
             raise ValueError(f"loss_fn: expected (loss_sum scalar tensor, count), got {_describe(out)}")
         loss_sum, count = out
         # One collective gives the global loss (for the log) and the global count (for the mean).
+        # The third entry is this rank's pending signal, so every rank learns of any rank's at once.
         stats = torch.stack([loss_sum.detach().double(),
-                             torch.as_tensor(count, dtype=torch.float64, device=loss_sum.device)])
-        g_loss, g_count = D.all_sum(stats).tolist()
+                             torch.as_tensor(count, dtype=torch.float64, device=loss_sum.device),
+                             torch.tensor(float(bool(self._signal)), dtype=torch.float64, device=loss_sum.device)])
+        g_loss, g_count, g_signal = D.all_sum(stats).tolist()
+        self._interrupt_agreed = g_signal > 0
         if not g_count > 0:
             raise ValueError(f"loss_fn: expected a positive count of units at step {step}, got {g_count}")
         if not math.isfinite(g_loss):
@@ -440,6 +466,36 @@ class Trainer:
         self.scheduler.step()
         self.step = step
         return g_loss / g_count, g_count
+
+    _interrupt_agreed = False  # some rank got SIGINT / SIGTERM before the step just taken
+
+    def _catch_signals(self) -> dict:
+        """Route SIGINT and SIGTERM to a flag the loop reads after each step; returns the handlers
+        to restore. Only the main thread may set handlers (a trainer fitted in another thread keeps
+        Python's defaults)."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        self._signal = self.interrupted_by = 0
+        self._interrupt_agreed = False
+
+        def handler(signum, frame):
+            if self._signal:  # the second one: the user does not want to wait for the step
+                raise KeyboardInterrupt(f"signal {signum} during a checkpoint-bound stop")
+            self._signal = signum
+            if self.progress and D.is_main():
+                name = signal.Signals(signum).name
+                print(f"\n{name}: finishing step {self.step + 1}, then saving (again to exit at once)",
+                      file=sys.stderr, flush=True)
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    @staticmethod
+    def _restore_signals(previous: dict) -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
     def _diverged(self, what: str) -> DivergenceError:
         return DivergenceError(f"{what}; the weights were not updated and no checkpoint was written for this step "
@@ -533,7 +589,7 @@ class Trainer:
         return path
 
     def _resume(self) -> bool:
-        path = latest_checkpoint(self.run_dir)
+        path = resumable_checkpoint(self.run_dir)  # 'latest' if whole, else the newest whole ckpt-*
         if path is None:
             warnings.warn(f"resume: no checkpoint in {self.run_dir}, starting from step 0")
             return False
@@ -573,7 +629,7 @@ class Trainer:
     def summary(self) -> dict:
         best_path = best_checkpoint(self.run_dir) if D.is_main() else None
         return {"step": self.step, "metrics": self.metrics, "best": self.best, "history": self.history,
-                "plan": self.plan,
+                "plan": self.plan, "signal": int(self.interrupted_by),
                 "stopped": self.stopped or "max_steps", "log": self.log, "train_time": self.train_time,
                 "best_checkpoint": None if best_path is None else str(best_path)}
 
