@@ -144,8 +144,10 @@ def test_no_pickle_anywhere(tmp_path):
     _train_steps(model, opt, sched, 1)
     path = save_checkpoint(tmp_path, step=1, model=model, config={"model_class": "Tiny"}, optimizer=opt,
                            scheduler=sched)
-    assert sorted(p.name for p in path.iterdir()) == ["model.safetensors", "state.json", "train.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "model.safetensors", "state.json",
+                                                      "train.safetensors"]
     json.loads((path / "state.json").read_text())
+    json.loads((path / "manifest.json").read_text())
     for name in ("model.safetensors", "train.safetensors"):
         with safe_open(str(path / name), framework="pt") as f:  # parses only if it is safetensors
             assert len(list(f.keys())) > 0

@@ -118,8 +118,10 @@ def _train(args: argparse.Namespace) -> int:
 def _check_sampling(args: argparse.Namespace) -> None:
     from seqlab.apps import ConfigError
 
-    if not (math.isfinite(args.temperature) and args.temperature > 0):
-        raise ConfigError(f"--temperature must be a finite number > 0, got {args.temperature}")
+    if not math.isfinite(args.temperature):  # inf samples uniform noise, nan fails inside softmax
+        raise ConfigError(f"--temperature must be a finite number, got {args.temperature}")
+    if args.temperature <= 0:
+        raise ConfigError(f"--temperature must be > 0, got {args.temperature}")
     if args.top_k is not None and args.top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
     if args.top_p is not None and not 0 < args.top_p <= 1:

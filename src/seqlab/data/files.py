@@ -136,7 +136,7 @@ def _check_tags(tokens: list[str], tags: list[str], where: str) -> list:
 CHUNK_BYTES = 1 << 24  # 16 MiB of a file at a time: big enough for C-speed string work, small next to a corpus
 
 
-def iter_text(path: PathLike, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
+def iter_text(path: PathLike, chunk_bytes: Optional[int] = None) -> Iterator[str]:
     """The text of a UTF-8 file in pieces, exactly as :func:`read_text` would give it whole
     (BOM stripped, newlines as ``\\n``, the same errors), holding one piece at a time."""
     path = Path(path)
@@ -148,6 +148,7 @@ def iter_text(path: PathLike, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
         raise DataError(f"{path}: is a directory, expected a file") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    chunk_bytes = chunk_bytes or CHUNK_BYTES  # read at call time, so a test can make pieces tiny
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     offset, lines, held, blank, first = 0, 1, "", True, True
     with f:

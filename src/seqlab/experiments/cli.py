@@ -10,6 +10,7 @@ Each sets ``func`` to a function taking the parsed arguments and returning the e
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import ARCHS, SECTIONS
@@ -27,6 +28,12 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    if args.threads < 1:
+        print(f"seqlab compare: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        print(f"seqlab compare: --out {args.out}: is a file, expected a results directory", file=sys.stderr)
+        return 2
     from .compare import command  # imports torch: only once the command runs, not for --help
 
     return command(args)
@@ -67,6 +74,13 @@ def _explain(args: argparse.Namespace) -> int:
     if text is None:
         print("seqlab explain: expected --text TEXT or --text-file FILE, got neither", file=sys.stderr)
         return 2
+    if args.out is not None:
+        if os.path.isdir(args.out):
+            print(f"seqlab explain: --out {args.out}: is a directory, expected an HTML file name", file=sys.stderr)
+            return 2
+        if os.path.exists(args.out) and not args.force:
+            print(f"seqlab explain: --out {args.out}: exists; give --force to overwrite it", file=sys.stderr)
+            return 2
     try:
         out = explain(args.run_dir, text, args.out, layer=args.layer, quantity=args.gate, unit=args.unit)
     except (ExplainError, CheckpointError) as e:
@@ -86,6 +100,7 @@ def add_explain_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--text", default=None, help="the text to read")
     p.add_argument("--text-file", default=None, help="read the text from this file instead")
     p.add_argument("--out", default=None, help="the HTML file to write (default RUN_DIR/explain.html)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--layer", type=int, default=0, help="layer shown first (default 0)")
     p.add_argument("--gate", default="h", help="quantity shown first: h, c (LSTM) or a gate: LSTM i f g o, "
                    "GRU r z n (default h)")

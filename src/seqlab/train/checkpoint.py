@@ -356,12 +356,14 @@ def load_checkpoint(path: str | os.PathLike, *, model_class: Optional[str] = Non
         if found is None:
             raise CheckpointError(f"{path}: holds no checkpoint (expected a 'latest' file or a state.json)")
         path = found
-    _verify_files(path)
+    if not (path / "state.json").is_file():
+        raise CheckpointError(f"{path / 'state.json'}: missing")
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path / 'state.json'}: unreadable or corrupted ({e})") from None
     _check_state(path, state)
+    _verify_files(path)
     tensors = {}
     for fname in ("model.safetensors", "train.safetensors"):
         fpath = path / fname

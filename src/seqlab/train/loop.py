@@ -479,8 +479,10 @@ class Trainer:
         self._interrupt_agreed = False
 
         def handler(signum, frame):
-            if self._signal:  # the second one: the user does not want to wait for the step
-                raise KeyboardInterrupt(f"signal {signum} during a checkpoint-bound stop")
+            if self._signal:  # the second one: the user does not want to wait (checkpoints are atomic)
+                if signum == signal.SIGINT:
+                    raise KeyboardInterrupt
+                raise SystemExit(128 + signum)
             self._signal = signum
             if self.progress and D.is_main():
                 name = signal.Signals(signum).name
