@@ -299,7 +299,7 @@ class App:
             labels = [y for ex in self.examples(split) for y in self.labels_of(ex)]
             unseen = sorted(set(labels) - seen)
             if unseen and len(unseen) == len(set(labels)):
-                raise DataError(f"{self.source(split)}: none of its {len(set(labels))} labels appears in the "
+                raise DataError(f"{self.source(split)}: none of its {len(set(labels))} label(s) appears in the "
                                 f"training data (e.g. {unseen[0]!r}); expected a {self.kind} file with the "
                                 f"training data's labels")
             if unseen:

@@ -185,14 +185,8 @@ class LMApp(App):
             where = path if own else f"{path} (its {split} part by hash split; train with {flag} FILE to name one)"
             raise DataError(f"{where}: no {split} examples; expected at least one")
 
-    def examples(self, split: str) -> list:
-        if self._streamed(split) is not None:
-            raise DataError(f"{self._streamed(split)}: a plain-text corpus is streamed, not held as examples; "
-                            f"use stream({split!r})")  # pragma: no cover - a caller bug, not the user's
-        return super().examples(split)
-
     def require(self, split: str) -> None:
-        self.stream(split)
+        self.stream(split)  # a plain-text corpus is streamed, never read as examples (which hold it as strings)
 
     def build(self) -> None:
         o = self.options

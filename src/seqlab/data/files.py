@@ -63,6 +63,8 @@ def read_examples(path: PathLike, kind: str, *, format: Optional[str] = None,
     """
     fields = check_kind(kind)
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a file")
     fmt = format if format is not None else FORMATS.get(path.suffix.lower())
     if fmt not in FORMATS.values():
         got = f"format {format!r}" if format is not None else f"suffix {path.suffix or '(none)'!r}"
