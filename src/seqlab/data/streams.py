@@ -21,10 +21,10 @@ file holds. Batchers turn one window at a time into int64 (:class:`BPTTBatcher`,
 """
 from __future__ import annotations
 
-import json
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -65,7 +65,7 @@ def iter_units(path: PathLike, *, max_line: int) -> Iterator[str]:
     """The units of a plain-text file (see the module docstring), one piece of the file at a time."""
     paragraphs = _paragraph_units(path)
     sep = "\n\n" if paragraphs else "\n"
-    carry, line = "", 1
+    carry, line = "", 1  # the line each unit starts on, for messages
     for piece in iter_text(path):
         parts = (carry + piece).split(sep)
         carry = parts.pop()
@@ -75,7 +75,7 @@ def iter_units(path: PathLike, *, max_line: int) -> Iterator[str]:
                 _too_long(path, line, len(unit), max_line, paragraphs)
             if unit.strip():
                 yield unit
-            line += p.count("\n") + len(sep)
+            line += p.count("\n") + 2 if paragraphs else 1
         if len(carry) > max_line:
             _too_long(path, line, len(carry), max_line, paragraphs, at_least=True)
     unit = carry.strip("\n") if paragraphs else carry
@@ -89,10 +89,6 @@ def _too_long(path, line: int, n: int, limit: int, paragraphs: bool, at_least: b
     what = "a paragraph" if paragraphs else "a line"
     raise DataError(f"{path}:{line}: {what} of {'more than ' if at_least else ''}{n:,} characters, longer than "
                     f"max_line={limit:,}; expected shorter units (or raise max_line)")
-
-
-def _tokens(unit: str, level: str) -> int:
-    return len(unit) if level == "char" else len(unit.split())
 
 
 @dataclass
@@ -130,15 +126,19 @@ def _count(path: PathLike, level: str, *, split: Optional[str], key: str, limits
                 c.symbols.update(u.split())
         batch.clear()
 
+    # The hash key is the one every lm example has: f"{key}:{json.dumps(unit, ensure_ascii=False)}";
+    # encode_basestring is what json.dumps does to a str, without its per-call set-up.
+    prefix, quote = f"{key}:", encode_basestring
+    append, units, tokens, char_level = c.codes.append, c.units, c.tokens, level == "char"
     for unit in iter_units(path, max_line=max_line):
-        s = split if split is not None else split_of(f"{key}:{json.dumps(unit, ensure_ascii=False)}")
+        s = split if split is not None else split_of(prefix + quote(unit))
         limit = limits.get(s)
-        if limit is not None and c.units[s] >= limit:
-            c.codes.append(_NONE)
+        if limit is not None and units[s] >= limit:
+            append(_NONE)
             continue
-        c.codes.append(_CODE[s])
-        c.units[s] += 1
-        c.tokens[s] += _tokens(unit, level) + 1  # + <eos>
+        append(_CODE[s])
+        units[s] += 1
+        tokens[s] += (len(unit) if char_level else len(unit.split())) + 1  # + <eos>
         if count_symbols and s == "train":
             batch.append(unit)
             if len(batch) >= 4096:
