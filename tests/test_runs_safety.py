@@ -447,3 +447,18 @@ def test_labels_training_never_shows_are_a_warning(env, tmp_path, capsys):
     assert any("test.tsv" in w and "'pl'" in w for w in warnings), err
     code, _, err = run(["eval", out, "--split", "test"], capsys)
     assert_one_line_error(code, err, "test.tsv", "unknown label 'pl'")
+
+
+def test_a_second_sigint_exits_at_once_and_leaves_a_loadable_run(env, tmp_path):
+    out = tmp_path / "run"
+    proc = seqlab_process(*SLOW, "--data", env["cls.tsv"], "--out", out)
+    try:
+        _wait_for(lambda: latest_checkpoint(out) is not None, proc)
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    load_checkpoint(out)  # whatever the second signal cut short, the newest checkpoint is whole
