@@ -46,9 +46,9 @@ DATES = {"embed_dim": 64, "hidden_size": 128, "num_layers": 1, "dropout": 0.1, "
 LM_TARGET = 1_000_000
 LM_COMMON = {"batch_size": 32, "lr": 2e-3, "warmup_steps": 100, "bptt": 128, "dropout": 0.1, "eval_tokens": 20_000}
 LM_ARCHS = {"rnn": {"num_layers": 2}, "lstm": {"num_layers": 2}, "gru": {"num_layers": 2},
-            # carries a context window like the recurrent archs carry their state; independent
-            # 255-token blocks (bptt=255, carry_state=false) were tried on 2026-11-28: twice the
-            # tokens/s, but no better bits/char in 600 s on one thread (3.88 against 3.83)
+            # carries a context window like the recurrent archs carry their state: independent
+            # 255-token blocks (bptt=255, carry_state=false) give twice the tokens/s but no
+            # better bits/char in 600 s on one thread
             "transformer": {"num_layers": 4, "nhead": 4, "max_len": 256, "lr": 1e-3}}
 MODEL_KEYS = {f for f in ModelConfig.__dataclass_fields__}
 

@@ -18,7 +18,7 @@ For each T it times, after warm-up, the median of repeats of one training step
 It prints ms, tokens/s (batch · T / time) and the speed-up over the GRU
 (GRU ms / this row's ms, so above 1 is faster). By default the input does not
 require grad, as for a first layer fed by data; ``--input-grad`` adds ∂L/∂x.
-The issue's target: MinGRU (auto) ≥ 10x the GRU at T=4096.
+The target: MinGRU (auto) ≥ 10x the GRU at T=4096.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ except ImportError:
     BASELINE = "torch.nn.GRU"
 
 STEPS = (256, 1024, 4096)
-TARGET_SPEEDUP = 10.0  # the issue's target for MinGRU (auto) against the GRU at T=4096
+TARGET_SPEEDUP = 10.0  # MinGRU (auto)'s target against the GRU at T=4096
 
 
 @dataclass

@@ -351,12 +351,10 @@ Tensor add_opt(const Tensor& a, const Tensor& b) {
 // Matrix products: y = x W^T (+ bias), W in nn.Linear's (out, in) form.
 //
 // Two kinds. The products over all T*B rows (input projection, weight gradients, dx) are
-// long and few: MKL (at::mm), the projection written into a pooled buffer (project_rows).
-// oneDNN's linear only returns fresh outputs, and at T*B rows first-touching a fresh output
-// costs about as much as the product; it also copies transposed operands before a weight
-// gradient. Measured on the 2-core AMD EPYC CI machine, 2026-11-28, 1 thread: MKL into a
-// reused buffer took 0.75-1.0x oneDNN's time for every projection and weight gradient of
-// benchmarks/recurrent.py's grid (e.g. 159 vs 229 ms for the GRU's dW_ih at (64, 100, 512)).
+// long and few: MKL (at::mm), the projection written into a pooled buffer (project_rows),
+// because oneDNN's linear only returns fresh outputs, and at T*B rows first-touching a fresh
+// output costs about as much as the product (it also copies transposed operands before a
+// weight gradient).
 //
 // The per-step products of the time loop (StepLinear) are small and many: float32 ones go to
 // oneDNN (mkldnn::_linear_pointwise, the op inductor uses for CPU linear layers) with W
@@ -365,24 +363,19 @@ Tensor add_opt(const Tensor& a, const Tensor& b) {
 // costs more than it saves. float64 and small products use MKL. set_gemm_threshold (an op,
 // for tests and benchmarks) moves the threshold: 0 = always oneDNN for float32, -1 = never.
 //
-// The default depends on the CPU. On an AVX2-only AMD EPYC (the CI machine of 2026-11-28) MKL
-// was as fast or faster at every size of benchmarks/recurrent.py's grid in three same-process
-// runs (training ratio vs torch.nn, oneDNN -> MKL: RNN (128, 50, 128) 0.88 -> 0.77, (32, 100,
-// 256) 0.83 -> 0.76), so there the products stay on MKL. With AVX-512, which oneDNN's JIT
-// kernels use and MKL's code path for AMD CPUs does not, oneDNN is faster (an AVX-512 AMD EPYC,
-// 2026-11-29, 2 threads: 0.36-0.52x MKL's time at (m, n, k) = (16, 1024, 256), (64, 2048, 512)).
+// The default depends on the CPU: oneDNN's JIT kernels use AVX-512 and MKL's code path for AMD
+// CPUs does not, so with AVX-512 the per-step products go to oneDNN; with AVX2 only, MKL is as
+// fast or faster at every size of benchmarks/recurrent.py's grid, so they stay on MKL.
 //
 // On one thread with AVX-512 both the projection and the per-step products go to oneDNN's
 // brgemm micro-kernel instead (at::native::cpublas::brgemm, what inductor's CPU GEMM templates
-// call): no packing, no fresh output, about 2 us less overhead per call than MKL, and JIT code
-// for the exact shape. Same machine, 1 thread, time against MKL's: per-step products 0.56-0.81
-// at (16, 256, 64) to (64, 2048, 512), projections 0.72-0.89 at 3200-65536 rows, for weights of
-// up to 2M values (larger ones do not stay in cache: kBrgemmMaxWeight). One call runs in one
-// thread (it is not split here), so with more threads the long products (projection,
-// dx) stay on MKL and the large per-step ones on oneDNN's linear, which use the threads; the
-// small per-step ones, which MKL does not speed up with threads, stay on brgemm. With only
-// AVX2 (oneDNN capped by ONEDNN_MAX_CPU_ISA=AVX2 on that machine) brgemm took 1.4-1.9x MKL's
-// time at k >= 256, so it is off there.
+// call): no packing, no fresh output, less overhead per call than MKL, and JIT code for the
+// exact shape; only for weights of up to 2M values, because larger ones do not stay in cache
+// (kBrgemmMaxWeight). One call runs in one thread (it is not split here), so with more threads
+// the long products (projection, dx) stay on MKL and the large per-step ones on oneDNN's
+// linear, which use the threads; the small per-step ones, which MKL does not speed up with
+// threads, stay on brgemm. With AVX2 only (or oneDNN capped by ONEDNN_MAX_CPU_ISA=AVX2) brgemm
+// is slower than MKL at k >= 256, so it is off there.
 // set_brgemm (an op, for tests and benchmarks): 1 = always for float32, 0 = never, -1 = auto.
 
 bool cpu_has_avx512() {
@@ -418,12 +411,11 @@ const OneDNN& onednn() {
   return o;
 }
 
-// Packing W for oneDNN costs 110-530 us (W from 256x64 to 2048x512, AVX-512 AMD EPYC, 2026-11-29)
-// and saves 10-30% of each product that reads it. Measured break-even: T*m*n*k of 50-67M
-// multiply-adds at (m, n, k) = (16, 768, 256), (32, 1024, 256) and (64, 2048, 512); below it
-// MKL is faster. A one-step call (generation) never amortizes the packing: a GRU step at
-// (B, H) = (16, 256) took 480 us through oneDNN against 255 us for torch.nn's. `uses` is how
-// many products read the packed W (T for a time loop). A threshold of 0 forces oneDNN (tests).
+// Packing W for oneDNN takes a tenth to half a millisecond and saves 10-30% of each product
+// that reads it, so it pays only above a break-even of T*m*n*k near 50-67M multiply-adds
+// (kDnnAmortize); below it MKL is faster. A one-step call (generation)
+// never amortizes the packing. `uses` is how many products read the packed W (T for a time
+// loop). A threshold of 0 forces oneDNN (tests).
 constexpr int64_t kDnnAmortize = int64_t(1) << 27;
 
 bool use_dnn(const Tensor& x, int64_t m, int64_t n, int64_t k, int64_t uses) {
@@ -585,8 +577,8 @@ struct StepLinear {
   StepLinear() = default;
   StepLinear(const Tensor& w_, int64_t m_, int64_t uses) : m(m_), n(w_.size(0)), k(w_.size(1)) {
     // On more threads only oneDNN's linear spreads a step's product over them; MKL does not pay
-    // at these sizes (2 threads, AVX-512 EPYC: (m, n, k) = (16, 256, 64) took 15 us on MKL, 4.6 us
-    // on brgemm), so brgemm takes the steps that oneDNN does not
+    // at these sizes (small products are several times faster on brgemm), so brgemm takes the
+    // steps that oneDNN does not
     const bool dnn_ok = use_dnn(w_, m, n, k, uses);
     brg = !(dnn_ok && at::get_num_threads() > 1) &&
           use_brgemm(w_, uses * m, w_.t().is_contiguous(), /*parallel=*/false);
