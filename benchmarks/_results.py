@@ -119,7 +119,8 @@ def results_section(title: str, command: str, *tables: str, notes: Iterable[str]
              f"- machine: {env['cpu']}, {env['logical_cpus']} logical CPUs, {env['platform']}",
              f"- CPU flags: {flags_text}",
              f"- load: {_load_text(env)}",
-             f"- torch {env['torch']} ({env['torch_threads']} threads), Python {env['python']}"
+             f"- torch {env['torch']} ({env['torch_threads']} thread{'' if env['torch_threads'] == 1 else 's'}), "
+             f"Python {env['python']}"
              + (f", GPU {env['cuda']}" if env.get("cuda") else "")]
     lines += [f"- {n}" for n in notes]
     for t in tables:

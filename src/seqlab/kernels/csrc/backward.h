@@ -5,6 +5,7 @@
 // files); the map of the files is at the top of recurrent.cpp.
 #pragma once
 
+#include "cells.h"
 #include "forward.h"
 
 #include <vector>
@@ -154,32 +155,10 @@ std::vector<Tensor> rnn_backward(
         const T_* ct_t = ln_c ? c_tilde_p + t * B * H : nullptr;
         step_rows([&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
-            const T_* a = a_t + b * GH;
-            const T_ *i = a, *f = a + H, *g = a + 2 * H, *o = a + 3 * H;
             T_* d = da_t + b * GH;
-            T_ *d_i = d, *d_f = d + H, *d_g = d + 2 * H, *d_o = d + 3 * H;
-            const T_* dqb = dq_p + b * H;
-            const T_* tb = tau_t + b * H;
-            // dτ' = dq ⊙ o ⊙ (1 - τ²) (into dct, or dtau under LN_c); da_o = dq ⊙ τ ⊙ o(1-o)
-            T_* dctb = dct_p + b * H;
-            T_* dtp = ln_c ? dtau_p + b * H : dctb;
-            for (int64_t j = 0; j < H; ++j) {
-              dtp[j] = dqb[j] * o[j] * (T_(1) - tb[j] * tb[j]);
-              d_o[j] = dqb[j] * tb[j] * o[j] * (T_(1) - o[j]);
-            }
-            if (ln_c) ln_backward_row(dctb, dtp, ct_t + b * H, H, lnc_w, dw_c.data(), db_c.data());
-            const T_* cp = c_prev + b * H;
-            T_* dcb = dc_p + b * H;
-            const T_* kc = mkc ? mkc.row(t, b) : nullptr;
-            const int64_t kcs = mkc ? mkc.ks() : 0;
-            for (int64_t j = 0; j < H; ++j) {
-              const T_ kk = kc ? kc[j * kcs] : T_(0);
-              const T_ dctj = dctb[j] + (T_(1) - kk) * dcb[j];  // dc̃_t
-              d_i[j] = dctj * g[j] * i[j] * (T_(1) - i[j]);
-              d_f[j] = dctj * cp[j] * f[j] * (T_(1) - f[j]);
-              d_g[j] = dctj * i[j] * (T_(1) - g[j] * g[j]);
-              dcb[j] = f[j] * dctj + kk * dcb[j];  // dc_{t-1}
-            }
+            lstm_backward_row(a_t + b * GH, dq_p + b * H, tau_t + b * H, c_prev + b * H, d, dct_p + b * H, ln_c,
+                              ln_c ? dtau_p + b * H : nullptr, ln_c ? ct_t + b * H : nullptr, lnc_w, dw_c.data(),
+                              db_c.data(), dc_p + b * H, mkc ? mkc.row(t, b) : nullptr, mkc ? mkc.ks() : 0, H);
             if (ln_hh) ln_backward_row(dhp_t + b * GH, d, hp_t + b * GH, GH, lnh_w, dw_h.data(), nullptr);
           }
         });
@@ -188,22 +167,9 @@ std::vector<Tensor> rnn_backward(
         const T_* hwn_t = hw_n_p + t * B * H;
         step_rows([&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
-            const T_* a = a_t + b * GH;
-            const T_ *r = a, *z = a + H, *n = a + 2 * H;
-            const T_* dhb = dht_p + b * P;
-            const T_* hn = hwn_t + b * H;
-            const T_* hpv = hprev + b * P;
-            T_* d = da_t + b * GH;
             T_* e = dhw_t + b * GH;
-            T_* dr = dir + b * H;
-            for (int64_t j = 0; j < H; ++j) {
-              const T_ dn = dhb[j] * (T_(1) - z[j]) * (T_(1) - n[j] * n[j]);  // dn'
-              const T_ drr = dn * hn[j] * r[j] * (T_(1) - r[j]);
-              const T_ dzz = dhb[j] * (hpv[j] - n[j]) * z[j] * (T_(1) - z[j]);
-              d[j] = drr; d[H + j] = dzz; d[2 * H + j] = dn;
-              e[j] = drr; e[H + j] = dzz; e[2 * H + j] = dn * r[j];
-              dr[j] = z[j] * dhb[j];
-            }
+            gru_backward_row(a_t + b * GH, dht_p + b * P, hwn_t + b * H, hprev + b * P, da_t + b * GH, e,
+                             dir + b * H, H);
             if (ln_hh) ln_backward_row(dhp_t + b * GH, e, hp_t + b * GH, GH, lnh_w, dw_h.data(), nullptr);
           }
         });
@@ -211,14 +177,8 @@ std::vector<Tensor> rnn_backward(
         const bool relu = cell == RNN_RELU;
         step_rows([&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
-            const T_* hb = a_t + b * GH;  // h̃_t
-            const T_* dhb = dht_p + b * P;
             T_* d = da_t + b * GH;
-            if (relu) {
-              for (int64_t j = 0; j < H; ++j) d[j] = hb[j] > T_(0) ? dhb[j] : T_(0);
-            } else {
-              for (int64_t j = 0; j < H; ++j) d[j] = dhb[j] * (T_(1) - hb[j] * hb[j]);
-            }
+            rnn_backward_row(a_t + b * GH, dht_p + b * P, d, relu, H);  // a_t holds h̃_t
             if (ln_hh) ln_backward_row(dhp_t + b * GH, d, hp_t + b * GH, GH, lnh_w, dw_h.data(), nullptr);
           }
         });

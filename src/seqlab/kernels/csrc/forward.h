@@ -6,6 +6,7 @@
 #pragma once
 
 #include "buffer_pool.h"
+#include "cells.h"
 #include "pointwise.h"
 #include "products.h"
 
@@ -180,25 +181,9 @@ std::vector<Tensor> rnn_forward(
         for_rows(B, GH, [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
             T_* a = act_t + b * GH;
-            if (hp_t) ln_apply<T_, true>(a, hp_t + b * GH, GH, lnh_w, lnh_b);
-            // i, f, g, o = σ, σ, tanh, σ of a
-            T_ *i = a, *f = a + H, *g = a + 2 * H, *o = a + 3 * H;
-            sigmoid_row(a, 2 * H);
-            tanh_row(g, H);
-            sigmoid_row(o, H);
-            // c̃_t = f ⊙ c_{t-1} + i ⊙ g
-            const T_* cp = c_prev + b * H;
-            T_* c = ct + b * H;
-            for (int64_t j = 0; j < H; ++j) c[j] = f[j] * cp[j] + i[j] * g[j];
-            // τ = tanh(LN_c(c̃_t)); q = o ⊙ τ
-            T_* tb = tau_t + b * H;
-            if (ln_c) ln_apply<T_, false>(tb, c, H, lnc_w, lnc_b);
-            else std::memcpy(tb, c, H * sizeof(T_));
-            tanh_row(tb, H);
-            T_* qb = q_t + b * H;
-            for (int64_t j = 0; j < H; ++j) qb[j] = o[j] * tb[j];
-            // c_t = kc ⊙ c_{t-1} + (1 - kc) ⊙ c̃_t
-            if (mkc) lerp_row(c_t + b * H, c, cp, mkc.row(t, b), mkc.ks(), H);
+            if (hp_t) ln_apply<T_, true>(a, hp_t + b * GH, GH, lnh_w, lnh_b);  // a = xw_t + hw_t
+            lstm_forward_row(a, c_prev + b * H, ct + b * H, tau_t + b * H, q_t + b * H, ln_c, lnc_w, lnc_b,
+                             c_t + b * H, mkc ? mkc.row(t, b) : nullptr, mkc.ks(), H);
           }
         });
         // h̃_t = W_hr (o ⊙ τ)
@@ -212,16 +197,7 @@ std::vector<Tensor> rnn_forward(
             T_* hwb = hw_p + b * GH;
             if (hp_t) ln_apply<T_, false>(hwb, hp_t + b * GH, GH, lnh_w, lnh_b);
             else if (lnh_b) for (int64_t j = 0; j < GH; ++j) hwb[j] += lnh_b[j];  // + b_hh
-            // r, z = σ(xw_rz + hw_rz); n = tanh(xw_n + r ⊙ hw_n)
-            for (int64_t j = 0; j < 2 * H; ++j) a[j] += hwb[j];
-            sigmoid_row(a, 2 * H);
-            T_ *r = a, *z = a + H, *n = a + 2 * H;
-            const T_* hn = hwb + 2 * H;
-            for (int64_t j = 0; j < H; ++j) n[j] += r[j] * hn[j];
-            tanh_row(n, H);
-            std::memcpy(hwn_t + b * H, hn, H * sizeof(T_));
-            // h̃_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
-            lerp_row(dst + b * H, n, hprev_p + b * P, z, 1, H);
+            gru_forward_row(a, hwb, hprev_p + b * P, hwn_t + b * H, dst + b * H, H);
           }
         });
       } else {
@@ -229,12 +205,8 @@ std::vector<Tensor> rnn_forward(
         for_rows(B, GH, [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
             T_* a = act_t + b * GH;
-            if (hp_t) ln_apply<T_, true>(a, hp_t + b * GH, GH, lnh_w, lnh_b);
-            if (relu) {
-              for (int64_t j = 0; j < H; ++j) a[j] = a[j] > T_(0) ? a[j] : T_(0);
-            } else {
-              tanh_row(a, H);
-            }
+            if (hp_t) ln_apply<T_, true>(a, hp_t + b * GH, GH, lnh_w, lnh_b);  // a = xw_t + hw_t
+            rnn_forward_row(a, relu, H);
           }
         });
       }

@@ -34,6 +34,8 @@
 //
 //   common.h        tensor aliases, cell ids (as kernels/common.py), LN_EPS, optional-tensor helpers
 //   pointwise.h     exp / σ / tanh, LayerNorm rows and their backward, lerp, step masks, for_rows
+//   cells.h         the per-cell step functions (one row, forward and backward) for the LSTM,
+//                   GRU and Elman RNN, as fused.py's _lstm_* / _gru_* / _rnn_*
 //   buffer_pool.h   the loop's private pool of large buffers (loop_buffer)
 //   products.h      matrix products and their policy: MKL, direct BLAS, oneDNN linear, brgemm,
 //                   StepLinear (one product of the time loop) and the switches tests move
@@ -44,6 +46,7 @@
 
 #include "backward.h"
 #include "buffer_pool.h"
+#include "cells.h"
 #include "common.h"
 #include "forward.h"
 #include "minrnn_scan.h"
