@@ -3,6 +3,7 @@
     python benchmarks/applications.py --what dates --budget 600     # ~20 min: two models
     python benchmarks/applications.py --what lm --budget 600        # ~45 min: four models
     python benchmarks/applications.py --what all --budget 30        # a smoke run
+    python benchmarks/applications.py --what all --budget 600 --markdown   # also into benchmarks/RESULTS.md
 
 (1) **dates**: human-written dates in 17 locales -> ISO 8601 (``seqlab.data`` task ``dates``),
 a bidirectional-GRU encoder and a GRU decoder, trained for at most ``--budget`` seconds each:
@@ -17,7 +18,9 @@ character on the whole validation split (~300k characters), steps and tokens/s.
 
 The learning-rate schedule needs a horizon, so each run first times a few training steps and
 sets ``max_steps`` to what fits in 90% of the budget; ``max_time`` is the hard stop. Evaluation
-happens once, at the end, outside the budget. Prints a markdown table and writes JSON.
+happens once, at the end, outside the budget. Prints a markdown table and writes JSON;
+``--markdown`` also writes the table, headed with the machine, versions, date and command, into
+this benchmark's section of ``benchmarks/RESULTS.md``.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ try:
 except ImportError:  # run from a checkout without installing: python benchmarks/applications.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from _results import add_markdown_arguments, command_line, results_section, write_section  # noqa: E402
 from seqlab.apps import app_class, load_run, train_run  # noqa: E402
 from seqlab.models import ModelConfig, build_model, count_parameters  # noqa: E402
 
@@ -46,9 +50,9 @@ DATES = {"embed_dim": 64, "hidden_size": 128, "num_layers": 1, "dropout": 0.1, "
 LM_TARGET = 1_000_000
 LM_COMMON = {"batch_size": 32, "lr": 2e-3, "warmup_steps": 100, "bptt": 128, "dropout": 0.1, "eval_tokens": 20_000}
 LM_ARCHS = {"rnn": {"num_layers": 2}, "lstm": {"num_layers": 2}, "gru": {"num_layers": 2},
-            # carries a context window like the recurrent archs carry their state; independent
-            # 255-token blocks (bptt=255, carry_state=false) were tried on 2026-11-28: twice the
-            # tokens/s, but no better bits/char in 600 s on one thread (3.88 against 3.83)
+            # carries a context window like the recurrent archs carry their state: independent
+            # 255-token blocks (bptt=255, carry_state=false) give twice the tokens/s but no
+            # better bits/char in 600 s on one thread
             "transformer": {"num_layers": 4, "nhead": 4, "max_len": 256, "lr": 1e-3}}
 MODEL_KEYS = {f for f in ModelConfig.__dataclass_fields__}
 
@@ -171,6 +175,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch's default; default 1)")
     p.add_argument("--json", default="runs/applications.json", help="where to write the results")
     p.add_argument("--runs", default=None, help="where the run directories go (default: a temporary folder)")
+    add_markdown_arguments(p)
     args = p.parse_args(argv)
     if args.budget <= 0:
         p.error(f"--budget must be > 0, got {args.budget}")
@@ -197,6 +202,13 @@ def main(argv=None) -> int:
     path.write_text(json.dumps({"budget_s": args.budget, "threads": torch.get_num_threads(),
                                 "torch": torch.__version__, "results": rows}, indent=1) + "\n")
     print(f"\nwrote {path}")
+    if args.markdown:
+        how = [f"at most {args.budget:g} s of training per model (steps fitted to 90% of it from a timed probe), "
+               f"{torch.get_num_threads()} torch threads; evaluation after training, outside the budget"]
+        command = command_line(None if argv is None else [__file__, *argv])
+        section = results_section("What the applications reach in a fixed time", command, table(rows),
+                                  notes=how + args.note)
+        print(f"wrote the 'applications' section of {write_section(args.markdown, 'applications', section)}")
     return 0
 
 

@@ -1,27 +1,39 @@
-"""The recurrent benchmark runs end to end (--quick), prints its table and writes valid JSON.
+"""The benchmarks run end to end at tiny sizes, print their tables, write valid JSON and their
+section of RESULTS.md (``--markdown``), headed with machine, CPU flags, torch, date and command.
 
 Timings are not asserted: they depend on the machine. What is asserted is
 that every seqlab path the benchmark measures actually ran.
 """
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_recurrent_benchmark_quick(tmp_path):
     out_json = tmp_path / "bench.json"
+    out_md = tmp_path / "RESULTS.md"
+    out_md.write_text("# kept\n\n<!-- results:other begin -->\nanother benchmark's table\n<!-- results:other end -->\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "recurrent.py"), "--quick", "--threads", "1",
-         "--json", str(out_json)],
+         "--json", str(out_json), "--markdown", str(out_md)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| cell | seqlab backend |" in proc.stdout
+    text = out_md.read_text()
+    assert text.startswith("# kept") and "another benchmark's table" in _section(text, "other")
+    section = _section(text, "recurrent")
+    _assert_headed(section, "recurrent.py --quick --threads 1")
+    assert "| lstm+zoneout | 4 | 8 | 16 |" in section and "(4, 8, 16)" in section
     result = json.loads(out_json.read_text())
     rows = result["rows"]
     assert {r["cell"] for r in rows} == {"rnn", "gru", "lstm", "lstm+layer_norm", "lstm+recurrent_dropout",
@@ -38,3 +50,96 @@ def test_recurrent_benchmark_rejects_unknown_cells():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recurrent.py"), "--cells", "lstm,tcn"],
                           cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 2 and "tcn" in proc.stderr
+    proc = _run("recurrent.py", "--sizes", "4,8")
+    assert proc.returncode == 2 and "B,T,H" in proc.stderr
+
+
+def _run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _section(text: str, key: str) -> str:
+    """The body of section ``key`` of a RESULTS.md text; fails when the markers are missing."""
+    begin, end = f"<!-- results:{key} begin -->", f"<!-- results:{key} end -->"
+    assert text.count(begin) == 1 and text.count(end) == 1, text[:2000]
+    return text[text.index(begin) + len(begin):text.index(end)]
+
+
+def _assert_headed(section: str, command_part: str) -> None:
+    """Every section says where, when and how it was measured."""
+    for field in ("- command: `python benchmarks/", "- date: ", "- machine: ", "- CPU flags: ", "- load: ",
+                  "- torch "):
+        assert field in section, (field, section)
+    assert command_part in section, section
+    assert re.search(r"- date: 20\d\d-\d\d-\d\d \d\d:\d\d UTC", section), section
+
+
+def _results_module():
+    spec = importlib.util.spec_from_file_location("_results", ROOT / "benchmarks" / "_results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_write_section_replaces_its_own_section_in_place(tmp_path):
+    results = _results_module()
+    path = tmp_path / "RESULTS.md"
+    env = {**results.machine(), "cpu_flags": ["avx2"], "load_average": 1.25}
+    results.write_section(path, "alpha", results.results_section("Alpha", "python benchmarks/a.py", "| a |\n|---|",
+                                                                 env=env))
+    results.write_section(path, "beta", "## Beta\n\nfirst")
+    first = path.read_text()
+    assert first.startswith("# Benchmark results")
+    assert "- CPU flags: avx2" in _section(first, "alpha") and "1.2 runnable jobs" in _section(first, "alpha")
+    results.write_section(path, "alpha", "## Alpha\n\nsecond")
+    second = path.read_text()
+    assert "second" in _section(second, "alpha") and "| a |" not in second
+    assert _section(second, "beta") == _section(first, "beta")
+    assert second.index("results:alpha begin") < second.index("results:beta begin")  # replaced where it stood
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RESULTS.md"]  # no temporary file left behind
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_write_section_refuses_broken_markers_and_keys(tmp_path):
+    results = _results_module()
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# x\n\n<!-- results:alpha begin -->\nno end marker\n")
+    with pytest.raises(ValueError, match="broken pair"):
+        results.write_section(path, "alpha", "new")
+    assert path.read_text() == "# x\n\n<!-- results:alpha begin -->\nno end marker\n"
+    with pytest.raises(ValueError, match="section key"):
+        results.write_section(path, "Has Space", "new")
+    with pytest.raises(ValueError, match="title"):
+        results.results_section(" ", "cmd")
+
+
+def test_minrnn_benchmark_writes_its_section(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    proc = _run("minrnn.py", "--quick", "--threads", "1", "--markdown", str(out), "--note", "a loaded machine")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    section = _section(out.read_text(), "minrnn")
+    _assert_headed(section, "minrnn.py --quick --threads 1")
+    assert "- a loaded machine" in section and "| 64 | MinGRU scan |" in section and "the GRU" in section
+
+
+def test_transformer_benchmark_writes_its_section(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    proc = _run("transformer.py", "--quick", "--device", "cpu", "--batch", "2", "--seq-lens", "16",
+                "--gen-tokens", "8", "--markdown", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    section = _section(out.read_text(), "transformer")
+    _assert_headed(section, "transformer.py --quick")
+    assert re.search(r"\| 16 \| [\d.]+ \| [\d.]+ \|", section), section
+    assert "| seqlab, KV cache |" in section
+
+
+def test_applications_benchmark_writes_its_section(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    proc = _run("applications.py", "--what", "dates", "--budget", "1", "--json", str(tmp_path / "a.json"),
+                "--markdown", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    section = _section(out.read_text(), "applications")
+    _assert_headed(section, "applications.py --what dates --budget 1")
+    assert "| dates gru bahdanau |" in section and "| dates gru none |" in section

@@ -7,8 +7,10 @@ the input and recurrent projections and of the LSTM cell) fused into one C++ loo
 it removes is the per-step Python and dispatcher overhead, which is most of the time of a
 step at small sizes (hidden <= 128); see ``benchmarks/recurrent.py``.
 
-The C++ lives in ``csrc/recurrent.cpp`` (one translation unit, shape contracts next to the
-kernels). It is built with ``torch.utils.cpp_extension`` on first use and cached:
+The C++ lives in ``csrc/``: ``recurrent.cpp`` registers the ops and includes one header per
+job (pointwise math, buffer pool, products, forward, backward, minRNN scan; the map is at the
+top of recurrent.cpp), one translation unit with shape contracts next to the kernels. It is
+built with ``torch.utils.cpp_extension`` on first use and cached:
 
 * the build directory is ``$SEQLAB_BUILD_DIR`` if set, else ``~/.cache/seqlab/`` plus a tag
   for the machine, Python and torch (the flags include ``-march=native``, so a cache shared
@@ -63,6 +65,8 @@ __all__ = ["run_layer", "run_supported", "supports", "run_min_layer", "supports_
 
 #: the C++ sources of the extension (one translation unit keeps the cold build short)
 SOURCES = (Path(__file__).resolve().parent / "csrc" / "recurrent.cpp",)
+#: the headers recurrent.cpp includes: part of what a build depends on (see ``_stamp``)
+HEADERS = tuple(sorted((Path(__file__).resolve().parent / "csrc").glob("*.h")))
 #: dtypes the C++ loops are instantiated for (AT_DISPATCH_FLOATING_TYPES)
 _FLOATS = (torch.float32, torch.float64)
 _CELL_ID = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
@@ -119,7 +123,7 @@ def _openmp_flags() -> list[str]:
 def _stamp() -> str:
     """What the built library depends on: the sources, the flags, torch and Python."""
     h = hashlib.sha1()
-    for src in SOURCES:
+    for src in SOURCES + HEADERS:
         h.update(src.read_bytes())
     h.update(" ".join(_cflags() + [torch.__version__, sys.version]).encode())
     return h.hexdigest()
