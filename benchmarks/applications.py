@@ -166,7 +166,7 @@ NUMBERS_DATA = {"task": "numbers", "n_train": 10_000, "n_valid": 500, "n_test": 
 NUMBERS_BEAM = 5
 # seqlab's candidates: name -> (arch, settings). Words as tokens, as the peer reads them: a
 # number is at most 11 words (71 characters), so word-level decoders take 6x fewer steps.
-NUMBERS_COMMON = {**NUMBERS_DATA, "level": "word", "batch_size": 32, "lr": 3e-3, "dropout": 0.1,
+NUMBERS_COMMON = {"level": "word", "batch_size": 32, "lr": 3e-3, "dropout": 0.1,
                   "eval_examples": 200}
 NUMBERS = {
     "gru-bahdanau": ("gru", {"embed_dim": 128, "hidden_size": 128, "num_layers": 1, "attention": "bahdanau"}),
@@ -181,7 +181,7 @@ NUMBERS_BEST = "gru-bahdanau"
 def bench_numbers_seqlab(name: str, budget: float, clock: str, out: Path) -> dict:
     """seqlab's ``name`` model trained for ``budget`` seconds of ``clock``, scored on the test split."""
     arch, extra = NUMBERS[name]
-    settings = {**NUMBERS_COMMON, **extra, "max_time": float(budget), "clock": clock, "eval_every": 0,
+    settings = {**NUMBERS_DATA, **NUMBERS_COMMON, **extra, "max_time": float(budget), "clock": clock, "eval_every": 0,
                 "checkpoint_every": 0, "log_every": 20}
     result = train_run("seq2seq", arch=arch, settings=settings, out=out / f"numbers-{name}", force=True,
                        progress=False)

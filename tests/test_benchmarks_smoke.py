@@ -38,3 +38,31 @@ def test_recurrent_benchmark_rejects_unknown_cells():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recurrent.py"), "--cells", "lstm,tcn"],
                           cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 2 and "tcn" in proc.stderr
+
+
+def test_applications_numbers_smoke(tmp_path, monkeypatch, capsys):
+    """--what numbers end to end on a tiny budget and a small test split: a seqlab model and the
+    tutorial peer train on the same pairs, are scored on the same test pairs, and the table and
+    JSON carry what the brief asks for (exact match, BLEU, CER, greedy and beam, tokens/s)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("applications_bench", ROOT / "benchmarks" / "applications.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "NUMBERS_DATA", {"task": "numbers", "n_train": 300, "n_valid": 20, "n_test": 40})
+    out_json = tmp_path / "numbers.json"
+    assert bench.main(["--what", "numbers", "--budget", "2", "--clock", "cpu", "--threads", "1",
+                       "--numbers-models", "gru-luong", "--json", str(out_json), "--runs", str(tmp_path / "runs")]) == 0
+    printed = capsys.readouterr().out
+    assert "| program | model | params |" in printed and "| peer | tutorial-peer |" in printed
+    result = json.loads(out_json.read_text())
+    assert result["clock"] == "cpu"
+    rows = {r["model"]: r for r in result["results"]}
+    assert set(rows) == {"gru-luong", "tutorial-peer"}
+    for r in rows.values():
+        assert r["steps"] > 0 and r["parameters"] > 0 and r["tokens_per_s"] > 0 and r["pairs_per_s"] > 0
+        assert 2.0 <= r["train_s"] < 30.0  # the budget was spent, counted on the CPU clock (one step's overshoot)
+        assert r["metrics"]["examples"] == 40.0
+        assert 0.0 <= r["metrics"]["exact_match"] <= 1.0 and 0.0 <= r["metrics"]["bleu"] <= 100.0
+    assert rows["gru-luong"]["settings"]["n_train"] == 300 and rows["tutorial-peer"]["settings"]["n_train"] == 300
+    assert rows["gru-luong"]["beam_metrics"]["examples"] == 40.0 and rows["tutorial-peer"]["beam_metrics"] is None
+    assert rows["gru-luong"]["settings"]["clock"] == "cpu" and rows["gru-luong"]["settings"]["max_time"] == 2.0
