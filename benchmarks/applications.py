@@ -175,14 +175,30 @@ NUMBERS = {
     "transformer": ("transformer", {"embed_dim": 128, "hidden_size": 128, "num_layers": 2, "nhead": 4,
                                     "lr": 1e-3}),
 }
-NUMBERS_BEST = "gru-bahdanau"
+NUMBERS_BEST = "gru-luong"  # 1.0 test exact match in 60 CPU seconds, the most steps per second
+NUMBERS_EVAL_EVERY = 100  # steps (of 32 pairs, for both programs) between validation scores of the curve
+NUMBERS_CURVE_S = (2, 5, 10, 20, 40, 80, 160, 320, 600)  # elapsed training seconds the curve table reads
 
 
-def bench_numbers_seqlab(name: str, budget: float, clock: str, out: Path) -> dict:
-    """seqlab's ``name`` model trained for ``budget`` seconds of ``clock``, scored on the test split."""
+def curve_at(curve: list[dict], seconds: float) -> float | None:
+    """The validation exact match of the last evaluation at or before ``seconds`` of training."""
+    seen = [c["exact_match"] for c in curve if c["train_time"] <= seconds]
+    return seen[-1] if seen else None
+
+
+def time_to(curve: list[dict], target: float) -> float | None:
+    """Training seconds at the first evaluation with validation exact match >= ``target``."""
+    return next((c["train_time"] for c in curve if c["exact_match"] >= target), None)
+
+
+def bench_numbers_seqlab(name: str, budget: float, clock: str, out: Path, eval_every: int) -> dict:
+    """seqlab's ``name`` model trained for ``budget`` seconds of ``clock``, scored on the test split.
+
+    Every ``eval_every`` steps the trainer scores the first ``eval_examples`` validation pairs
+    (greedy) with its clock paused: that is the curve."""
     arch, extra = NUMBERS[name]
-    settings = {**NUMBERS_DATA, **NUMBERS_COMMON, **extra, "max_time": float(budget), "clock": clock, "eval_every": 0,
-                "checkpoint_every": 0, "log_every": 20}
+    settings = {**NUMBERS_DATA, **NUMBERS_COMMON, **extra, "max_time": float(budget), "clock": clock,
+                "eval_every": eval_every, "checkpoint_every": 0, "log_every": 20}
     result = train_run("seq2seq", arch=arch, settings=settings, out=out / f"numbers-{name}", force=True,
                        progress=False)
     run = load_run(out / f"numbers-{name}")
@@ -196,7 +212,9 @@ def bench_numbers_seqlab(name: str, budget: float, clock: str, out: Path) -> dic
             "plan": result.get("plan"), "train_s": train_time, "clock": clock, "eval_s": time.perf_counter() - t0,
             "tokens_per_s": sorted(e["tokens_per_s"] for e in log)[len(log) // 2] if log else float("nan"),
             "pairs_per_s": result["step"] * settings["batch_size"] / max(train_time, 1e-9),
-            "split": "test", "metrics": greedy_m, "beam_metrics": beam_m, "settings": settings}
+            "split": "test", "metrics": greedy_m, "beam_metrics": beam_m, "settings": settings,
+            "curve": [{"step": h["step"], "train_time": h["train_time"], "exact_match": h["exact_match"]}
+                      for h in result.get("history") or []]}
 
 
 class _Lang:
@@ -260,7 +278,7 @@ class _PeerDecoder(nn.Module):
         return F.log_softmax(torch.cat(outs, dim=1), dim=-1)  # (B, T, V)
 
 
-def bench_numbers_peer(budget: float, clock: str, seed: int = 0) -> dict:
+def bench_numbers_peer(budget: float, clock: str, eval_every: int, seed: int = 0) -> dict:
     """The PyTorch tutorial's seq2seq (see the module docstring) on the same pairs and budget."""
     from seqlab.data import load_task
     from seqlab.train.metrics import bleu, char_error_rate, exact_match
@@ -281,6 +299,23 @@ def bench_numbers_peer(budget: float, clock: str, seed: int = 0) -> dict:
     src = torch.tensor([src_lang.ids(s, src_len) for s, _ in train])  # (N, S)
     tgt = torch.tensor([tgt_lang.ids(t, tgt_len) for _, t in train])  # (N, T)
     tokens_per_pair = [len(t.split(" ")) + 1 for _, t in train]
+
+    def decode(pairs: list) -> list[str]:
+        """Greedy: the argmax word at each of tgt_len steps, cut at the first <eos>."""
+        enc.eval(), dec.eval()
+        hyps = []
+        with torch.no_grad():
+            for k in range(0, len(pairs), 256):
+                x = torch.tensor([src_lang.ids(s, src_len) for s, _ in pairs[k:k + 256]])  # (B, S)
+                for row in dec(*enc(x)).argmax(-1).tolist():  # (B, T)
+                    row = row[:row.index(1)] if 1 in row else row
+                    hyps.append(" ".join(tgt_lang.words[i] for i in row))
+        enc.train(), dec.train()
+        return hyps
+
+    # the curve scores the validation pairs seqlab's trainer scores (eval_examples of them), clock paused
+    valid = load_task(d["task"], "validation", n=d["n_valid"])[:NUMBERS_COMMON["eval_examples"]]
+    curve = []
     enc.train(), dec.train()
     spent, steps, tokens, epochs = 0.0, 0, 0, 0
     while spent < budget:
@@ -297,24 +332,14 @@ def bench_numbers_peer(budget: float, clock: str, seed: int = 0) -> dict:
             opt_e.step(), opt_d.step()
             spent += now() - t0
             steps, tokens = steps + 1, tokens + sum(tokens_per_pair[i] for i in idx)
+            if eval_every and steps % eval_every == 0:
+                curve.append({"step": steps, "train_time": spent,
+                              "exact_match": exact_match(decode(valid), [t for _, t in valid])})
             if spent >= budget:
                 break
         epochs += 1
     t0 = time.perf_counter()
-    enc.eval(), dec.eval()
-    hyps = []
-    with torch.no_grad():
-        for k in range(0, len(test), 256):
-            part = test[k:k + 256]
-            x = torch.tensor([src_lang.ids(s, src_len) for s, _ in part])  # (B, S)
-            ids = dec(*enc(x)).argmax(-1).tolist()  # (B, T)
-            for row in ids:
-                words = []
-                for i in row:
-                    if i == 1:
-                        break
-                    words.append(tgt_lang.words[i])
-                hyps.append(" ".join(words))
+    hyps = decode(test)
     refs = [t for _, t in test]
     metrics = {"exact_match": exact_match(hyps, refs), "char_error_rate": char_error_rate(hyps, refs),
                "bleu": bleu(hyps, refs), "examples": float(len(refs))}
@@ -322,33 +347,46 @@ def bench_numbers_peer(budget: float, clock: str, seed: int = 0) -> dict:
             "parameters": sum(p.numel() for p in params), "steps": steps, "epochs": epochs, "stopped": "max_time",
             "train_s": spent, "clock": clock, "eval_s": time.perf_counter() - t0,
             "tokens_per_s": tokens / max(spent, 1e-9), "pairs_per_s": steps * batch / max(spent, 1e-9),
-            "split": "test", "metrics": metrics, "beam_metrics": None,
+            "split": "test", "metrics": metrics, "beam_metrics": None, "curve": curve,
             "settings": {"hidden_size": hidden, "batch_size": batch, "lr": 1e-3, "optimizer": "Adam",
                          "dropout": 0.1, "level": "word", "src_len": src_len, "tgt_len": tgt_len, **d}}
 
 
-def bench_numbers(budget: float, clock: str, models: tuple[str, ...], peer: bool, out: Path) -> list[dict]:
+def bench_numbers(budget: float, clock: str, models: tuple[str, ...], peer: bool, out: Path,
+                  eval_every: int = NUMBERS_EVAL_EVERY) -> list[dict]:
     rows = []
     for name in models:
-        rows.append(bench_numbers_seqlab(name, budget, clock, out))
+        rows.append(bench_numbers_seqlab(name, budget, clock, out, eval_every))
         _print_row(rows[-1])
     if peer:
-        rows.append(bench_numbers_peer(budget, clock))
+        rows.append(bench_numbers_peer(budget, clock, eval_every))
         _print_row(rows[-1])
     return rows
 
 
 def numbers_table(rows: list[dict]) -> str:
     lines = ["| program | model | params | steps | train s | tokens/s | pairs/s | exact match | BLEU | CER "
-             f"| exact match, beam {NUMBERS_BEAM} | BLEU, beam {NUMBERS_BEAM} |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"| exact match, beam {NUMBERS_BEAM} | BLEU, beam {NUMBERS_BEAM} | s to 0.99 (valid) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         m, b = r["metrics"], r["beam_metrics"]
         beam = f"{b['exact_match']:.4f} | {b['bleu']:.2f}" if b else "- | -"
         lines.append(f"| {r['program']} | {r['model']} | {r['parameters']:,} | {r['steps']} | {r['train_s']:.0f} | "
                      f"{r['tokens_per_s']:.0f} | {r['pairs_per_s']:.0f} | {m['exact_match']:.4f} | {m['bleu']:.2f} | "
-                     f"{m['char_error_rate']:.4f} | {beam} |")
+                     f"{m['char_error_rate']:.4f} | {beam} | {_fmt(time_to(r['curve'], 0.99), '.1f')} |")
+    budget = max(r["settings"]["max_time"] if "max_time" in r["settings"] else r["train_s"] for r in rows)
+    times = [t for t in NUMBERS_CURVE_S if t <= budget]
+    lines += ["", "validation exact match (first eval_examples pairs, greedy) after t training seconds:", "",
+              "| program | model | " + " | ".join(f"{t} s" for t in times) + " |",
+              "|---|---|" + "---:|" * len(times)]
+    for r in rows:
+        lines.append(f"| {r['program']} | {r['model']} | "
+                     + " | ".join(_fmt(curve_at(r["curve"], t), ".3f") for t in times) + " |")
     return "\n".join(lines)
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
 
 
 def _print_row(r: dict) -> None:
@@ -379,6 +417,8 @@ def main(argv=None) -> int:
     p.add_argument("--numbers-models", default=NUMBERS_BEST,
                    help=f"numbers: comma-separated seqlab models of {','.join(NUMBERS)} (default {NUMBERS_BEST})")
     p.add_argument("--no-peer", action="store_true", help="numbers: skip the tutorial peer")
+    p.add_argument("--numbers-eval-every", type=int, default=NUMBERS_EVAL_EVERY,
+                   help=f"numbers: steps between the curve's validation scores (default {NUMBERS_EVAL_EVERY})")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="numbers: what the budget counts, wall seconds or this process's CPU seconds")
     p.add_argument("--budget", type=float, default=600.0, help="training seconds per model (default 600)")
@@ -409,7 +449,7 @@ def main(argv=None) -> int:
             if unknown:
                 p.error(f"--numbers-models expects a comma-separated subset of {','.join(NUMBERS)}, "
                         f"got {args.numbers_models!r}")
-            rows += bench_numbers(args.budget, args.clock, models, not args.no_peer, out)
+            rows += bench_numbers(args.budget, args.clock, models, not args.no_peer, out, args.numbers_eval_every)
     header = (f"budget {args.budget:g} s per model ({args.clock} clock for numbers), torch {torch.__version__}, {torch.get_num_threads()} threads, "
               f"{platform.processor() or platform.machine()}")
     print(header)
