@@ -143,3 +143,39 @@ def test_applications_benchmark_writes_its_section(tmp_path):
     section = _section(out.read_text(), "applications")
     _assert_headed(section, "applications.py --what dates --budget 1")
     assert "| dates gru bahdanau |" in section and "| dates gru none |" in section
+
+
+def test_applications_numbers_smoke(tmp_path, monkeypatch, capsys):
+    """--what numbers end to end on a tiny budget and a small test split: a seqlab model and the
+    tutorial peer train on the same pairs, are scored on the same test pairs, and the table and
+    JSON carry what the brief asks for (exact match, BLEU, CER, greedy and beam, tokens/s)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("applications_bench", ROOT / "benchmarks" / "applications.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "NUMBERS_DATA", {"task": "numbers", "n_train": 300, "n_valid": 20, "n_test": 40})
+    out_json = tmp_path / "numbers.json"
+    assert bench.main(["--what", "numbers", "--budget", "2", "--clock", "cpu", "--threads", "1",
+                       "--numbers-models", "gru-luong", "--numbers-eval-every", "5", "--json", str(out_json), "--runs", str(tmp_path / "runs")]) == 0
+    printed = capsys.readouterr().out
+    assert "| program | model | params |" in printed and "| peer | tutorial-peer |" in printed
+    assert "validation exact match" in printed and "| 2 s |" in printed
+    result = json.loads(out_json.read_text())
+    assert result["clock"] == "cpu"
+    rows = {r["model"]: r for r in result["results"]}
+    assert set(rows) == {"gru-luong", "tutorial-peer"}
+    for r in rows.values():
+        assert r["steps"] > 0 and r["parameters"] > 0 and r["tokens_per_s"] > 0 and r["pairs_per_s"] > 0
+        assert 0.0 < r["train_s"] < 30.0  # counted on the CPU clock: the budget plus at most a step
+        assert r["metrics"]["examples"] == 40.0
+        assert 0.0 <= r["metrics"]["exact_match"] <= 1.0 and 0.0 <= r["metrics"]["bleu"] <= 100.0
+        # the curve: validation scores every 5 steps, on a clock that only moves forward
+        steps = [c["step"] for c in r["curve"]]
+        assert steps and all(s % 5 == 0 for s in steps if s != r["steps"]) and steps == sorted(steps)
+        assert all(0.0 <= c["exact_match"] <= 1.0 for c in r["curve"])
+        assert [c["train_time"] for c in r["curve"]] == sorted(c["train_time"] for c in r["curve"])
+    # the peer trains until its budget is spent (seqlab may stop a little early, at its planned step count)
+    assert rows["tutorial-peer"]["train_s"] >= 2.0 and rows["gru-luong"]["stopped"] in ("max_time", "max_steps")
+    assert rows["gru-luong"]["settings"]["n_train"] == 300 and rows["tutorial-peer"]["settings"]["n_train"] == 300
+    assert rows["gru-luong"]["beam_metrics"]["examples"] == 40.0 and rows["tutorial-peer"]["beam_metrics"] is None
+    assert rows["gru-luong"]["settings"]["clock"] == "cpu" and rows["gru-luong"]["settings"]["max_time"] == 2.0
