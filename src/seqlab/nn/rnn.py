@@ -178,7 +178,7 @@ class _RNNBase(nn.Module):
         self.num_layers = _check_size("num_layers", num_layers)
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
-        self.dropout = _check_prob("dropout", dropout)
+        self.dropout = _check_prob("dropout", dropout, one=True)  # torch.nn accepts p = 1
         self.bidirectional = bool(bidirectional)
         self.proj_size = _check_size("proj_size", proj_size, minimum=0)
         if self.proj_size >= self.hidden_size:
@@ -251,6 +251,14 @@ class _RNNBase(nn.Module):
                 self._slot_names[layer, direction] = tuple(n if n in registered else None for n in names)
         self.reset_parameters()
         self.last_dispatch: Optional[Dispatch] = None
+
+    def __getstate__(self) -> dict:
+        # last_dispatch records the last call; it is no state of the layer. Left out so that a
+        # pickled module holds only what torch.load(weights_only=True) can be told about (the
+        # user's safe_globals list of the model's classes), not seqlab's internal records.
+        state = self.__dict__.copy()
+        state["last_dispatch"] = None
+        return state
 
     # -- parameters ---------------------------------------------------------
 
