@@ -6,7 +6,7 @@ equations in ``common.py``: one line per equation, the same symbols.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +98,37 @@ def run_layer(
                          x.new_zeros((0,) + tuple(h0.shape[:-1]) + ((h0.shape[-1],) if name == "h" else (H,))))
                   for name, v in rec.items()} if record else None
     return LayerResult(y, h, c, record_out)
+
+
+def cell_step(cell: str, x: Tensor, h: Tensor, c: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+              b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+    """One step of the plain cell (no LayerNorm, masks or projection): (h', c'), c' None but for the LSTM.
+
+    x (B, I), h (B, H), c (B, H). The same equations as ``run_layer``, written so that
+    TorchScript compiles them: the cells (``RNNCell``, ``LSTMCell``, ``GRUCell``) run this,
+    eagerly and under ``torch.jit.script`` alike.
+    """
+    xw = F.linear(x, w_ih, b_ih)  # (B, G*H)
+    hw = F.linear(h, w_hh, b_hh)  # (B, G*H)
+    if cell == "lstm":
+        if c is None:
+            raise ValueError("the LSTM cell needs c, got None")
+        a_i, a_f, a_g, a_o = (xw + hw).chunk(4, dim=-1)  # 4 x (B, H)
+        i, f, g, o = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o)
+        c_new = f * c + i * g
+        return o * torch.tanh(c_new), c_new
+    if cell == "gru":
+        xr, xz, xn = xw.chunk(3, dim=-1)  # 3 x (B, H)
+        hr, hz, hn = hw.chunk(3, dim=-1)  # 3 x (B, H)
+        r = torch.sigmoid(xr + hr)
+        z = torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        return (1 - z) * n + z * h, None
+    if cell == "rnn_tanh":
+        return torch.tanh(xw + hw), None
+    if cell == "rnn_relu":
+        return torch.relu(xw + hw), None
+    raise ValueError("unknown cell " + cell + "; expected 'rnn_tanh', 'rnn_relu', 'lstm' or 'gru'")
 
 
 # ----------------------------------------------------------------------------
