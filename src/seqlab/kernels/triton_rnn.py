@@ -47,7 +47,7 @@ tiles of at least 16 in each dimension, so batch and hidden tiles are padded to 
 Import never needs triton or CUDA: without triton ``supports`` says "triton is not
 installed". On CPU tensors the kernels run only under the interpreter
 (``TRITON_INTERPRET=1``, set before this module is first imported): that is how the
-tests run them. Double backward is not supported (``once_differentiable``).
+tests run them. Second derivatives go through the reference loop (``reference.differentiable_backward``).
 """
 from __future__ import annotations
 
@@ -57,8 +57,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from . import reference
 from .common import GATES, LayerResult, LayerWeights, Masks, RECORDED, check_layer_shapes, empty_result, refuse_call
 
 __all__ = ["run_layer", "supports", "available", "PERSISTENT_MAX_HIDDEN", "MAX_TILE"]
@@ -539,13 +539,14 @@ class _TritonRNN(torch.autograd.Function):
             else:
                 recorded.update(h=h_all)
         if any(ctx.needs_input_grad):
+            reference.keep_inputs(ctx, cell, x, h0, c0, slots)
             ctx.cell, ctx.dims, ctx.meta = cell, (T, B, I, H), meta
             ctx.save_for_backward(x_rows, h_ext, c_ext, act, aux, w.w_ih, w_hh, m.keep, m.keep_c, m.out)
             ctx.persistent = H <= PERSISTENT_MAX_HIDDEN
         return y, h_T, c_T
 
     @staticmethod
-    @once_differentiable
+    @reference.differentiable_backward
     def backward(ctx, dy, dh_T, dc_T):
         x_rows, h_ext, c_ext, act, aux, w_ih, w_hh, keep_m, keep_c_m, out_m = ctx.saved_tensors
         cell = ctx.cell

@@ -409,6 +409,13 @@ class _MinRNNBase(nn.Module):
         self.reset_parameters()
         self.last_mode: Optional[ModeChoice] = None
 
+    def __getstate__(self) -> dict:
+        # last_mode records the last call, not state: left out of a pickle so that
+        # torch.load(weights_only=True) needs only the model's classes (as _RNNBase.last_dispatch)
+        state = self.__dict__.copy()
+        state["last_mode"] = None
+        return state
+
     def reset_parameters(self) -> None:
         """U(-1/√H, 1/√H) for every parameter, as torch.nn.GRU."""
         stdv = 1.0 / math.sqrt(self.hidden_size)
