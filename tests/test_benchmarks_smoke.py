@@ -6,6 +6,7 @@ that every seqlab path the benchmark measures actually ran.
 """
 import importlib.util
 import json
+import math
 import os
 import re
 import subprocess
@@ -179,3 +180,36 @@ def test_applications_numbers_smoke(tmp_path, monkeypatch, capsys):
     assert rows["gru-luong"]["settings"]["n_train"] == 300 and rows["tutorial-peer"]["settings"]["n_train"] == 300
     assert rows["gru-luong"]["beam_metrics"]["examples"] == 40.0 and rows["tutorial-peer"]["beam_metrics"] is None
     assert rows["gru-luong"]["settings"]["clock"] == "cpu" and rows["gru-luong"]["settings"]["max_time"] == 2.0
+
+
+def test_peers_smoke_and_merge(tmp_path):
+    """peers.py trains both peers and a seqlab model on the same split for a tiny budget, then --merge
+    joins two such runs into one table, plot and RESULTS.md section with the loss ratio to each peer."""
+    small = ["--chars", "20000", "--budget", "1.5", "--clock", "cpu", "--threads", "1", "--evals", "2",
+             "--params", "20000"]
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    proc = _run("peers.py", *small, "--models", "lstm-peer,gpt-peer", "--json", str(first),
+                "--plot", str(tmp_path / "a.png"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _run("peers.py", *small, "--models", "lstm,transformer", "--set", "hidden_size=16",
+                "--set", "embed_dim=16", "--set", "num_layers=1", "--json", str(second),
+                "--plot", str(tmp_path / "b.png"), "--runs", str(tmp_path / "runs"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for path in (first, second):
+        for name, r in json.loads(path.read_text())["results"].items():
+            assert r["params"] > 0 and r["tokens_per_s"] > 0 and math.isfinite(r["final"]), name
+            times = [t for t, _ in r["curve"]]
+            assert len(times) >= 2 and times == sorted(times), (name, r["curve"])
+    md = tmp_path / "RESULTS.md"
+    proc = _run("peers.py", "--merge", str(first), str(second), "--json", str(tmp_path / "all.json"),
+                "--plot", str(tmp_path / "all.png"), "--markdown", str(md))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    section = _section(md.read_text(), "peers")
+    _assert_headed(section, "peers.py --merge")
+    assert "(1 thread)" in section  # the runs' threads, not the merging process's
+    ratios = dict(re.findall(r"^\| (\w[\w-]*) \|.*\| ([0-9.]+x \w+-peer) \|$", section, flags=re.M))
+    assert set(ratios) == {"lstm", "transformer"}, section
+    assert ratios["lstm"].endswith("lstm-peer") and ratios["transformer"].endswith("gpt-peer")
+    assert (tmp_path / "all.png").stat().st_size > 0
+    proc = _run("peers.py", "--merge", str(first), str(tmp_path / "missing.json"))
+    assert proc.returncode != 0 and "missing.json" in proc.stderr
