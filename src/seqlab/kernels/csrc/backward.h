@@ -29,6 +29,9 @@ namespace {
 //         dr' = dn' hw_n r(1-r), dz' = dh̃ (h_{t-1} - n) z(1-z);  direct z ⊙ dh̃ to h_{t-1}
 //   RNN   da = dh̃ ⊙ act'(h̃)
 //   all   dhp = LN_hh'(dhw);  dh_{t-1} = (dhp W_hh) ⊙ m + k ⊙ dL/dh_t (+ GRU direct)
+//
+// One long function for the forward's reason (forward.h): the buffers and their raw pointers
+// are shared by the loop and by the weight gradients after it; the cells' rows are in cells.h.
 
 std::vector<Tensor> rnn_backward(
     int64_t cell, c10::List<c10::optional<Tensor>> saved_l, const Tensor& x, const Tensor& h0,

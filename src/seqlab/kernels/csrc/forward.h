@@ -32,6 +32,9 @@ namespace {
 enum Saved { S_H_ALL = 0, S_ACT, S_C_ALL, S_C_TILDE, S_TAU, S_Q, S_HW_N, S_H_IN, S_HP, S_XP, S_XP_MEAN,
              S_XP_RSTD, N_SAVED };
 
+// One long function on purpose: it sizes the buffers of the call, takes their raw pointers once,
+// and the time loop reads them all; split further, each piece would take a dozen of them as
+// arguments. The cells' own equations are in cells.h, the products in products.h.
 std::vector<Tensor> rnn_forward(
     int64_t cell, const Tensor& x, const Tensor& h0, const OptT& c0_, const Tensor& w_ih, const Tensor& w_hh,
     const OptT& b_ih, const OptT& b_hh, const OptT& w_hr, const OptT& ln_ih_w, const OptT& ln_ih_b,
