@@ -35,7 +35,7 @@ def pair(kind: str, dtype=torch.float32, backend: str = "auto", seqlab_kw=None, 
 
 def out_and_state(m, x, hx=None):
     """The layer's outputs as a flat tuple of tensors (output, h_n[, c_n])."""
-    out, state = m(x, hx)
+    out, state = m(x) if hx is None else m(x, hx)
     return (out, *state) if isinstance(state, tuple) else (out, state)
 
 
@@ -150,3 +150,204 @@ def test_dropout_one_accepted_like_torch():
     torch.testing.assert_close(ours(x)[0], ref(x)[0], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match=r"\[0, 1\], got 1.5"):
         snn.LSTM(I, H, num_layers=2, dropout=1.5)
+
+
+# ----------------------------------------------------------------------------
+# The native backend: torch's own kernels for plain calls, exactly torch.nn
+
+
+NATIVE_FLAGS = [dict(), dict(num_layers=2, bidirectional=True), dict(batch_first=True, bias=False),
+                dict(num_layers=2, dropout=0.5)]
+
+
+@pytest.mark.parametrize("kw", NATIVE_FLAGS, ids=["plain", "2layers-bidir", "batch_first-nobias", "dropout"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_native_backend_matches_torch(kind, kw):
+    ref, ours = pair(kind, torch.float64, "native", **kw)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    x = x.transpose(0, 1) if kw.get("batch_first") else x
+    torch.manual_seed(1)  # the same dropout masks: both draw them inside torch's kernel
+    want = out_and_state(ref, x)
+    torch.manual_seed(1)
+    got = out_and_state(ours, x)
+    assert ours.last_dispatch == ("native", "backend='native' was asked for")
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    g = [torch.randn_like(t) for t in want]
+    gw = torch.autograd.grad(want, list(ref.parameters()), g)
+    gg = torch.autograd.grad(got, list(ours.parameters()), g)
+    for a, b in zip(gg, gw):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_native_backend_packed_and_given_state():
+    ref, ours = pair("lstm", torch.float64, "native", num_layers=2, bidirectional=True)
+    x = torch.randn(T, 3, I, dtype=torch.float64)
+    h0 = torch.randn(4, 3, H, dtype=torch.float64), torch.randn(4, 3, H, dtype=torch.float64)
+    packed = nn.utils.rnn.pack_padded_sequence(x, torch.tensor([2, T, 3]), enforce_sorted=False)
+    (yr, (hr, cr)), (y, (h, c)) = ref(packed, h0), ours(packed, h0)
+    torch.testing.assert_close(y.data, yr.data, atol=0, rtol=0)
+    torch.testing.assert_close((h, c), (hr, cr), atol=0, rtol=0)
+
+
+def test_native_backend_refuses_variants():
+    with pytest.raises(ValueError, match="backend='native' cannot run this call: .*layer_norm"):
+        snn.LSTM(I, H, backend="native", layer_norm=True)(torch.randn(T, B, I))
+    with pytest.raises(ValueError, match="lengths="):
+        snn.GRU(I, H, backend="native")(torch.randn(T, B, I), lengths=torch.tensor([T, 1]))
+
+
+def test_auto_dispatch_says_why():
+    _, lstm = pair("lstm")
+    x = torch.randn(T, B, I)
+    with torch.no_grad():
+        lstm(x)
+    avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    if avx512:  # oneDNN's LSTM primitive, the faster there for inference
+        assert lstm.last_dispatch == ("native", "")
+    elif compiled.available():
+        assert lstm.last_dispatch == ("compiled", "")
+    lstm(x)  # training: the compiled loop (or fused) is the faster
+    assert lstm.last_dispatch.backend == ("compiled" if compiled.available() else "fused")
+
+
+# ----------------------------------------------------------------------------
+# Tracing, scripting, functorch, export: torch's own kernel for plain layers, the reference
+# loop for the variants; the fast paths are never traced
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_jit_trace_runs_at_another_length_and_saves(kind, tmp_path):
+    ref, ours = pair(kind, num_layers=2, bidirectional=True)
+    ours.eval(), ref.eval()
+    traced = torch.jit.trace(ours, (torch.randn(T, B, I),), check_trace=False)
+    assert ours.last_dispatch.backend == "native" and "torch.jit.trace" in ours.last_dispatch.reason
+    torch.jit.save(traced, tmp_path / "m.pt")
+    loaded = torch.jit.load(tmp_path / "m.pt")
+    x = torch.randn(2 * T + 1, 3, I)  # another length and batch than traced
+    for a, b in zip(out_and_state(loaded, x), out_and_state(ref, x)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_jit_trace_of_a_variant_takes_the_reference_loop():
+    _, ours = pair("gru", seqlab_kw={"layer_norm": True})
+    x = torch.randn(T, B, I)
+    traced = torch.jit.trace(ours, (x,), check_trace=False)
+    assert ours.last_dispatch.backend == "reference" and "torch.jit.trace" in ours.last_dispatch.reason
+    torch.testing.assert_close(traced(x)[0], ours(x)[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="backend='fused' cannot run this call: torch.jit.trace"):
+        torch.jit.trace(snn.GRU(I, H, backend="fused"), (x,), check_trace=False)
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_jit_script_cells(name):
+    torch.manual_seed(0)
+    ref, ours = getattr(nn, name)(I, H), getattr(snn, name)(I, H)
+    ours.load_state_dict(ref.state_dict())
+    scripted = torch.jit.script(ours)
+    x = torch.randn(B, I)
+    hx = (torch.randn(B, H), torch.randn(B, H)) if name == "LSTMCell" else torch.randn(B, H)
+    for args in ((x,), (x, hx), (x[0],)):
+        if len(args) == 1 or args[0].dim() == 2:
+            got, want = scripted(*args), ref(*args)
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    with pytest.raises(Exception, match=r"expected input with 3 features, got 4"):
+        scripted(torch.randn(B, 4))
+
+
+@pytest.mark.xfail(strict=True, reason="MultiheadAttention does not script yet: KVCache's Optional attributes "
+                                       "and the helpers of MultiheadAttention.forward are not TorchScript")
+def test_jit_script_multihead_attention():
+    torch.jit.script(snn.MultiheadAttention(8, 2))
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_func_grad_and_vmap(kind):
+    ref, ours = pair(kind, torch.float64, seqlab_kw=None)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    g = {m: torch.func.grad(lambda x, m=m: m(x)[0].pow(2).sum())(x) for m in (ref, ours)}
+    assert "torch.func" in ours.last_dispatch.reason
+    torch.testing.assert_close(g[ours], g[ref], atol=1e-10, rtol=1e-8)
+    # per-sample Jacobian-vector products of a variant: the reference loop under vmap and jvp
+    _, var = pair(kind, torch.float64, seqlab_kw={"zoneout": 0.25})
+    var.eval()
+    v = torch.randn_like(x)
+    _, jvp = torch.func.jvp(lambda x: var(x)[0], (x,), (v,))
+    assert var.last_dispatch.backend == "reference"
+    xr = x.clone().requires_grad_()
+    y = var(xr)[0]
+    # the same directional derivative through double backward (vector-Jacobian of a vector-Jacobian)
+    u = torch.randn_like(y, requires_grad=True)
+    (gx,) = torch.autograd.grad(y, xr, u, create_graph=True)
+    (want,) = torch.autograd.grad(gx, u, v)
+    torch.testing.assert_close(jvp, want, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("variant", [None, "layer_norm"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_torch_export_on_the_fused_path(kind, variant, monkeypatch):
+    """torch.export where the compiled path is off (SEQLAB_NO_COMPILE=1 or no compiler): auto then takes the
+    fused path eagerly, which export cannot follow; under export it takes torch's kernel or the reference loop."""
+    monkeypatch.setitem(compiled._state, "tried", True)
+    monkeypatch.setitem(compiled._state, "ok", False)
+    monkeypatch.setitem(compiled._state, "error", "SEQLAB_NO_COMPILE is set")
+    kw = {variant: True} if variant else None
+    ref, ours = pair(kind, seqlab_kw=kw)
+    x = torch.randn(T, B, I)
+    eager = out_and_state(ours, x)
+    assert ours.last_dispatch.backend == "fused"
+    ep = torch.export.export(ours, (x,))
+    # export traces a copy of the module, so its graph says which path ran: torch's kernel for the
+    # plain layer (one aten.lstm / gru / rnn_tanh node), else the reference loop's plain ops
+    ops = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    native_op = {"lstm": "aten.lstm.input", "gru": "aten.gru.input", "rnn": "aten.rnn_tanh.input"}[kind]
+    assert (native_op in ops) == (variant is None), ops
+    assert not any("seqlab" in op for op in ops), ops
+    x2 = torch.randn(T, B, I)
+    got = ep.module()(x2)
+    want = out_and_state(ours, x2) if variant else out_and_state(ref, x2)
+    got = (got[0], *got[1]) if isinstance(got[1], tuple) else got
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert len(eager) == len(want)
+
+
+def test_torch_compile_on_the_fused_path(monkeypatch):
+    monkeypatch.setitem(compiled._state, "tried", True)
+    monkeypatch.setitem(compiled._state, "ok", False)
+    monkeypatch.setitem(compiled._state, "error", "SEQLAB_NO_COMPILE is set")
+    ref, ours = pair("lstm", seqlab_kw={"zoneout": 0.1})
+    ours.eval()
+    x = torch.randn(T, B, I, requires_grad=True)
+    want = ours(x)[0]
+    torch._dynamo.reset()
+    got = torch.compile(ours, backend="aot_eager", fullgraph=True)(x)[0]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    (g,) = torch.autograd.grad(got.sum(), x)
+    (g_want,) = torch.autograd.grad(want.sum(), x)
+    torch.testing.assert_close(g, g_want, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# autocast: the layer computes in autocast's dtype (bfloat16 outputs, float32 gradients)
+
+
+@pytest.mark.parametrize("variant", [None, "layer_norm"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_autocast_bfloat16(kind, variant):
+    ref, ours = pair(kind, seqlab_kw={variant: True} if variant else None)
+    x = torch.randn(T, B, I)
+    with torch.autocast("cpu", torch.bfloat16):
+        got = out_and_state(ours, x)
+        try:
+            want = out_and_state(ref, x)
+        except RuntimeError:  # torch.nn's oneDNN LSTM under autocast needs bfloat16 support in the CPU
+            want = None
+    assert all(t.dtype == torch.bfloat16 for t in got)
+    if want is not None and kind != "gru":  # torch.nn's CPU GRU ignores autocast (float32 out)
+        assert [t.dtype for t in got] == [t.dtype for t in want]
+    if variant is None:  # values: bfloat16's precision of torch.nn's float32 result
+        for a, b in zip(got, out_and_state(ref, x)):
+            torch.testing.assert_close(a.float(), b, atol=5e-2, rtol=5e-2)
+    sum(t.float().sum() for t in got).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in ours.parameters())

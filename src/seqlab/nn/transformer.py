@@ -311,10 +311,13 @@ class TransformerEncoder(nn.Module):
         is_causal = _detect_is_causal(mask, is_causal, _seq_len(src, _batch_first(self.layers[0])))
         output = src
         for i, layer in enumerate(self.layers):
-            # Only a cached call passes `cache`, so torch.nn layers can be stacked here too.
-            extra = {} if cache is None else {"cache": cache[i]}
-            output = layer(output, src_mask=mask, src_key_padding_mask=src_key_padding_mask,
-                           is_causal=is_causal, **extra)
+            # Only a cached call passes `cache`, so torch.nn layers can be stacked here too
+            # (two calls, not **kwargs, which TorchScript cannot compile)
+            if cache is None:
+                output = layer(output, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=is_causal)
+            else:
+                output = layer(output, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=is_causal,
+                               cache=cache[i])
         if self.norm is not None:
             output = self.norm(output)
         return output
