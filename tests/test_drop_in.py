@@ -351,3 +351,75 @@ def test_autocast_bfloat16(kind, variant):
             torch.testing.assert_close(a.float(), b, atol=5e-2, rtol=5e-2)
     sum(t.float().sum() for t in got).backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in ours.parameters())
+
+
+# ----------------------------------------------------------------------------
+# ONNX: both exporters, checked in onnxruntime against torch.nn on the same weights
+
+
+def _onnx_run(model: nn.Module, args: tuple, dynamo: bool, path) -> list:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+        torch.onnx.export(model, args, dynamo=True, verbose=False).save(str(path))
+    else:
+        torch.onnx.export(model, args, str(path), dynamo=False)
+    sess = ort.InferenceSession(str(path))
+    flat = [t for a in args for t in (a if isinstance(a, tuple) else (a,))]
+    return sess.run(None, {i.name: t.numpy() for i, t in zip(sess.get_inputs(), flat)})
+
+
+# (kind, flags, given h0, dynamo exporter): the dynamo exporter (torch.export, then onnxscript) costs
+# several seconds a model, so it runs on the richest case; torch.nn's LSTM with proj_size does not
+# export either (ONNX's LSTM has no projection)
+ONNX_RNN = [("lstm", dict(num_layers=2, bidirectional=True, batch_first=True), True, False),
+            ("lstm", dict(num_layers=2, bidirectional=True, batch_first=True), True, True),
+            ("lstm", dict(), False, False), ("gru", dict(num_layers=2), True, False),
+            ("rnn", dict(bidirectional=True, nonlinearity="relu"), True, False)]
+
+
+@pytest.mark.parametrize("kind,kw,given_h0,dynamo", ONNX_RNN,
+                         ids=["lstm-2l-bidir-bf-h0", "lstm-2l-bidir-bf-h0-dynamo", "lstm", "gru-2l-h0",
+                              "rnn-relu-bidir-h0"])
+def test_onnx_export_recurrent(kind, kw, given_h0, dynamo, tmp_path, recwarn):
+    ref, ours = pair(kind, **kw)
+    ref.eval(), ours.eval()
+    x = torch.randn(B, T, I) if kw.get("batch_first") else torch.randn(T, B, I)
+    DL = ours.num_layers * (2 if ours.bidirectional else 1)
+    args: tuple = (x,)
+    if given_h0:
+        h0 = torch.randn(DL, B, ours.proj_size or H)
+        args = (x, (h0, torch.randn(DL, B, H))) if kind == "lstm" else (x, h0)
+    got = _onnx_run(ours, args, dynamo, tmp_path / "m.onnx")
+    with torch.no_grad():
+        want = out_and_state(ref, *args)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(torch.from_numpy(a), b, atol=1e-5, rtol=1e-5)
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self, mha):
+        super().__init__()
+        self.mha = mha
+
+    def forward(self, x):
+        return self.mha(x, x, x, need_weights=False)[0]
+
+
+@pytest.mark.parametrize("name,dynamo", [("MultiheadAttention", False), ("MultiheadAttention", True),
+                                         ("TransformerEncoderLayer", False), ("TransformerDecoderLayer", False)])
+def test_onnx_export_attention(name, dynamo, tmp_path, recwarn):
+    torch.manual_seed(0)
+    E, nh, S = 8, 2, 5
+    if name == "MultiheadAttention":
+        ref, ours = _SelfAttention(nn.MultiheadAttention(E, nh)), _SelfAttention(snn.MultiheadAttention(E, nh))
+    else:
+        ref, ours = getattr(nn, name)(E, nh, 16, dropout=0.0), getattr(snn, name)(E, nh, 16, dropout=0.0)
+    ours.load_state_dict(ref.state_dict())
+    ref.eval(), ours.eval()
+    args = (torch.randn(S, B, E),) if name != "TransformerDecoderLayer" else (torch.randn(S, B, E), torch.randn(3, B, E))
+    got = _onnx_run(ours, args, dynamo, tmp_path / "m.onnx")
+    with torch.no_grad():
+        want = ref(*args)
+    torch.testing.assert_close(torch.from_numpy(got[0]), want, atol=1e-5, rtol=1e-5)
