@@ -100,6 +100,22 @@ def test_gradient_penalty_matches_torch(backend):
         torch.testing.assert_close(b, a, atol=1e-10, rtol=1e-8)
 
 
+@pytest.mark.parametrize("mode", ["auto", "compiled", "scan", "log_scan", "sequential"])
+@pytest.mark.parametrize("cls", [snn.MinGRU, snn.MinLSTM])
+def test_min_rnn_second_derivatives_correct_or_raise(cls, mode):
+    """minGRU / minLSTM: second derivatives are right (the chunked scan differentiates the step loop under
+    create_graph) or raise (the compiled op has no double backward), never silently zero."""
+    torch.manual_seed(0)
+    m = cls(2, 3, dtype=torch.float64, mode=mode)
+    x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
+    m(x)
+    if m.last_mode.mode == "compiled":
+        with pytest.raises(RuntimeError, match="no autograd formula"):
+            gradgradcheck(lambda x: m(x)[0], (x,), fast_mode=True)
+    else:
+        assert gradgradcheck(lambda x: m(x)[0], (x,), fast_mode=True)
+
+
 # ----------------------------------------------------------------------------
 # Pickling: torch.save(model), then torch.load(weights_only=True) told only the model's classes,
 # as pytorch/examples' word_language_model does
@@ -203,7 +219,7 @@ def test_auto_dispatch_says_why():
     with torch.no_grad():
         lstm(x)
     avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-    if avx512:  # oneDNN's LSTM primitive, the faster there for inference
+    if avx512:  # oneDNN's LSTM primitive, the faster there for inference over several steps
         assert lstm.last_dispatch == ("native", "")
     elif compiled.available():
         assert lstm.last_dispatch == ("compiled", "")
