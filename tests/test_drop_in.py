@@ -439,3 +439,13 @@ def test_onnx_export_attention(name, dynamo, tmp_path, recwarn):
     with torch.no_grad():
         want = ref(*args)
     torch.testing.assert_close(torch.from_numpy(got[0]), want, atol=1e-5, rtol=1e-5)
+
+
+def test_torch_compile_keeps_the_compiled_path_for_plain_training():
+    if not compiled.available():
+        pytest.skip(f"the compiled extension is not available: {compiled.build_error()}")
+    _, ours = pair("gru")
+    torch._dynamo.reset()
+    explain = torch._dynamo.explain(ours)(torch.randn(T, B, I))
+    ops = {str(n.target) for g in explain.graphs for n in g.graph.nodes if n.op == "call_function"}
+    assert any("seqlab.rnn_layer" in op for op in ops), ops

@@ -89,7 +89,8 @@ def choose_stack(backend: str, cell: str, x, weights: list, variants: list[str],
     if why is not None:
         return None
     context = tracing_context()
-    if context is not None:
+    # torch.compile follows the compiled path too (a registered custom op): there the usual choice stands
+    if context is not None and not context.startswith("torch.compile"):
         return Dispatch("native", f"{context}: torch's own kernel, which it can follow, runs the plain layer")
     if x.device.type == "cuda":
         return Dispatch("native", "")  # cuDNN; Triton is taken for the variants or when asked for
