@@ -13,7 +13,7 @@ import io
 import pytest
 import torch
 from torch import nn
-from torch.autograd import gradcheck, gradgradcheck
+from torch.autograd import gradgradcheck
 
 import seqlab.nn as snn
 from seqlab.kernels import compiled

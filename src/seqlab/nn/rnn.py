@@ -336,9 +336,6 @@ class _RNNBase(nn.Module):
         # lengths is not keyword-only: torch.onnx.export (TorchScript) passes every parameter it
         # finds in the signature positionally, with its default
         is_lstm = self.cell == "lstm"
-        H, P = self.hidden_size, self.proj_size or self.hidden_size
-        D = 2 if self.bidirectional else 1
-        L = self.num_layers
         dtype = getattr(self, self._flat_weights_names[0]).dtype  # weight_ih_l0 (getattr: parametrizations)
 
         # ---- bring every input form to (T, B, I) time-major plus lengths ----
