@@ -271,10 +271,44 @@ def test_jit_script_cells(name):
         scripted(torch.randn(B, 4))
 
 
-@pytest.mark.xfail(strict=True, reason="MultiheadAttention does not script yet: KVCache's Optional attributes "
-                                       "and the helpers of MultiheadAttention.forward are not TorchScript")
-def test_jit_script_multihead_attention():
-    torch.jit.script(snn.MultiheadAttention(8, 2))
+def _attention_models(name: str):
+    """(torch.nn model, seqlab.nn model, inputs) with the same weights."""
+    E, nh, S = 8, 2, 5
+    torch.manual_seed(0)
+    if name == "MultiheadAttention":
+        ref, ours = nn.MultiheadAttention(E, nh, add_bias_kv=True), snn.MultiheadAttention(E, nh, add_bias_kv=True)
+        x = torch.randn(S, B, E)
+        args = (x, x, x)
+    elif name in ("TransformerEncoderLayer", "TransformerDecoderLayer"):
+        ref, ours = getattr(nn, name)(E, nh, 16, dropout=0.0), getattr(snn, name)(E, nh, 16, dropout=0.0)
+        args = (torch.randn(S, B, E),) if "Encoder" in name else (torch.randn(S, B, E), torch.randn(3, B, E))
+    elif name == "TransformerEncoder":
+        ref = nn.TransformerEncoder(nn.TransformerEncoderLayer(E, nh, 16, dropout=0.0), 2, enable_nested_tensor=False)
+        ours = snn.TransformerEncoder(snn.TransformerEncoderLayer(E, nh, 16, dropout=0.0), 2)
+        args = (torch.randn(S, B, E),)
+    else:
+        ref = nn.Transformer(E, nh, 1, 1, 16, dropout=0.0)
+        ours = snn.Transformer(E, nh, 1, 1, 16, dropout=0.0)
+        args = (torch.randn(S, B, E), torch.randn(3, B, E))
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours, args
+
+
+@pytest.mark.parametrize("name", ["MultiheadAttention", "TransformerEncoderLayer", "TransformerDecoderLayer",
+                                  "TransformerEncoder", "Transformer"])
+def test_jit_script_attention_and_transformer(name):
+    """torch.jit.script compiles torch.nn's implementation on seqlab's very parameters (__prepare_scriptable__)."""
+    ref, ours, args = _attention_models(name)
+    scripted = torch.jit.script(ours)
+    first = lambda o: o[0] if isinstance(o, tuple) else o  # noqa: E731
+    torch.testing.assert_close(first(scripted(*args)), first(ref(*args)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(first(scripted(*args)), first(ours(*args)), atol=1e-5, rtol=1e-5)
+    # the scripted module trains the same parameters, and scripting left the seqlab module as it was
+    shared = {id(p) for p in scripted.parameters()}
+    assert all(id(p) in shared for p in ours.parameters())
+    assert all(type(m).__module__.startswith(("seqlab", "torch.nn.modules.linear", "torch.nn.modules.normalization",
+                                              "torch.nn.modules.dropout", "torch.nn.modules.container"))
+               for m in ours.modules())
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
