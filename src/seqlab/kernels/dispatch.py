@@ -10,8 +10,9 @@ are the better path. Otherwise ``choose`` picks a path per layer and direction.
 
 ``backend='auto'`` takes the fastest path that supports the call:
 
-* native: plain LSTM inference on a CPU with AVX-512 (oneDNN's LSTM primitive is
-  faster there than the compiled loop's products), every plain cell on CUDA (cuDNN; the Triton
+* native: plain LSTM inference over more than one step on a CPU with AVX-512
+  (oneDNN's LSTM primitive is faster there than the compiled loop's products),
+  every plain cell on CUDA (cuDNN; the Triton
   kernels are taken only when asked for or when a variant needs them, until they
   have been compiled and checked on a GPU);
 * on CPU the compiled C++ loop (``compiled.py``, built on first use;
@@ -88,14 +89,17 @@ def choose_stack(backend: str, cell: str, x, weights: list, variants: list[str],
     if why is not None:
         return None
     context = tracing_context()
-    if context is not None:
+    # torch.compile follows the compiled path too (a registered custom op): there the usual choice stands
+    if context is not None and not context.startswith("torch.compile"):
         return Dispatch("native", f"{context}: torch's own kernel, which it can follow, runs the plain layer")
     if x.device.type == "cuda":
         return Dispatch("native", "")  # cuDNN; Triton is taken for the variants or when asked for
-    if x.device.type == "cpu" and cell == "lstm" and not needs_grad and _avx512():
+    if x.device.type == "cpu" and cell == "lstm" and not needs_grad and x.shape[0] > 1 and _avx512():
         # oneDNN's LSTM primitive runs at its AVX-512 rate: the compiled loop measured 1.00-1.12x its
-        # time on one thread and 1.04-1.34x on two. With AVX2 only, the compiled loop is the faster
-        # (0.87-0.97x), and it is faster for every training call and for RNN and GRU everywhere.
+        # time on one thread and 1.04-1.34x on two. Not for one step (generation), where oneDNN's
+        # per-call set-up dominates and the compiled loop took 0.11-0.86x torch.nn's time; with AVX2
+        # only the compiled loop is the faster (0.87-0.98x), and it is faster for every training
+        # call and for RNN and GRU everywhere.
         return Dispatch("native", "")
     return None
 

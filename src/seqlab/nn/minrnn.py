@@ -69,7 +69,6 @@ from typing import Callable, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..kernels import compiled
@@ -270,12 +269,33 @@ class _MinScan(torch.autograd.Function):
             h_b.addcmul_(h_b, a_b, value=-1)  # b = (1 − a) ⊙ h̃
         _linear_scan_(a, h, h0)
         ctx.cell = cell
+        ctx.inputs = (x, weight, bias, h0)  # the caller's tensors, for a backward under create_graph
         ctx.save_for_backward(x, weight, pre, a, h, h0)
         return h
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_h: Tensor):
+        if torch.is_grad_enabled():
+            # create_graph=True: the hand-written backward below cannot be differentiated, so the
+            # gradient is taken through the step loop (mode='sequential') instead, as a graph
+            # (once_differentiable alone returned silent zeros for second derivatives)
+            return _MinScan._graphed_backward(ctx, grad_h)
+        with torch.no_grad():
+            return _MinScan._backward(ctx, grad_h)
+
+    @staticmethod
+    def _graphed_backward(ctx, grad_h: Tensor):
+        x, weight, bias, h0 = ctx.inputs
+        inputs = (x, weight, bias, h0)
+        need = ctx.needs_input_grad[1:5]
+        wanted = [t for t, n in zip(inputs, need) if n]
+        h = _run_sequential(ctx.cell, F.linear(x, weight, bias), h0, None)
+        got = iter(torch.autograd.grad(h, wanted, grad_h, create_graph=True, allow_unused=True))
+        grads = [next(got) if n else None for n in need]
+        return (None, *(torch.zeros_like(t) if g is None and n else g for g, t, n in zip(grads, inputs, need)))
+
+    @staticmethod
+    def _backward(ctx, grad_h: Tensor):
         x, weight, pre, a, h, h0 = ctx.saved_tensors
         cell = ctx.cell
         T, B, I = x.shape

@@ -5,8 +5,14 @@ initialisation), the argument checks and the layout: batch_first, unbatched
 input, ``PackedSequence``, ``lengths=``, the reversed direction, dropout
 between layers and the masks of the variants. The time loop itself is a
 kernel (``seqlab.kernels``): the reference loop, which is the specification,
-or the fused path with hand-written backpropagation through time. One
-dispatch chooses between them; ``module.last_dispatch`` says which ran and why.
+the fused path with hand-written backpropagation through time, the compiled
+C++ loop, the Triton kernels, or (plain configurations, all layers at once)
+torch's own kernels. One dispatch chooses between them; ``module.last_dispatch``
+says which ran and why. Beyond the forward call they behave as torch.nn's:
+second derivatives (``create_graph=True``) on every path, ``torch.jit.trace``,
+``torch.func``, ``torch.export`` and ONNX export (dispatch takes a path those can
+follow), autocast (the layer computes in autocast's dtype), and pickling (no
+run-time record is pickled).
 
 Beyond torch.nn, all off by default so the defaults stay drop-in:
 
@@ -330,9 +336,6 @@ class _RNNBase(nn.Module):
         # lengths is not keyword-only: torch.onnx.export (TorchScript) passes every parameter it
         # finds in the signature positionally, with its default
         is_lstm = self.cell == "lstm"
-        H, P = self.hidden_size, self.proj_size or self.hidden_size
-        D = 2 if self.bidirectional else 1
-        L = self.num_layers
         dtype = getattr(self, self._flat_weights_names[0]).dtype  # weight_ih_l0 (getattr: parametrizations)
 
         # ---- bring every input form to (T, B, I) time-major plus lengths ----
