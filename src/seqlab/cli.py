@@ -362,7 +362,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     # Imported here, not at the top, to keep the error types next to the one place that catches them.
     from seqlab.apps.base import ConfigError
-    from seqlab.data import DataError
+    from seqlab.data import DataError, DataWarning
     from seqlab.train.checkpoint import CheckpointError
     from seqlab.train.loop import DivergenceError
 
@@ -376,7 +376,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     saved_show = warnings.showwarning
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("default")  # each distinct warning once, whatever PYTHONWARNINGS says
+            warnings.simplefilter("default", DataWarning)  # each one once, whatever PYTHONWARNINGS says
             warnings.showwarning = show_warning
             return args.func(args)
     except (DataError, CheckpointError, ConfigError, UsageError, DivergenceError) as e:

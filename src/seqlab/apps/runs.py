@@ -153,8 +153,9 @@ def train_run(kind: str, *, arch: Optional[str] = None, task: Optional[str] = No
     try:
         if resume:
             if rank == 0:
+                if out.is_dir():
+                    lock.acquire()  # before reading the checkpoint: nobody may be writing a newer one
                 _check_resumable(out)
-                lock.acquire()  # before reading the checkpoint: nobody may be writing a newer one
                 remove_stale_temporaries(out)
             plan = _resume_plan(cls, arch, model_s, train_s, data_s, out)
         else:
