@@ -103,3 +103,13 @@ def test_lm_scores_a_compact_stream_as_an_int64_one(tmp_path):
     ids = torch.randint(4, 10, (100,))
     assert app.score(model, ids.to(torch.uint8)) == app.score(model, ids)
     assert app.score(model, ids.to(torch.uint8), tokens=30) == app.score(model, ids, tokens=30)
+
+
+@pytest.mark.parametrize("paragraphs", [19, 20])
+@pytest.mark.parametrize("chunk", [1, 2, 5, 1 << 20])
+def test_paragraphs_or_lines_is_decided_as_in_memory(tmp_path, monkeypatch, paragraphs, chunk):
+    monkeypatch.setattr(files_module, "CHUNK_BYTES", chunk)
+    text = "".join(f"p{i} a\nb\n" + "\n" * (1 + i % 3) + (" \n\n" if i % 4 == 0 else "") for i in range(paragraphs))
+    path = tmp_path / "c.txt"
+    path.write_text(text, encoding="utf-8")
+    assert list(iter_units(path, max_line=1000)) == _old_units(text)

@@ -122,7 +122,8 @@ CASES = [
     (T + ["--resume", "--force"], "give --resume or --force, not both"),
     (["train", "lm", *TINY, "--task", "dates", "--out", "{tmp}/new"], "is a seq2seq task"),
     (["train", "lm", *TINY, "--task", "nope", "--out", "{tmp}/new"], "unknown task 'nope'"),
-    (["train", "lm", *TINY, "--task", "stdlib", "--valid", "{lm_txt}", "--out", "{tmp}/new"], "--valid goes with --data"),
+    (["train", "lm", *TINY, "--task", "stdlib", "--valid", "{lm_txt}", "--out", "{tmp}/new"],
+     "--valid goes with --data"),
     (["train", "lm", *TINY, "--task", "stdlib", "--data", "{lm_txt}", "--out", "{tmp}/new"], "give --task or --data"),
     (["train", "lm", "--data", "{lm_txt}", "--quiet", "--out", "{tmp}/new"], "--arch is required"),
     (["train", "lm", "--data", "{lm_txt}", "--arch", "lstmm", "--out", "{tmp}/new"], "invalid choice: 'lstmm'"),
@@ -274,6 +275,7 @@ def test_resume_without_latest_uses_the_newest_whole_checkpoint(env, tmp_path, c
                           "--out", copy], capsys)
     assert code == 0, err
     assert "stopped at step 6" in out
+    assert "warning: --resume" in err and "'latest' is missing; resuming from ckpt-00000004" in err
     assert not (copy / ".ckpt-00000099-abc").exists() and not (copy / ".latest.x1y2.tmp").exists()
     assert load_checkpoint(copy).step == 6 and newest.name == "ckpt-00000004"
 
@@ -287,6 +289,7 @@ def test_resume_skips_a_damaged_newest_checkpoint(env, tmp_path, capsys):
     code, out, err = run(["train", "classify", "--data", env["cls.tsv"], *TINY, "--max-steps", "6", "--resume",
                           "--out", copy], capsys)
     assert code == 0, err  # ckpt-00000002 was whole: resumed from there, past the damaged one
+    assert "resuming from ckpt-00000002" in err
     assert "stopped at step 6" in out and load_checkpoint(copy).step == 6
 
 

@@ -362,7 +362,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     # Imported here, not at the top, to keep the error types next to the one place that catches them.
     from seqlab.apps.base import ConfigError
-    from seqlab.data import DataError
+    from seqlab.data import DataError, DataWarning
     from seqlab.train.checkpoint import CheckpointError
     from seqlab.train.loop import DivergenceError
 
@@ -373,11 +373,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         say(f"warning: {message}")
 
     previous_term = _terminate_as_exception()
-    saved_show = warnings.showwarning
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("default")  # each distinct warning once, whatever PYTHONWARNINGS says
-            warnings.showwarning = show_warning
+            warnings.simplefilter("default", DataWarning)  # each one once, whatever PYTHONWARNINGS says
+            warnings.filterwarnings("default", message="--resume")  # resuming from an older checkpoint
+            warnings.showwarning = show_warning  # restored by catch_warnings
             return args.func(args)
     except (DataError, CheckpointError, ConfigError, UsageError, DivergenceError) as e:
         say(f"error: {e}")
@@ -393,7 +393,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         say("terminated; nothing half-written is kept (checkpoints are atomic), the last complete one remains")
         return 128 + signal.SIGTERM
     finally:
-        warnings.showwarning = saved_show
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
 

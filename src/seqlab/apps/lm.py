@@ -5,7 +5,10 @@ The documents of a split are one stream of ids, each document followed by ``<eos
     stream = doc_1 <eos> doc_2 <eos> ...
 
 so ``<eos>`` doubles as the document boundary, and sampling without a prompt starts from it
-("the start of a document"). The loss is the mean negative log-likelihood per token,
+("the start of a document"). A stream is stored in the smallest integer type that holds the
+vocabulary (one byte per token up to 256 symbols) and widened to int64 one window at a time; a
+plain-text ``--data`` / ``--valid`` / ``--test`` file is streamed from disk in two passes
+(:mod:`seqlab.data.streams`), so a corpus of gigabytes is never held as Python strings. The loss is the mean negative log-likelihood per token,
 
 .. math::
     \mathcal{L} = -\frac{1}{N}\sum_{t=1}^{N} \log p(x_t \mid x_{<t}), \qquad

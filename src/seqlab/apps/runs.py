@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -17,8 +18,8 @@ from torch import nn
 
 import seqlab
 from seqlab.models.config import ARCHS, KINDS
-from seqlab.train.checkpoint import (BEST, Checkpoint, CheckpointError, RunLock, best_checkpoint, load_checkpoint,
-                                     remove_stale_temporaries, resumable_checkpoint)
+from seqlab.train.checkpoint import (BEST, Checkpoint, CheckpointError, RunLock, best_checkpoint, latest_checkpoint,
+                                     load_checkpoint, remove_stale_temporaries, resumable_checkpoint)
 
 from .base import App, ConfigError, holds_run, prepare_out, split_settings, write_json
 from .classify import ClassifyApp
@@ -153,8 +154,9 @@ def train_run(kind: str, *, arch: Optional[str] = None, task: Optional[str] = No
     try:
         if resume:
             if rank == 0:
+                if out.is_dir():
+                    lock.acquire()  # before reading the checkpoint: nobody may be writing a newer one
                 _check_resumable(out)
-                lock.acquire()  # before reading the checkpoint: nobody may be writing a newer one
                 remove_stale_temporaries(out)
             plan = _resume_plan(cls, arch, model_s, train_s, data_s, out)
         else:
@@ -214,6 +216,11 @@ def _check_resumable(out: Path) -> None:
         damaged = sorted(p.name for p in out.glob("ckpt-*") if p.is_dir())
         raise CheckpointError(f"--resume {out}: no checkpoint there is whole (checked {', '.join(damaged) or 'none'}"
                               f"); expected at least one that matches its manifest")
+    pointed, found = latest_checkpoint(out), resumable_checkpoint(out)
+    if pointed != found:
+        what = f"'latest' names {pointed.name}, which is damaged" if pointed else "'latest' is missing"
+        warnings.warn(f"--resume {out}: {what}; resuming from {found.name}, the newest whole checkpoint",
+                      stacklevel=2)
 
 
 def _resume_plan(cls: type[App], arch: Optional[str], model_s: dict, train_s: dict, data_s: dict,

@@ -50,15 +50,20 @@ def id_dtype(vocab_size: int) -> np.dtype:
 
 
 def _paragraph_units(path: PathLike) -> bool:
-    """Whether ``path`` has at least MIN_PARAGRAPHS non-blank paragraphs (stops reading once it knows)."""
-    count, carry = 0, ""
+    """Whether ``path`` has at least MIN_PARAGRAPHS non-blank paragraphs (what ``text.split("\n\n")``
+    would give), reading until it knows and holding only one piece: the open paragraph is kept as
+    a flag, not as text, since a file without blank lines is one paragraph as long as the file."""
+    count, open_nonblank, held = 0, False, ""
     for piece in iter_text(path):
-        parts = (carry + piece).split("\n\n")
-        carry = parts.pop()
-        count += sum(1 for p in parts if p.strip())
+        parts = (held + piece).split("\n\n")
+        last = parts.pop()
+        for i, p in enumerate(parts):
+            count += bool(p.strip()) or (i == 0 and open_nonblank)
+        open_nonblank = bool(last.strip()) or (not parts and open_nonblank)
+        held = "\n" if last.endswith("\n") else ""  # a separator may straddle two pieces
         if count >= MIN_PARAGRAPHS:
             return True
-    return count + bool(carry.strip()) >= MIN_PARAGRAPHS
+    return count + open_nonblank >= MIN_PARAGRAPHS
 
 
 def iter_units(path: PathLike, *, max_line: int) -> Iterator[str]:
