@@ -3,6 +3,7 @@
     python benchmarks/minrnn.py                  # hidden 128, batch 16, T in {256, 1024, 4096}
     python benchmarks/minrnn.py --quick          # tiny sizes, one repeat: a smoke test
     python benchmarks/minrnn.py --threads 1 --repeats 7 --input-grad
+    python benchmarks/minrnn.py --threads 1 --markdown   # also into benchmarks/RESULTS.md
 
 For each T it times, after warm-up, the median of repeats of one training step
 (``zero_grad`` + forward + backward of ``output.sum() + h_n.sum()``) for
@@ -18,7 +19,7 @@ For each T it times, after warm-up, the median of repeats of one training step
 It prints ms, tokens/s (batch · T / time) and the speed-up over the GRU
 (GRU ms / this row's ms, so above 1 is faster). By default the input does not
 require grad, as for a first layer fed by data; ``--input-grad`` adds ∂L/∂x.
-The issue's target: MinGRU (auto) ≥ 10x the GRU at T=4096.
+The target: MinGRU (auto) ≥ 10x the GRU at T=4096.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ except ImportError:  # run from a checkout without installing: python benchmarks
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import seqlab.nn.minrnn as mr
 
+from _results import add_markdown_arguments, command_line, results_section, write_section  # noqa: E402
 from recurrent import gemm_gflops  # noqa: E402  (benchmarks/ is the script's folder, so on sys.path)
 
 try:
@@ -51,7 +53,7 @@ except ImportError:
     BASELINE = "torch.nn.GRU"
 
 STEPS = (256, 1024, 4096)
-TARGET_SPEEDUP = 10.0  # the issue's target for MinGRU (auto) against the GRU at T=4096
+TARGET_SPEEDUP = 10.0  # MinGRU (auto)'s target against the GRU at T=4096
 
 
 @dataclass
@@ -151,6 +153,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--input-grad", action="store_true", help="also compute the gradient of the input")
+    add_markdown_arguments(ap)
     args = ap.parse_args(argv)
     cfg = Config(steps=tuple(args.steps), batch=args.batch, hidden=args.hidden, repeats=args.repeats,
                  threads=args.threads, input_grad=args.input_grad)
@@ -163,21 +166,37 @@ def main(argv: Optional[list[str]] = None) -> None:
           f"input grad {'on' if cfg.input_grad else 'off'}")
     print(f"# torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads, "
           f"median of {cfg.repeats} after {cfg.warmup} warm-up")
-    print("| T | layer | ms | tokens/s | speed-up vs GRU |")
-    print("| ---: | --- | ---: | ---: | ---: |")
     rows = run(cfg)
-    for T, name, ms, tps, speedup in rows:
-        print(f"| {T} | {name} | {ms:.1f} | {tps:,.0f} | {speedup:.2f}x |")
+    print(table(rows))
+    summary = verdict(cfg, rows)
+    print("\n" + summary)
+    if args.markdown:
+        how = [f"training step (forward + backward), batch {cfg.batch}, hidden = input = {cfg.hidden}, input grad "
+               f"{'on' if cfg.input_grad else 'off'}; median of {cfg.repeats} after {cfg.warmup} warm-up"]
+        command = command_line(None if argv is None else [__file__, *argv])
+        section = results_section("minGRU and minLSTM against the GRU", command, table(rows), summary,
+                                  notes=how + args.note)
+        print(f"\nwrote the 'minrnn' section of {write_section(args.markdown, 'minrnn', section)}")
+
+
+def table(rows: list[tuple]) -> str:
+    lines = ["| T | layer | ms | tokens/s | speed-up vs GRU |", "| ---: | --- | ---: | ---: | ---: |"]
+    lines += [f"| {T} | {name} | {ms:.1f} | {tps:,.0f} | {speedup:.2f}x |" for T, name, ms, tps, speedup in rows]
+    return "\n".join(lines)
+
+
+def verdict(cfg: Config, rows: list[tuple]) -> str:
+    """MinGRU (auto) against the target at the longest T, and the product rate the target would need."""
     longest = max(cfg.steps)
     name, got = next((name, s) for T, name, _, _, s in rows if T == longest and name.startswith("MinGRU auto"))
-    verdict = "meets" if got >= TARGET_SPEEDUP else "misses"
-    print(f"\n{name} at T={longest}: {got:.1f}x the GRU ({verdict} the {TARGET_SPEEDUP:.0f}x target)")
+    meets = "meets" if got >= TARGET_SPEEDUP else "misses"
     gru_ms = next(ms for T, n, ms, _, _ in rows if T == longest and n.startswith("GRU"))
     need = product_flops("mingru", cfg, longest) / (gru_ms / TARGET_SPEEDUP / 1e3) / 1e9
-    print(f"Products per step at T={longest}: GRU {product_flops('gru', cfg, longest) / 1e9:.1f} GFLOP, MinGRU "
-          f"{product_flops('mingru', cfg, longest) / 1e9:.1f} GFLOP. At {TARGET_SPEEDUP:.0f}x the GRU, MinGRU's "
-          f"products alone would have to run at {need:.0f} GFLOP/s; float32 products (1024^3) run at "
-          f"{gemm_gflops(torch.device('cpu')):.0f} GFLOP/s here.")
+    return (f"{name} at T={longest}: {got:.1f}x the GRU ({meets} the {TARGET_SPEEDUP:.0f}x target). "
+            f"Products per step at T={longest}: GRU {product_flops('gru', cfg, longest) / 1e9:.1f} GFLOP, MinGRU "
+            f"{product_flops('mingru', cfg, longest) / 1e9:.1f} GFLOP. At {TARGET_SPEEDUP:.0f}x the GRU, MinGRU's "
+            f"products alone would have to run at {need:.0f} GFLOP/s; float32 products (1024^3) run at "
+            f"{gemm_gflops(torch.device('cpu')):.0f} GFLOP/s here.")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
     python benchmarks/peers.py                         # embedded corpus, 600 s each, six models (~65 min)
     python benchmarks/peers.py --budget 120 --models lstm-peer,lstm
     python benchmarks/peers.py --data my.txt --budget 300
+    # one process per model on a shared machine (CPU seconds, one thread each), then one table:
+    python benchmarks/peers.py --models lstm --clock cpu --threads 1 --json runs/peers-lstm.json
+    python benchmarks/peers.py --merge runs/peers-*.json --markdown --readme
 
 **Data.** One text (``--data FILE``, default: the first ``--chars`` characters of the embedded
 standard-library documentation corpus) split at 90%: the last 10% is the validation text, the same
@@ -30,8 +33,10 @@ the whole validation text as ``seqlab eval RUN/best --split validation`` does.
 
 Reported: validation loss in nats per token (characters; seqlab's stream has one ``<eos>`` token
 per paragraph break where the peers see two newlines) at the budget, the curve of validation loss
-against training seconds, tokens/s. Writes ``--json``, a PNG plot (``--plot``) and, with
-``--markdown``, this script's section of ``benchmarks/RESULTS.md``.
+against training seconds, tokens/s, and each seqlab model's loss over its peer's (the
+transformer's peer is gpt-peer, the recurrent models' lstm-peer). Writes ``--json``, a PNG plot
+(``--plot``) and, with ``--markdown``, this script's section of ``benchmarks/RESULTS.md`` (and of
+the README with ``--readme``). ``--merge`` joins the JSON files of runs made side by side.
 """
 from __future__ import annotations
 
@@ -53,6 +58,8 @@ try:
     import seqlab  # noqa: F401
 except ImportError:  # run from a checkout without installing: python benchmarks/peers.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import add_markdown_arguments, command_line, results_section, write_section  # noqa: E402
 
 MODELS = ("lstm-peer", "gpt-peer", "rnn", "lstm", "gru", "transformer")
 
@@ -344,7 +351,17 @@ def _count(model: nn.Module) -> int:
 
 
 def _fit_width(build: Callable[[int], nn.Module], target: int, step: int) -> int:
-    return min(range(step, 1025, step), key=lambda w: abs(_count(build(w)) - target))
+    """The multiple of ``step`` (up to 1024) whose model is nearest ``target`` parameters.
+
+    The count grows with the width, so a bisection builds about ten models instead of every width.
+    """
+    widths = range(step, 1025, step)
+    lo, hi = 0, len(widths) - 1
+    while lo < hi:  # the first width at or above the target
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if _count(build(widths[mid])) < target else (lo, mid)
+    near = {widths[i] for i in (lo - 1, lo) if i >= 0}
+    return min(near, key=lambda w: abs(_count(build(w)) - target))
 
 
 def at_time(curve: list, t: float) -> float:
@@ -375,12 +392,18 @@ def plot(results: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+PEER_OF = {"transformer": "gpt-peer"}  # every other seqlab arch is measured against the LSTM loop
+
+
 def table(results: dict, budget: float) -> str:
-    lines = ["| program | params | tokens/s | val loss at 25% | at 50% | at budget (whole split, best) |",
-             "|---|---:|---:|---:|---:|---:|"]
+    """The markdown table at equal training time; ``vs peer`` is the loss over its peer's at the budget."""
+    lines = ["| program | params | tokens/s | val loss at 25% | at 50% | at budget (whole split, best) | vs peer |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
+        peer = None if name.endswith("-peer") else results.get(PEER_OF.get(name, "lstm-peer"))
+        ratio = f"{r['final'] / peer['final']:.3f}x {PEER_OF.get(name, 'lstm-peer')}" if peer else ""
         lines.append(f"| {name} | {r['params']:,} | {r['tokens_per_s']:.0f} | {at_time(r['curve'], budget / 4):.4f} | "
-                     f"{at_time(r['curve'], budget / 2):.4f} | **{r['final']:.4f}** |")
+                     f"{at_time(r['curve'], budget / 2):.4f} | **{r['final']:.4f}** | {ratio} |")
     return "\n".join(lines)
 
 
@@ -402,7 +425,15 @@ def main(argv=None) -> int:
     p.add_argument("--json", default="runs/peers.json")
     p.add_argument("--plot", default="runs/peers.png")
     p.add_argument("--runs", default=None, help="where seqlab's run directories go (default: a temporary folder)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="train nothing: join the results of earlier runs (their --json files, e.g. one process per "
+                        "model with --clock cpu --threads 1 side by side) into one table, plot and section")
+    p.add_argument("--readme", action="store_true",
+                   help="with --markdown: also put the section into README.md (between its results:peers markers)")
+    add_markdown_arguments(p)
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args, argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = [m for m in models if m not in MODELS]
     if bad or not models:
@@ -445,10 +476,61 @@ def main(argv=None) -> int:
     print(header + "\n\n" + table(results, args.budget))
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"header": header, "budget_s": args.budget, "results": results}, indent=1) + "\n")
+    path.write_text(json.dumps({"header": header, "budget_s": args.budget, "threads": torch.get_num_threads(),
+                                "results": results}, indent=1) + "\n")
     plot(results, Path(args.plot), header)
     print(f"\nwrote {path} and {args.plot}")
+    publish(args, argv, header, results, args.budget)
     return 0
+
+
+def merge(args: argparse.Namespace, argv: Optional[list]) -> int:
+    """One table, plot and section from several earlier runs' JSON files (same data, budget and clock)."""
+    results: dict = {}
+    headers, budgets = [], set()
+    for name in args.merge:
+        try:
+            d = json.loads(Path(name).read_text())
+            headers.append(d["header"])
+            budgets.add(float(d["budget_s"]))
+            threads = int(d.get("threads", torch.get_num_threads()))
+            results.update(d["results"])
+        except (OSError, ValueError, KeyError) as e:
+            sys.exit(f"--merge: expected a JSON file written by peers.py --json, {name!r}: {e}")
+    # the header names the data, budget, torch, threads and clock: they must agree
+    if len(budgets) != 1 or len(set(headers)) != 1:
+        sys.exit(f"--merge: expected runs on the same data and budget, got headers {sorted(set(headers))}")
+    budget, header = budgets.pop(), headers[0]
+    torch.set_num_threads(threads)  # the section's header reports the threads the runs had
+    order = [m for m in MODELS if m in results]
+    results = {m: results[m] for m in order}
+    print(header + "\n\n" + table(results, budget))
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"header": header, "budget_s": budget, "threads": threads, "results": results},
+                               indent=1) + "\n")
+    plot(results, Path(args.plot), header)
+    print(f"\nwrote {path} and {args.plot}")
+    publish(args, argv, header, results, budget)
+    return 0
+
+
+def publish(args: argparse.Namespace, argv: Optional[list], header: str, results: dict, budget: float) -> None:
+    """``--markdown``: this script's section of RESULTS.md (and of README.md with ``--readme``)."""
+    if not args.markdown:
+        return
+    notes = [header,
+             "validation loss in nats per character on the whole validation text, best checkpoint; "
+             "`vs peer`: the loss over that of its peer (the transformer's is gpt-peer, the recurrent "
+             "models' lstm-peer) at the same training time",
+             f"curves: [{Path(args.plot).name}]({Path(args.plot).name})" if Path(args.plot).parent == Path(
+                 args.markdown).parent else f"curves: `{args.plot}`"] + args.note
+    section = results_section("Language models against their peers", command_line(
+        None if argv is None else [__file__, *argv]), table(results, budget), notes=notes)
+    print(f"wrote the 'peers' section of {write_section(args.markdown, 'peers', section)}")
+    if args.readme:
+        readme = Path(__file__).resolve().parents[1] / "README.md"
+        print(f"wrote the 'peers' section of {write_section(readme, 'peers', section)}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
     python benchmarks/recurrent.py --quick            # tiny sizes, one repeat: a smoke test
     python benchmarks/recurrent.py --cells lstm --repeats 9 --threads 1 --json runs/rnn.json
     python benchmarks/recurrent.py --threads 1 --clock cpu   # on a shared machine: CPU time, not wall time
+    python benchmarks/recurrent.py --threads 1 --clock cpu --markdown   # also into benchmarks/RESULTS.md
 
 For each cell and (batch, steps, hidden = input) it times, after warm-up, the
 median of repeats of
@@ -22,9 +23,10 @@ implementation that does those products at that rate gets below it.
 The LSTM variants (layer_norm=True; recurrent_dropout=0.25; zoneout=0.1; one at a
 time) are timed for seqlab's fused and compiled paths (and the LayerNorm LSTM on the
 reference loop too) against torch.nn's plain LSTM: the speed a user gives up to get
-them. The output is two markdown tables that can be pasted into the README: one row
-per path, then the paths side by side (ratio per path and the floors, one row per
-cell and size).
+them. The output is two markdown tables: one row per path, then the paths side by side
+(ratio per path and the floors, one row per cell and size). ``--markdown`` also writes the
+side-by-side table, headed with the machine, versions, date and command, into this
+benchmark's section of ``benchmarks/RESULTS.md``.
 """
 from __future__ import annotations
 
@@ -46,6 +48,8 @@ try:
 except ImportError:  # run from a checkout without installing: python benchmarks/recurrent.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import seqlab.nn as snn
+
+from _results import add_markdown_arguments, command_line, results_section, write_section  # noqa: E402
 
 SIZES = [(16, 200, 64), (32, 100, 256), (64, 100, 512), (128, 50, 128)]  # (batch, steps, hidden = input)
 # the GPU grid of the Triton kernels: batch {1, 16, 64} x hidden {64, 256, 1024} x 512 steps
@@ -363,7 +367,7 @@ def _product_paths() -> dict:
         return {"compiled_onednn": None, "compiled_brgemm": None}
 
 
-def parse_args(argv=None) -> tuple[Config, Optional[str]]:
+def parse_args(argv=None) -> tuple[Config, argparse.Namespace]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny sizes, 1 warm-up and 1 repeat (a smoke test)")
@@ -378,7 +382,10 @@ def parse_args(argv=None) -> tuple[Config, Optional[str]]:
     ap.add_argument("--no-compiled", action="store_true", help="skip backend='compiled' (no C++ build)")
     ap.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                     help="wall time, or this process's CPU time (steadier on a shared machine with --threads 1)")
+    ap.add_argument("--sizes", nargs="+", metavar="B,T,H", default=None,
+                    help="(batch, steps, hidden = input) triples instead of the default grid")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    add_markdown_arguments(ap)
     args = ap.parse_args(argv)
     cells = tuple(c.strip().lower() for c in args.cells.split(",") if c.strip())
     unknown = [c for c in cells if c not in CELLS]
@@ -390,6 +397,13 @@ def parse_args(argv=None) -> tuple[Config, Optional[str]]:
         ap.error("--clock cpu measures host CPU time; use the wall clock for --device cuda")
     if args.gpu_grid:
         cfg.sizes = list(GPU_SIZES)
+    if args.sizes:
+        try:
+            cfg.sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes]
+        except ValueError:
+            cfg.sizes = []
+        if not cfg.sizes or any(len(s) != 3 or min(s) < 1 for s in cfg.sizes):
+            ap.error(f"--sizes expects positive B,T,H triples, got {' '.join(args.sizes)}")
     if args.quick:
         cfg.sizes, cfg.warmup, cfg.repeats = list(QUICK_SIZES), 1, 1
     if args.repeats is not None:
@@ -402,11 +416,24 @@ def parse_args(argv=None) -> tuple[Config, Optional[str]]:
         cfg.warmup = args.warmup
     if args.threads is not None and args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
-    return cfg, args.json
+    return cfg, args
+
+
+def results_markdown(cfg: Config, env: dict, rows: list[Row], command: str, notes: list[str]) -> str:
+    """This run's section of RESULTS.md: the paths side by side, with how they were timed."""
+    title = "Recurrent layers against torch.nn" + (f" ({cfg.device})" if cfg.device != "cpu" else "")
+    how = [f"warm-up {cfg.warmup}, median of {cfg.repeats}, {cfg.clock} clock; ratio = seqlab / torch.nn "
+           "(below 1: seqlab faster), training = forward + backward, inference = forward under no_grad",
+           "sizes: " + ", ".join(f"({b}, {t}, {h})" for b, t, h in cfg.sizes) + " as (batch, steps, hidden = input)",
+           f"compiled path products: brgemm {env.get('compiled_brgemm')}, oneDNN linear available "
+           f"{env.get('compiled_onednn')}"]
+    failed = [f"{r.cell} / {r.impl} at ({r.batch}, {r.steps}, {r.hidden}) failed: {r.error}" for r in rows if r.error]
+    return results_section(title, command, side_by_side(rows), notes=how + list(notes) + failed)
 
 
 def main(argv=None) -> int:
-    cfg, json_path = parse_args(argv)
+    cfg, args = parse_args(argv)
+    json_path = args.json
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     env = environment(cfg)
@@ -430,6 +457,11 @@ def main(argv=None) -> int:
                          "infer_tokens_per_s": r.tokens_per_s(r.infer_ms)} for r in rows]}
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(out, indent=2))
+    if args.markdown:
+        key = "recurrent" if cfg.device == "cpu" else "recurrent-gpu"
+        command = command_line(None if argv is None else [__file__, *argv])
+        path = write_section(args.markdown, key, results_markdown(cfg, env, rows, command, args.note))
+        print(f"\nwrote the '{key}' section of {path}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
     python benchmarks/transformer.py            # the full run (minutes on a CPU)
     python benchmarks/transformer.py --quick    # a smoke run: small batch, few repeats, 128 tokens
+    python benchmarks/transformer.py --markdown # also into benchmarks/RESULTS.md
 
 1. Training step (forward, backward, SGD update) of a 4-layer encoder,
    d_model 256, 4 heads, feed-forward 1024 (the usual 4 x d_model), batch 32,
@@ -22,17 +23,26 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import statistics
+import sys
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from seqlab.nn.attention import TransformerCache
-from seqlab.nn.positional import SinusoidalPositionalEncoding
-from seqlab.nn.transformer import Transformer, TransformerEncoder, TransformerEncoderLayer
+try:
+    import seqlab  # noqa: F401
+except ImportError:  # run from a checkout without installing: python benchmarks/transformer.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from _results import add_markdown_arguments, command_line, results_section, write_section  # noqa: E402
+from seqlab.nn.attention import TransformerCache  # noqa: E402
+from seqlab.nn.positional import SinusoidalPositionalEncoding  # noqa: E402
+from seqlab.nn.transformer import Transformer, TransformerEncoder, TransformerEncoderLayer  # noqa: E402
 
 
 @dataclass
@@ -192,28 +202,58 @@ def bench_generation(cfg: Config, device) -> list[tuple]:
     return [(name, n / statistics.median(t), base / statistics.median(t)) for name, t in times.items()]
 
 
-def main() -> None:
+def training_table(rows: list[tuple]) -> str:
+    lines = ["| seq | torch.nn ms | seqlab ms | torch.nn tok/s | seqlab tok/s | seqlab / torch.nn |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {T} | {ms_ref:.1f} | {ms_mine:.1f} | {tps_ref:,.0f} | {tps_mine:,.0f} | {ratio:.3f} |"
+              for T, ms_ref, ms_mine, tps_ref, tps_mine, ratio in rows]
+    return "\n".join(lines)
+
+
+def generation_table(rows: list[tuple]) -> str:
+    lines = ["| generation | tokens/s | x recompute |", "| --- | ---: | ---: |"]
+    lines += [f"| {name} | {tps:,.1f} | {speedup:.2f} |" for name, tps, speedup in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small batch, few repeats, 128 tokens: a smoke run")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    parser.add_argument("--batch", type=int, default=None, help="training batch (default 32, --quick 8)")
+    parser.add_argument("--seq-lens", type=int, nargs="+", default=None, help="training lengths (default 128 512)")
+    parser.add_argument("--gen-tokens", type=int, default=None, help="tokens generated (default 512, --quick 128)")
+    add_markdown_arguments(parser)
+    args = parser.parse_args(argv)
     cfg = QUICK if args.quick else Config()
+    given = {"batch": args.batch, "gen_tokens": args.gen_tokens,
+             "seq_lens": tuple(args.seq_lens) if args.seq_lens else None}
+    for name, value in given.items():
+        if value is not None and min(value if isinstance(value, tuple) else (value,)) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}"
           f"{', --quick' if args.quick else ''}")
 
-    print(f"\nTraining step: {cfg.train_layers}-layer encoder, d_model {cfg.d_model}, {cfg.nhead} heads, "
-          f"ff {cfg.dim_feedforward}, batch {cfg.batch}; median of {cfg.repeats}")
-    print(f"{'seq':>5} {'torch.nn ms':>12} {'seqlab ms':>10} {'torch.nn tok/s':>15} {'seqlab tok/s':>13} "
-          f"{'ratio':>6}  (target <= 1.05)")
-    for T, ms_ref, ms_mine, tps_ref, tps_mine, ratio in bench_training(cfg, device):
-        print(f"{T:>5} {ms_ref:>12.1f} {ms_mine:>10.1f} {tps_ref:>15.0f} {tps_mine:>13.0f} {ratio:>6.3f}")
+    train_how = (f"Training step: {cfg.train_layers}-layer encoder, d_model {cfg.d_model}, {cfg.nhead} heads, "
+                 f"ff {cfg.dim_feedforward}, batch {cfg.batch}, dropout 0.1, padded to random lengths; median of "
+                 f"{cfg.repeats} after {cfg.warmup} warm-up; target seqlab / torch.nn <= 1.05")
+    print(f"\n{train_how}")
+    train = training_table(bench_training(cfg, device))
+    print(train)
 
-    print(f"\nGeneration: {cfg.gen_tokens} tokens, {cfg.gen_layers}-layer decoder-only, batch 1, greedy; "
-          f"median of {cfg.gen_repeats}")
-    print(f"{'':<28} {'tokens/s':>9} {'x recompute':>12}  (target: cache >= 5x)")
-    for name, tps, speedup in bench_generation(cfg, device):
-        print(f"{name:<28} {tps:>9.1f} {speedup:>12.2f}")
+    gen_how = (f"Generation: {cfg.gen_tokens} tokens, {cfg.gen_layers}-layer decoder-only, batch 1, greedy; median "
+               f"of {cfg.gen_repeats}; target: the cache >= 5x recomputing the prefix")
+    print(f"\n{gen_how}")
+    gen = generation_table(bench_generation(cfg, device))
+    print(gen)
+    if args.markdown:
+        command = command_line(None if argv is None else [__file__, *argv])
+        section = results_section(f"The Transformer against torch.nn ({device.type})", command, train, gen,
+                                  notes=[f"device {device}", train_how, gen_how, *args.note])
+        key = "transformer" if device.type == "cpu" else f"transformer-{device.type}"
+        print(f"\nwrote the '{key}' section of {write_section(args.markdown, key, section)}")
 
 
 if __name__ == "__main__":

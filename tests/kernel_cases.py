@@ -19,10 +19,9 @@ TOL64 = dict(atol=1e-10, rtol=1e-10)
 # tolerance does not fit: LayerNorm over few units (G*H = 4 for the RNN) has a large rstd, which
 # amplifies float32 rounding in both kernels. F32_RTOL is for sums over many rows (weight
 # gradients, and dh0 through LayerNorm), which the fast paths add in another order than the
-# reference's per-step autograd: measured up to 7e-6 of the largest value (2026-11-29), where
-# the reference's own error was 5-10x smaller. Until then the float32 gradients were not
-# checked at all: the float64 run drew other cotangents (see _run), so the reference's "error"
-# was as large as the gradients.
+# reference's per-step autograd (errors of several 1e-6 of the largest value, where the
+# reference's own error is 5-10x smaller). The float64 run must draw the same cotangents as the
+# float32 one (see _run), else the reference's "error" is as large as the gradients.
 F32_RATIO, F32_RTOL, F32_ATOL = 4.0, 2e-5, 1e-5
 CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
 #: how the state-update masks are drawn (see ``_masks``)

@@ -269,13 +269,22 @@ def test_recorded_values_are_copies(ext):
         assert torch.equal(v, before[k]), k
 
 
-def test_double_backward_is_refused(ext):
-    x, h0, c0, w, masks = _inputs("gru", torch.float64, True, False, 0, False, "none")
-    res = compiled.run_layer("gru", x, h0, c0, w, masks)
-    gy = torch.ones_like(res.y, requires_grad=True)
-    (gx,) = torch.autograd.grad(res.y, x, gy, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable"):
-        gx.sum().backward()
+def test_double_backward_matches_reference(ext):
+    """A gradient taken with create_graph=True is differentiable (through the reference loop) and gives
+    the reference loop's second derivatives, with respect to x, the states, the weights and the output
+    gradient; zoneout, padding and LayerNorm included."""
+    x, h0, c0, w, masks = _inputs("lstm", torch.float64, True, True, 0, True, "padding_zoneout")
+    gy = torch.randn(x.shape[0], x.shape[1], h0.shape[-1], dtype=torch.float64, requires_grad=True)
+    wrt = [t for t in (x, h0, c0, *w) if t is not None]
+    second = []
+    for run in (compiled.run_layer, reference.run_layer):
+        res = run("lstm", x, h0, c0, w, masks)
+        g = torch.autograd.grad(res.y, wrt, gy, create_graph=True)
+        assert all(t.requires_grad for t in g)
+        second.append(torch.autograd.grad(sum(t.pow(2).sum() for t in g), wrt + [gy]))
+    for got, want in zip(*second):
+        assert want.abs().sum() > 0
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-8)
 
 
 def test_argument_checks(ext):
@@ -429,6 +438,27 @@ print("refused")
     env = {**os.environ, "SEQLAB_BUILD_DIR": str(tmp_path)}
     res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip() == "refused", res.stdout + res.stderr
+
+
+@pytest.mark.slow
+def test_concurrent_cold_builds_all_load_the_compiled_path(tmp_path):
+    """SLOW (one cold build of the extension, about a minute): three processes start at once on one
+    empty build directory, as DDP ranks or test workers do. One builds under the lock; the others
+    wait for it and load its library. Every one must end on the compiled path, none on the fallback."""
+    if not compiled.available():
+        pytest.skip(f"the compiled extension is not available: {compiled.build_error()}")
+    script = ("import warnings; warnings.simplefilter('error')\n"
+              "from seqlab.kernels import compiled\n"
+              "print(compiled.available(), compiled.build_error())\n")
+    env = {**os.environ, "SEQLAB_BUILD_DIR": str(tmp_path / "cache")}
+    env.pop("SEQLAB_NO_COMPILE", None)
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0 and out.strip() == "True", out + err
+    assert (tmp_path / "cache" / "seqlab_compiled.stamp").read_text() == compiled._stamp()
+    assert not list((tmp_path / "cache").glob("*.tmp*"))
 
 
 def test_failed_build_warns_once_and_falls_back(build_state, monkeypatch):

@@ -314,7 +314,7 @@ def _mem(solved: dict, task: str = "copy") -> dict:
 
 def _verdict(cells: dict, which: str) -> dict:
     res = {"profile": {"archs": list(ARCHS), "threads": 1}, "cells": cells}
-    return next(c for c in claims(res) if c["claim"].startswith(which))
+    return next(c for c in claims(res) if c.claim.startswith(which)).as_dict()
 
 
 def test_claims_follow_the_numbers():

@@ -120,13 +120,22 @@ def test_no_grad_and_inplace_output():
     assert x.grad is not None
 
 
-def test_double_backward_is_refused():
-    x, h0, c0, w, masks = _inputs("gru", torch.float64, True, False, 0, False, "none")
-    res = fused.run_layer("gru", x, h0, c0, w, masks)
-    gy = torch.ones_like(res.y, requires_grad=True)  # as gradgradcheck does: the output grad requires grad
-    (gx,) = torch.autograd.grad(res.y, x, gy, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable"):
-        gx.sum().backward()
+def test_double_backward_matches_reference():
+    """A gradient taken with create_graph=True is differentiable (through the reference loop) and gives
+    the reference loop's second derivatives, with respect to x, the states, the weights and the output
+    gradient; zoneout, padding and LayerNorm included."""
+    x, h0, c0, w, masks = _inputs("lstm", torch.float64, True, True, 0, True, "padding_zoneout")
+    gy = torch.randn(x.shape[0], x.shape[1], h0.shape[-1], dtype=torch.float64, requires_grad=True)
+    wrt = [t for t in (x, h0, c0, *w) if t is not None]
+    second = []
+    for run in (fused.run_layer, reference.run_layer):
+        res = run("lstm", x, h0, c0, w, masks)
+        g = torch.autograd.grad(res.y, wrt, gy, create_graph=True)
+        assert all(t.requires_grad for t in g)
+        second.append(torch.autograd.grad(sum(t.pow(2).sum() for t in g), wrt + [gy]))
+    for got, want in zip(*second):
+        assert want.abs().sum() > 0
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-8)
 
 
 def test_bfloat16_runs():

@@ -95,3 +95,74 @@ def test_bleu_matches_sacrebleu():
     assert M.bleu(refs, refs) == pytest.approx(100.0)
     refs2 = [[r, r.upper()] for r in refs]  # two references each
     assert M.bleu(hyps, refs2) == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs, [r.upper() for r in refs]]).score)
+
+
+# -- the libraries against the hand-written implementations they replaced -------------------------
+
+def _wagner_fischer(a, b) -> int:
+    """The textbook dynamic programme: d[i][j] = edits turning a[:i] into b[:j]."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+    return d[-1][-1]
+
+
+def _hand_bio_spans(tags) -> set:
+    """conlleval's chunker written out: I-X continues only an open span of type X."""
+    spans, kind, start = set(), None, 0
+    for i, tag in enumerate(list(tags) + ["O"]):  # the sentinel closes a span at the end
+        prefix, typ = ("O", None) if tag == "O" else (tag[0], tag[2:])
+        continues = prefix == "I" and typ == kind
+        if kind is not None and not continues:
+            spans.add((kind, start, i))
+            kind = None
+        if prefix != "O" and not continues:
+            kind, start = typ, i
+    return spans
+
+
+def _hand_entity_f1(pred_tags, gold_tags) -> float:
+    correct = n_pred = n_gold = 0
+    for p, g in zip(pred_tags, gold_tags):
+        ps, gs = _hand_bio_spans(p), _hand_bio_spans(g)
+        correct, n_pred, n_gold = correct + len(ps & gs), n_pred + len(ps), n_gold + len(gs)
+    return 0.0 if n_pred + n_gold == 0 else 2 * correct / (n_pred + n_gold)
+
+
+def test_levenshtein_and_cer_equal_wagner_fischer_on_random_strings():
+    import random
+    rng = random.Random(7)
+    hyps, refs = [], []
+    for _ in range(300):
+        # a small alphabet makes matches, and so every kind of edit, common
+        a = "".join(rng.choice("abcé ") for _ in range(rng.randrange(0, 13)))
+        b = "".join(rng.choice("abcé ") for _ in range(rng.randrange(0, 13)))
+        assert M.levenshtein(a, b) == _wagner_fischer(a, b), (a, b)
+        hyps.append(a)
+        refs.append(b or "x")
+    ta, tb = [rng.randrange(4) for _ in range(9)], [rng.randrange(4) for _ in range(7)]  # token lists too
+    assert M.levenshtein(ta, tb) == _wagner_fischer(ta, tb)
+    expected = sum(_wagner_fischer(h, r) for h, r in zip(hyps, refs)) / sum(len(r) for r in refs)
+    assert M.char_error_rate(hyps, refs) == pytest.approx(expected, abs=1e-12)
+
+
+def test_bio_spans_and_entity_f1_equal_hand_chunker_on_random_tags():
+    import random
+    rng = random.Random(11)
+    tags = ["O", "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "I-ORG"]  # stray I- and type changes included
+    gold_corpus, pred_corpus = [], []
+    for _ in range(300):
+        n = rng.randrange(1, 10)
+        gold = [rng.choice(tags) for _ in range(n)]
+        # a prediction that agrees with the gold tag most of the time, so F1 is neither 0 nor 1
+        pred = [g if rng.random() < 0.7 else rng.choice(tags) for g in gold]
+        assert M.bio_spans(gold) == _hand_bio_spans(gold), gold
+        gold_corpus.append(gold)
+        pred_corpus.append(pred)
+    expected = _hand_entity_f1(pred_corpus, gold_corpus)
+    assert 0.2 < expected < 0.95
+    assert M.entity_f1(pred_corpus, gold_corpus) == pytest.approx(expected, abs=1e-12)
+    for k in range(0, 300, 30):  # and sentence by sentence, where empty sides are common
+        assert M.entity_f1(pred_corpus[k:k + 1], gold_corpus[k:k + 1]) == pytest.approx(
+            _hand_entity_f1(pred_corpus[k:k + 1], gold_corpus[k:k + 1]), abs=1e-12)

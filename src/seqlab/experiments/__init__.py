@@ -9,7 +9,10 @@ gradflow            ||dL/dh_t|| against the distance T - t; spectral rescaling o
 speed               training tokens/s, inference latency per token, activation memory vs length
 gates               LSTM forget-gate and GRU update-gate statistics over time (record_gates)
 lm                  character-level LM (seqlab.models.LanguageModel): bits per char vs time
-report              report.md and self-contained report.html; claims judged from the numbers
+report              report.md and self-contained report.html; the claims as data (``Claim``,
+                    one function each in ``CLAIMS``), judged from the numbers
+sections            the report's evidence sections, one function each (memory, gradient flow, ...)
+document            the report's document model (Markdown / HTML) and shared accessors
 compare             the grid of cells, resumable results.json, ``seqlab compare``
 explain             ``seqlab explain``: colour text by a recurrent unit's activation or gate
 cli                 add_compare_parser / add_explain_parser for the ``seqlab`` command

@@ -54,12 +54,12 @@ class CompareConfig:
     sections: tuple = SECTIONS
     copy_T: tuple = (10, 25)
     adding_T: tuple = (50,)
-    # Training seconds per (task, arch, T) cell; the quick profile took 8 min 45 s at 45 s, so 60 s
-    # keeps it near 10 minutes. The 40K GRU needed 8000 steps (batch 32) to solve copy memory at
-    # T = 10: 106 s on a core shared with a benchmark (75 steps/s), about 60 s at 130 steps/s.
+    # Training seconds per (task, arch, T) cell: 60 s keeps the quick profile near 10 minutes,
+    # and the 40K GRU needs about 8000 steps (batch 32) to solve copy memory at T = 10, about
+    # 60 s at 130 steps/s on one core.
     budget: float = 60.0
     # Bai et al. (2018) used about 16K for copy memory; at 16K neither gated RNN reached 75% recall
-    # at T = 10 in 60 s (lr 1e-2), at 40K the GRU solves it (measured 2026-11-28, see the notes).
+    # at T = 10 in 60 s (lr 1e-2), at 40K the GRU solves it.
     copy_params: int = 40_000
     adding_params: int = 16_000          # Bai et al.: about 70K for adding (the full profile uses that)
     batch_size: int = 32                 # 16 and 64 learned copy memory slower per second

@@ -7,8 +7,10 @@ the input and recurrent projections and of the LSTM cell) fused into one C++ loo
 it removes is the per-step Python and dispatcher overhead, which is most of the time of a
 step at small sizes (hidden <= 128); see ``benchmarks/recurrent.py``.
 
-The C++ lives in ``csrc/recurrent.cpp`` (one translation unit, shape contracts next to the
-kernels). It is built with ``torch.utils.cpp_extension`` on first use and cached:
+The C++ lives in ``csrc/``: ``recurrent.cpp`` registers the ops and includes one header per
+job (pointwise math, buffer pool, products, forward, backward, minRNN scan; the map is at the
+top of recurrent.cpp), one translation unit with shape contracts next to the kernels. It is
+built with ``torch.utils.cpp_extension`` on first use and cached:
 
 * the build directory is ``$SEQLAB_BUILD_DIR`` if set, else ``~/.cache/seqlab/`` plus a tag
   for the machine, Python and torch (the flags include ``-march=native``, so a cache shared
@@ -17,8 +19,9 @@ kernels). It is built with ``torch.utils.cpp_extension`` on first use and cached
   path);
 * if the build fails (no compiler, no ninja, a compile error) one warning says why, and
   dispatch takes the fused path, which computes the same values.
-* the library carries a stamp of the sources it was built from; one that does not match (left
-  on disk when a concurrent build of new sources failed) is refused the same way.
+* processes that start at once share one build: it runs under a file lock, and the library and
+  its stamp file are published by atomic renames (``load``); the library also carries a stamp
+  of the sources it was built from, and one that does not match is refused the same way.
 
 Layers: this module validates and calls the two ops ``torch.ops.seqlab_compiled.rnn_forward``
 / ``rnn_backward`` from an autograd.Function; the kernel owns the memory of the loop. Runs
@@ -29,8 +32,8 @@ go to oneDNN's linear and small ones to brgemm (see "Matrix products" in the C++
 ``torch.ops.seqlab_compiled.set_brgemm`` and ``set_gemm_threshold`` move the switches). On Linux,
 where torch's threads are OpenMP's, a step's pointwise rows are split over them when there are
 enough (``_openmp_flags``; the backward keeps rows that sum LayerNorm weight gradients in one).
-Double backward is not supported (``once_differentiable``): use the reference path for
-gradient-of-gradient work. Memory: the loop's large buffers (2 MiB and more: saved activations,
+Second derivatives (``create_graph=True``) go through the reference loop
+(``reference.differentiable_backward``): correct, at its speed. Memory: the loop's large buffers (2 MiB and more: saved activations,
 per-step gradients) are recycled through a pool in the C++ that keeps up to 512 MiB of freed
 buffers for the next call of the same shapes (see ``loop_buffer``; ``SEQLAB_POOL_MB`` sets the
 cap, 0 turns the pool off); what it keeps is not returned to the system while the process runs.
@@ -46,6 +49,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import shutil
 import sys
 import threading
 import warnings
@@ -54,8 +58,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from . import reference
 from .common import GATES, LayerResult, LayerWeights, Masks, RECORDED, check_layer_shapes, empty_result, refuse_call
 
 __all__ = ["run_layer", "run_supported", "supports", "run_min_layer", "supports_min", "available", "build_error", "load",
@@ -63,6 +67,8 @@ __all__ = ["run_layer", "run_supported", "supports", "run_min_layer", "supports_
 
 #: the C++ sources of the extension (one translation unit keeps the cold build short)
 SOURCES = (Path(__file__).resolve().parent / "csrc" / "recurrent.cpp",)
+#: the headers recurrent.cpp includes: part of what a build depends on (see ``_stamp``)
+HEADERS = tuple(sorted((Path(__file__).resolve().parent / "csrc").glob("*.h")))
 #: dtypes the C++ loops are instantiated for (AT_DISPATCH_FLOATING_TYPES)
 _FLOATS = (torch.float32, torch.float64)
 _CELL_ID = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
@@ -119,45 +125,78 @@ def _openmp_flags() -> list[str]:
 def _stamp() -> str:
     """What the built library depends on: the sources, the flags, torch and Python."""
     h = hashlib.sha1()
-    for src in SOURCES:
+    for src in SOURCES + HEADERS:
         h.update(src.read_bytes())
     h.update(" ".join(_cflags() + [torch.__version__, sys.version]).encode())
     return h.hexdigest()
 
 
 def load(verbose: bool = False) -> None:
-    """Build (first time) and load the extension; raise whatever the build raised."""
+    """Build (first time) and load the extension; raise whatever the build raised.
+
+    Safe when several processes start at once (DDP ranks, test workers, two users' jobs on
+    one cache): the build runs under a file lock in the build directory, in its ``work/``
+    subdirectory, and the result is published by atomic renames, the library first and its
+    stamp file last. A process that finds the stamp of these sources therefore finds their
+    whole library; one that does not takes the lock, and then either finds that the process
+    before it has just built them, or builds them itself.
+    """
     build = _build_dir()
     lib, stamp_file = build / f"{_EXT_NAME}.so", build / f"{_EXT_NAME}.stamp"
     stamp = _stamp()
     # Fast path: the library of these very sources is there. cpp_extension.load would find the
     # same, but only after importing setuptools and running ninja (about 1.5 s per process).
-    if lib.is_file() and stamp_file.is_file() and stamp_file.read_text() == stamp:
-        torch.ops.load_library(str(lib))
-        if _loaded_stamp() != stamp:
-            stamp_file.unlink(missing_ok=True)  # so that the next process builds again
-            raise RuntimeError(f"{lib} is not the build of these sources (its stamp file was wrong); "
-                               f"it will be rebuilt by the next process")
+    if _stamp_matches(stamp_file, stamp):
+        _load_published(lib, stamp_file, stamp)
         return
-    from torch.utils import cpp_extension
+    import filelock  # a dependency of torch itself
 
     build.mkdir(parents=True, exist_ok=True)
-    # is_python_module=False: the ops are registered with TORCH_LIBRARY and loaded into
-    # torch.ops, so the translation unit needs no pybind11 / Python headers.
-    # The stamp is compiled in: when several processes start at once, one builds and the others
-    # wait and then load what is on disk, which is the OLD library if that build failed
-    # (cpp_extension raises only in the process that ran it). Checking the loaded library's
-    # stamp keeps them from using it, and from stamping it as the build of these sources.
-    cpp_extension.load(name=_EXT_NAME, sources=[str(s) for s in SOURCES],
-                       extra_cflags=_cflags() + [f"-DSEQLAB_BUILD_STAMP=s{stamp}"],
-                       extra_ldflags=_openmp_flags(),
-                       build_directory=str(build), is_python_module=False, verbose=verbose)
+    with filelock.FileLock(str(build / f"{_EXT_NAME}.lock")):
+        if _stamp_matches(stamp_file, stamp):  # built by the process that held the lock before us
+            _load_published(lib, stamp_file, stamp)
+            return
+        work = build / "work"
+        work.mkdir(exist_ok=True)
+        from torch.utils import cpp_extension
+
+        # is_python_module=False: the ops are registered with TORCH_LIBRARY and loaded into
+        # torch.ops, so the translation unit needs no pybind11 / Python headers. The stamp is
+        # compiled in, so that a library is known by what it was built from, whatever its stamp
+        # file says.
+        cpp_extension.load(name=_EXT_NAME, sources=[str(s) for s in SOURCES],
+                           extra_cflags=_cflags() + [f"-DSEQLAB_BUILD_STAMP=s{stamp}"],
+                           extra_ldflags=_openmp_flags(),
+                           build_directory=str(work), is_python_module=False, verbose=verbose)
+        if _loaded_stamp() != stamp:
+            raise RuntimeError(f"{lib} is not the build of these sources: another process's build of them "
+                               f"failed, or is still running; see its error, or delete {build} and retry")
+        # publish: a private copy renamed over the library (a process that has the old one loaded
+        # keeps its inode), then the stamp, so that a reader never pairs a stamp with a half-written file
+        built = work / f"{_EXT_NAME}.so"
+        tmp_lib = lib.with_suffix(f".tmp{os.getpid()}")
+        shutil.copyfile(built, tmp_lib)
+        tmp_lib.chmod(0o755)
+        tmp_lib.replace(lib)
+        tmp = stamp_file.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(stamp)
+        tmp.replace(stamp_file)
+
+
+def _stamp_matches(stamp_file: Path, stamp: str) -> bool:
+    try:
+        return stamp_file.read_text() == stamp
+    except OSError:
+        return False
+
+
+def _load_published(lib: Path, stamp_file: Path, stamp: str) -> None:
+    """Load the published library whose stamp file matched; refuse it if its compiled-in stamp does not."""
+    torch.ops.load_library(str(lib))
     if _loaded_stamp() != stamp:
-        raise RuntimeError(f"{lib} is not the build of these sources: another process's build of them "
-                           f"failed, or is still running; see its error, or delete {build} and retry")
-    tmp = stamp_file.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(stamp)
-    tmp.replace(stamp_file)  # atomic: a concurrent reader sees the old stamp or the new one
+        stamp_file.unlink(missing_ok=True)  # so that the next process builds again
+        raise RuntimeError(f"{lib} is not the build of these sources (its stamp file was wrong); "
+                           f"it will be rebuilt by the next process")
 
 
 def _loaded_stamp() -> Optional[str]:
@@ -246,8 +285,8 @@ def run_layer(
 ) -> LayerResult:
     """Run ``cell`` over ``x`` (T, B, I), time-major, from (h0, c0); same contract as ``reference.run_layer``.
 
-    Gradients flow to x, h0, c0 and every weight that is given (not to the masks).
-    Double backward is not supported.
+    Gradients flow to x, h0, c0 and every weight that is given (not to the masks); a
+    backward with ``create_graph=True`` is differentiated through the reference loop.
     """
     reason = supports(cell, x, w, masks)
     if reason is not None:
@@ -322,6 +361,8 @@ class _Compiled(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cell, recorded, x, h0, c0, *slots):
+        if any(ctx.needs_input_grad):
+            reference.keep_inputs(ctx, cell, x, h0, c0, slots)  # the caller's tensors, before any copy
         slots = _contiguous_1d(slots)
         y, h_T, c_T, saved = _forward(cell, recorded, x, h0, c0, slots, save=any(ctx.needs_input_grad))
         if any(ctx.needs_input_grad):
@@ -332,7 +373,7 @@ class _Compiled(torch.autograd.Function):
         return y, h_T, c_T
 
     @staticmethod
-    @once_differentiable
+    @reference.differentiable_backward
     def backward(ctx, dy, dh_T, dc_T):
         it = iter(ctx.saved_tensors)
         x, h0 = next(it), next(it)

@@ -35,8 +35,10 @@ LayerNorm's backward is written out by hand (``_LayerNormGrad``):
     dv = rstd ⊙ (dv̂ - mean(dv̂) - v̂ ⊙ mean(dv̂ ⊙ v̂)),  dv̂ = dLN ⊙ w,
 which is exact with eps (differentiate rstd = (var + eps)^{-1/2}).
 
-Double backward is not supported (``once_differentiable``): use the reference
-path for gradient-of-gradient work.
+Second derivatives: a backward asked to build a graph (``create_graph=True``) re-runs
+the layer through the reference loop and lets autograd differentiate that
+(``reference.differentiable_backward``), so gradients of gradients are correct, at the
+reference loop's speed.
 """
 from __future__ import annotations
 
@@ -44,8 +46,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from . import reference
 from .common import (GATES, LN_EPS, LayerResult, LayerWeights, Masks, RECORDED, check_layer_shapes, empty_result,
                      refuse_call)
 
@@ -77,7 +79,8 @@ def run_layer(
     """Run ``cell`` over ``x`` (T, B, I), time-major, from (h0, c0); same contract as ``reference.run_layer``.
 
     Gradients flow to x, h0, c0 and every weight that is given (not to the
-    masks). Double backward is not supported.
+    masks); a backward with ``create_graph=True`` is differentiated through the
+    reference loop.
     """
     reason = supports(cell, x, w, masks)
     if reason is not None:
@@ -226,6 +229,7 @@ class _Fused(torch.autograd.Function):
         if recorded is not None:
             recorded.update(y_rec)
         if any(ctx.needs_input_grad):
+            reference.keep_inputs(ctx, cell, x, h0, c0, slots)
             saved.update(x_rows=x_rows, xp=xp, h0=h0, c0=c0, **w._asdict(), **{f"m_{k}": v for k, v in m._asdict().items()})
             ctx.cell, ctx.dims = cell, (T, B, I, H, P)
             ctx.names = tuple(saved)
@@ -233,7 +237,7 @@ class _Fused(torch.autograd.Function):
         return y, h_T, c_T
 
     @staticmethod
-    @once_differentiable
+    @reference.differentiable_backward
     def backward(ctx, dy, dh_T, dc_T):
         s = dict(zip(ctx.names, ctx.saved_tensors))
         cell = ctx.cell

@@ -35,9 +35,8 @@ Two schedules share the same step code (``_fwd_chunk``, ``_bwd_gates``, ``_bwd_d
 
 W_hh is re-read every step (from L2) rather than held in registers or shared memory: at
 H = 256 the LSTM's W_hh is 1 MiB in float32, more than one SM's registers and shared memory
-together. The issue asked for the weights kept on chip "where they fit" (small H); no GPU
-was available to measure whether such a variant pays, so this first version does not have
-one. Tiles: 16 batch rows (BB) by up to MAX_TILE hidden units (BN = BK), 8 warps.
+together. A variant holding W_hh on chip where it fits (small H) is left out until GPU
+timings show that it pays. Tiles: 16 batch rows (BB) by up to MAX_TILE hidden units (BN = BK), 8 warps.
 
 Arithmetic is in float32 (float64 for float64 inputs); the recurrent product is
 ``tl.dot`` on the storage dtype with an exact ("ieee") float32 accumulation, so float32
@@ -48,7 +47,7 @@ tiles of at least 16 in each dimension, so batch and hidden tiles are padded to 
 Import never needs triton or CUDA: without triton ``supports`` says "triton is not
 installed". On CPU tensors the kernels run only under the interpreter
 (``TRITON_INTERPRET=1``, set before this module is first imported): that is how the
-tests run them. Double backward is not supported (``once_differentiable``).
+tests run them. Second derivatives go through the reference loop (``reference.differentiable_backward``).
 """
 from __future__ import annotations
 
@@ -58,8 +57,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from . import reference
 from .common import GATES, LayerResult, LayerWeights, Masks, RECORDED, check_layer_shapes, empty_result, refuse_call
 
 __all__ = ["run_layer", "supports", "available", "PERSISTENT_MAX_HIDDEN", "MAX_TILE"]
@@ -76,7 +75,7 @@ except ImportError:  # the module still imports; supports() refuses every call
 PERSISTENT_MAX_HIDDEN = 256
 #: widest hidden tile (BN = BK); a module attribute so the tests can make several tiles at tiny sizes.
 #: 32 with 8 warps is the widest that ptxas (sm_90, triton 3.9) compiles without spilling registers
-#: for every kernel; 64 spills in the LSTM and GRU backward. Not yet timed on a GPU.
+#: for every kernel; 64 spills in the LSTM and GRU backward.
 MAX_TILE = 32
 _NUM_WARPS = 8
 
@@ -540,13 +539,14 @@ class _TritonRNN(torch.autograd.Function):
             else:
                 recorded.update(h=h_all)
         if any(ctx.needs_input_grad):
+            reference.keep_inputs(ctx, cell, x, h0, c0, slots)
             ctx.cell, ctx.dims, ctx.meta = cell, (T, B, I, H), meta
             ctx.save_for_backward(x_rows, h_ext, c_ext, act, aux, w.w_ih, w_hh, m.keep, m.keep_c, m.out)
             ctx.persistent = H <= PERSISTENT_MAX_HIDDEN
         return y, h_T, c_T
 
     @staticmethod
-    @once_differentiable
+    @reference.differentiable_backward
     def backward(ctx, dy, dh_T, dc_T):
         x_rows, h_ext, c_ext, act, aux, w_ih, w_hh, keep_m, keep_c_m, out_m = ctx.saved_tensors
         cell = ctx.cell

@@ -12,9 +12,11 @@ def _check_size(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
-def _check_prob(name: str, p) -> float:
+def _check_prob(name: str, p, one: bool = False) -> float:
+    """p in [0, 1), or [0, 1] with ``one`` (dropout between layers, where torch.nn accepts 1: all dropped)."""
+    interval = "[0, 1]" if one else "[0, 1)"
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
-        raise TypeError(f"{name} should be a number in [0, 1), got {type(p).__name__} ({p!r})")
-    if not 0 <= p < 1:
-        raise ValueError(f"{name} should be a probability in [0, 1), got {p}")
+        raise TypeError(f"{name} should be a number in {interval}, got {type(p).__name__} ({p!r})")
+    if not (0 <= p <= 1 if one else 0 <= p < 1):
+        raise ValueError(f"{name} should be a probability in {interval}, got {p}")
     return float(p)

@@ -55,6 +55,7 @@ __all__ = [
     "canonical_mask",
     "causal_mask",
     "padding_mask",
+    "share_parameters",
 ]
 
 
@@ -265,6 +266,23 @@ class TransformerCache:
 # The module
 
 
+def share_parameters(module: nn.Module, twin: nn.Module) -> nn.Module:
+    """Make ``twin`` hold ``module``'s very Parameter objects (same names, as seqlab's layers and
+    torch.nn's have) and its train/eval mode; returns ``twin``.
+
+    For ``__prepare_scriptable__``: ``torch.jit.script`` compiles torch.nn's implementation of a
+    layer whose own forward TorchScript cannot read (caches, shape messages), and the scripted
+    module trains the same parameters.
+    """
+    for name, p in module.named_parameters():
+        owner, _, leaf = name.rpartition(".")
+        target = twin.get_submodule(owner) if owner else twin
+        if leaf not in target._parameters:
+            raise ValueError(f"expected the torch.nn twin of {type(module).__name__} to have a parameter {name!r}")
+        target._parameters[leaf] = p
+    return twin.train(module.training)
+
+
 class MultiheadAttention(nn.Module):
     r"""Multi-head attention, drop-in for ``torch.nn.MultiheadAttention``.
 
@@ -371,6 +389,15 @@ class MultiheadAttention(nn.Module):
         if self.bias_k is not None:
             nn.init.xavier_normal_(self.bias_k)
             nn.init.xavier_normal_(self.bias_v)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` compiles torch.nn's MultiheadAttention on these very parameters: the same
+        equations (tested to agree), without the ``cache`` argument, which TorchScript cannot type."""
+        twin = nn.MultiheadAttention(self.embed_dim, self.num_heads, dropout=self.dropout,
+                                     bias=self.in_proj_bias is not None, add_bias_kv=self.bias_k is not None,
+                                     add_zero_attn=self.add_zero_attn, kdim=self.kdim, vdim=self.vdim,
+                                     batch_first=self.batch_first, device="meta")
+        return share_parameters(self, twin)
 
     def extra_repr(self) -> str:
         s = f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}"

@@ -32,16 +32,16 @@ Four ways to run the same equations, chosen by ``mode`` (one place,
   with these layers without a graph break. Where the extension is absent
   and on GPUs, auto takes 'scan'.
 
-Why the default is not the paper's log-space scan (measured on the 2-core
-CPU this was written on, T=4096, B=16, H=128, float32):
+Why the default is not the paper's log-space scan (at T=4096, B=16, H=128,
+float32, on a 2-core CPU):
 
 1. Precision. ``a*_t`` grows like t·|log a|; ``a*_t`` and the logcumsumexp
    are both of that size and cancel, so h_t carries a relative error of about
    eps·|a*_t|: ~1e-4 at T=4096 with gates near 0.5, beyond the 1e-5 that the
    sequential and scan paths must agree to. The chunked scan multiplies and
    adds numbers of the size of h itself and has no such growth.
-2. Speed. ``torch.logcumsumexp`` alone costs ~290 ms per forward at this
-   size on this CPU, and the autograd graph of the log-space path allocates
+2. Speed. ``torch.logcumsumexp`` alone costs hundreds of milliseconds per
+   forward at this size, and the autograd graph of the log-space path allocates
    some 30 tensors of T·B·H; the log-space training step was slower than the
    GRU's. The fused scan allocates four and runs in O(√T) Python steps.
 
@@ -69,7 +69,6 @@ from typing import Callable, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..kernels import compiled
@@ -270,12 +269,33 @@ class _MinScan(torch.autograd.Function):
             h_b.addcmul_(h_b, a_b, value=-1)  # b = (1 − a) ⊙ h̃
         _linear_scan_(a, h, h0)
         ctx.cell = cell
+        ctx.inputs = (x, weight, bias, h0)  # the caller's tensors, for a backward under create_graph
         ctx.save_for_backward(x, weight, pre, a, h, h0)
         return h
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_h: Tensor):
+        if torch.is_grad_enabled():
+            # create_graph=True: the hand-written backward below cannot be differentiated, so the
+            # gradient is taken through the step loop (mode='sequential') instead, as a graph
+            # (once_differentiable alone returned silent zeros for second derivatives)
+            return _MinScan._graphed_backward(ctx, grad_h)
+        with torch.no_grad():
+            return _MinScan._backward(ctx, grad_h)
+
+    @staticmethod
+    def _graphed_backward(ctx, grad_h: Tensor):
+        x, weight, bias, h0 = ctx.inputs
+        inputs = (x, weight, bias, h0)
+        need = ctx.needs_input_grad[1:5]
+        wanted = [t for t, n in zip(inputs, need) if n]
+        h = _run_sequential(ctx.cell, F.linear(x, weight, bias), h0, None)
+        got = iter(torch.autograd.grad(h, wanted, grad_h, create_graph=True, allow_unused=True))
+        grads = [next(got) if n else None for n in need]
+        return (None, *(torch.zeros_like(t) if g is None and n else g for g, t, n in zip(grads, inputs, need)))
+
+    @staticmethod
+    def _backward(ctx, grad_h: Tensor):
         x, weight, pre, a, h, h0 = ctx.saved_tensors
         cell = ctx.cell
         T, B, I = x.shape
@@ -408,6 +428,13 @@ class _MinRNNBase(nn.Module):
                     self._flat_weights_names.append(name + sfx)
         self.reset_parameters()
         self.last_mode: Optional[ModeChoice] = None
+
+    def __getstate__(self) -> dict:
+        # last_mode records the last call, not state: left out of a pickle so that
+        # torch.load(weights_only=True) needs only the model's classes (as _RNNBase.last_dispatch)
+        state = self.__dict__.copy()
+        state["last_mode"] = None
+        return state
 
     def reset_parameters(self) -> None:
         """U(-1/√H, 1/√H) for every parameter, as torch.nn.GRU."""

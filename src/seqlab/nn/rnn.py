@@ -5,8 +5,14 @@ initialisation), the argument checks and the layout: batch_first, unbatched
 input, ``PackedSequence``, ``lengths=``, the reversed direction, dropout
 between layers and the masks of the variants. The time loop itself is a
 kernel (``seqlab.kernels``): the reference loop, which is the specification,
-or the fused path with hand-written backpropagation through time. One
-dispatch chooses between them; ``module.last_dispatch`` says which ran and why.
+the fused path with hand-written backpropagation through time, the compiled
+C++ loop, the Triton kernels, or (plain configurations, all layers at once)
+torch's own kernels. One dispatch chooses between them; ``module.last_dispatch``
+says which ran and why. Beyond the forward call they behave as torch.nn's:
+second derivatives (``create_graph=True``) on every path, ``torch.jit.trace``,
+``torch.func``, ``torch.export`` and ONNX export (dispatch takes a path those can
+follow), autocast (the layer computes in autocast's dtype), and pickling (no
+run-time record is pickled).
 
 Beyond torch.nn, all off by default so the defaults stay drop-in:
 
@@ -34,17 +40,17 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import Iterator, Optional, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from ..kernels import reference
+from ..kernels import native, reference
 from ._checks import _check_prob, _check_size
 from ..kernels.common import GATES, LayerWeights, Masks
-from ..kernels.dispatch import BACKENDS, Dispatch, choose
+from ..kernels.dispatch import BACKENDS, Dispatch, choose, choose_stack
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "record_gates", "GateRecorder"]
 
@@ -122,6 +128,14 @@ def record_gates() -> Iterator[GateRecorder]:
 # Argument checks
 
 
+def _autocast_dtype(x) -> Optional[torch.dtype]:
+    """The dtype autocast asks for on x's device, or None when it is off (or x is not a float it would cast)."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or not torch.is_autocast_enabled(x.device.type):
+        return None
+    amp = torch.get_autocast_dtype(x.device.type)
+    return None if amp == x.dtype else amp
+
+
 def _reverse_index(lengths: Optional[Tensor], T: int, B: int, device) -> Optional[Tensor]:
     """Time index that reverses each sequence within its own length (an involution).
 
@@ -178,7 +192,7 @@ class _RNNBase(nn.Module):
         self.num_layers = _check_size("num_layers", num_layers)
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
-        self.dropout = _check_prob("dropout", dropout)
+        self.dropout = _check_prob("dropout", dropout, one=True)  # torch.nn accepts p = 1
         self.bidirectional = bool(bidirectional)
         self.proj_size = _check_size("proj_size", proj_size, minimum=0)
         if self.proj_size >= self.hidden_size:
@@ -252,6 +266,14 @@ class _RNNBase(nn.Module):
         self.reset_parameters()
         self.last_dispatch: Optional[Dispatch] = None
 
+    def __getstate__(self) -> dict:
+        # last_dispatch records the last call; it is no state of the layer. Left out so that a
+        # pickled module holds only what torch.load(weights_only=True) can be told about (the
+        # user's safe_globals list of the model's classes), not seqlab's internal records.
+        state = self.__dict__.copy()
+        state["last_dispatch"] = None
+        return state
+
     # -- parameters ---------------------------------------------------------
 
     def reset_parameters(self) -> None:
@@ -310,11 +332,10 @@ class _RNNBase(nn.Module):
 
     # -- forward ------------------------------------------------------------
 
-    def forward(self, input, hx=None, *, lengths=None):
+    def forward(self, input, hx=None, lengths=None):
+        # lengths is not keyword-only: torch.onnx.export (TorchScript) passes every parameter it
+        # finds in the signature positionally, with its default
         is_lstm = self.cell == "lstm"
-        H, P = self.hidden_size, self.proj_size or self.hidden_size
-        D = 2 if self.bidirectional else 1
-        L = self.num_layers
         dtype = getattr(self, self._flat_weights_names[0]).dtype  # weight_ih_l0 (getattr: parametrizations)
 
         # ---- bring every input form to (T, B, I) time-major plus lengths ----
@@ -349,16 +370,99 @@ class _RNNBase(nn.Module):
         # ---- initial states: (D*L, B, P) and (D*L, B, H) ----
         h0, c0 = self._initial_state(hx, is_lstm, unbatched, B, x)
 
+        # ---- autocast: the layer computes in autocast's dtype, as torch's autocast runs its
+        # recurrent ops (mkldnn_rnn_layer, cuDNN) in lower precision; the casts are differentiable,
+        # so the float32 parameters still get their gradients ----
+        amp = _autocast_dtype(x)
+        if amp is not None:
+            x, h0 = x.to(amp), h0.to(amp)
+            c0 = c0.to(amp) if is_lstm else None
+            with torch.autocast(x.device.type, enabled=False):
+                output, h_n, c_n = self._run(input, x, lengths, packed, h0, c0, amp)
+        else:
+            output, h_n, c_n = self._run(input, x, lengths, packed, h0, c0, None)
+
+        # ---- back to the caller's layout ----
+        if isinstance(output, PackedSequence):  # the native path ran on the packed data
+            pass
+        elif packed:
+            sorted_idx = input.sorted_indices
+            out_sorted = output if sorted_idx is None else output.index_select(1, sorted_idx)  # (T, B, ·)
+            lens_sorted = lengths if sorted_idx is None else lengths.index_select(0, sorted_idx.cpu())
+            data = pack_padded_sequence(out_sorted, lens_sorted, enforce_sorted=True).data
+            output = PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
+        elif unbatched:
+            output = output.squeeze(1)  # (T, 1, ·) -> (T, ·)
+            h_n = h_n.squeeze(1)
+            c_n = c_n.squeeze(1) if is_lstm else None
+        elif self.batch_first:
+            output = output.transpose(0, 1)  # (T, B, ·) -> (B, T, ·)
+        return (output, (h_n, c_n)) if is_lstm else (output, h_n)
+
+    def _variants(self, lengths, packed: bool, recording: bool) -> list[str]:
+        """The seqlab-only features this call uses: any of them keeps torch's own kernels out."""
+        used = []
+        if self.layer_norm:
+            used.append("layer_norm")
+        if self.recurrent_dropout > 0 and self.training:
+            used.append("recurrent_dropout")
+        if any(p > 0 for p in self.zoneout):
+            used.append("zoneout")
+        if lengths is not None and not packed:
+            used.append("lengths=")
+        if recording:
+            used.append("record_gates()")
+        return used
+
+    def _run(self, input, x: Tensor, lengths, packed: bool, h0: Tensor, c0: Optional[Tensor], amp):
+        """Every layer and direction over x (T, B, I) from h0 (D*L, B, P), c0 (D*L, B, H): (output, h_n, c_n).
+
+        output is (T, B, D*P), or a PackedSequence when the native path ran on packed input.
+        ``amp``: the autocast dtype every weight is cast to, or None.
+        """
+        is_lstm = self.cell == "lstm"
+        H, P = self.hidden_size, self.proj_size or self.hidden_size
+        D = 2 if self.bidirectional else 1
+        L = self.num_layers
+        T, B = x.shape[0], x.shape[1]
+        cast = (lambda t: t) if amp is None else (lambda t: None if t is None else t.to(amp))  # noqa: E731
+
+        # ---- torch's own kernels take a whole plain call where they are the better path ----
+        flat = [cast(getattr(self, n)) for n in self._flat_weights_names]  # getattr: parametrizations
+        needs_grad = torch.is_grad_enabled() and (
+            x.requires_grad or h0.requires_grad or (is_lstm and c0.requires_grad) or any(w.requires_grad for w in flat))
+        stack = choose_stack(self.backend, self.cell, x, flat, self._variants(lengths, packed, bool(_RECORDERS)),
+                             needs_grad)
+        if stack is not None:
+            self.__dict__["last_dispatch"] = stack
+            dropout = self.dropout if self.training else 0.0
+            if packed:
+                data = cast(input.data)
+                idx = input.sorted_indices
+                if idx is not None:  # the states in the packed (sorted) batch order, as torch.nn
+                    h0 = h0.index_select(1, idx)
+                    c0 = c0.index_select(1, idx) if is_lstm else None
+                out, h_n, c_n = native.run_stack(self.cell, data, input.batch_sizes, h0, c0, flat, self.bias, L,
+                                                 dropout, self.training, self.bidirectional)
+                if input.unsorted_indices is not None:
+                    h_n = h_n.index_select(1, input.unsorted_indices)
+                    c_n = c_n.index_select(1, input.unsorted_indices) if is_lstm else None
+                out = PackedSequence(out, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
+                return out, h_n, c_n
+            return native.run_stack(self.cell, x, None, h0, c0, flat, self.bias, L, dropout, self.training,
+                                    self.bidirectional)
+
         # ---- masks shared by every path, drawn here so every path sees the same ones ----
         out_mask = None
         if lengths is not None:
             steps = torch.arange(T, device=x.device).unsqueeze(1)  # (T, 1)
-            out_mask = (steps < lengths.to(x.device).unsqueeze(0)).to(dtype).unsqueeze(-1)  # (T, B, 1)
+            out_mask = (steps < lengths.to(x.device).unsqueeze(0)).to(x.dtype).unsqueeze(-1)  # (T, B, 1)
         rev_idx = _reverse_index(lengths, T, B, x.device) if self.bidirectional else None
 
         # every open record_gates() sees this call, so nested contexts each get a full record
         record_entries = [r._new_call(self) for r in _RECORDERS]
         record_entry = record_entries[0] if record_entries else None
+        unbatched = not packed and isinstance(input, Tensor) and input.dim() == 2
 
         layer_input = x
         h_n, c_n = [], []
@@ -367,6 +471,8 @@ class _RNNBase(nn.Module):
             for direction in range(D):
                 k = layer * D + direction
                 w = self._weights(layer, direction)
+                if amp is not None:
+                    w = LayerWeights(*(cast(t) for t in w))
                 masks = self._masks(T, B, P, H, x, out_mask)
                 seq = layer_input if direction == 0 else _gather_time(layer_input, rev_idx)
                 kernel, dispatch = choose(self.backend, self.cell, seq, w, masks)
@@ -388,24 +494,9 @@ class _RNNBase(nn.Module):
                 layer_output = F.dropout(layer_output, self.dropout, training=True)
             layer_input = layer_output
 
-        output = layer_input  # (T, B, D*P)
         h_n = torch.stack(h_n)  # (D*L, B, P)
         c_n = torch.stack(c_n) if is_lstm else None  # (D*L, B, H)
-
-        # ---- back to the caller's layout ----
-        if packed:
-            sorted_idx = input.sorted_indices
-            out_sorted = output if sorted_idx is None else output.index_select(1, sorted_idx)  # (T, B, ·)
-            lens_sorted = lengths if sorted_idx is None else lengths.index_select(0, sorted_idx.cpu())
-            data = pack_padded_sequence(out_sorted, lens_sorted, enforce_sorted=True).data
-            output = PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
-        elif unbatched:
-            output = output.squeeze(1)  # (T, 1, ·) -> (T, ·)
-            h_n = h_n.squeeze(1)
-            c_n = c_n.squeeze(1) if is_lstm else None
-        elif self.batch_first:
-            output = output.transpose(0, 1)  # (T, B, ·) -> (B, T, ·)
-        return (output, (h_n, c_n)) if is_lstm else (output, h_n)
+        return layer_input, h_n, c_n
 
     def _check_features(self, x: Tensor) -> None:
         if x.shape[-1] != self.input_size:
@@ -603,11 +694,19 @@ class GRU(_RNNBase):
 # The cells: one step of the same equations, for users who write their own loop
 
 
+def _shape_str(dims: List[int]) -> str:
+    """A shape as Python prints a tuple, (5,) or (3, 5); TorchScript cannot call tuple() on a list."""
+    if len(dims) == 1:
+        return f"({dims[0]},)"
+    return "(" + ", ".join([str(d) for d in dims]) + ")"
+
+
 class _CellBase(nn.Module):
     def __init__(self, cell: str, input_size: int, hidden_size: int, bias: bool, device, dtype) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.cell = cell
+        self._name = type(self).__name__  # for messages; TorchScript cannot ask type(self)
         self.input_size = _check_size("input_size", input_size)
         self.hidden_size = _check_size("hidden_size", hidden_size)
         self.bias = bool(bias)
@@ -635,47 +734,52 @@ class _CellBase(nn.Module):
             s += ", nonlinearity='relu'"
         return s
 
-    def forward(self, input: Tensor, hx=None):
-        name = type(self).__name__
-        if not isinstance(input, Tensor):
-            raise TypeError(f"{name}: expected input to be a Tensor, got {type(input).__name__}")
+    def _check(self, input: Tensor, states: List[Tensor]) -> None:
+        """torch.nn's checks with seqlab's messages; written so that TorchScript compiles them."""
+        name = self._name
         if input.dim() not in (1, 2):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        if input.shape[-1] != self.input_size:
-            raise ValueError(f"{name}: expected input with {self.input_size} features, got {input.shape[-1]}")
+        if input.size(-1) != self.input_size:
+            raise ValueError(f"{name}: expected input with {self.input_size} features, got {input.size(-1)}")
         if input.dtype != self.weight_ih.dtype:
             raise TypeError(f"{name}: expected input of dtype {self.weight_ih.dtype}, got {input.dtype}")
+        want = [self.hidden_size] if input.dim() == 1 else [input.size(0), self.hidden_size]
+        for s in states:
+            if list(s.shape) != want:
+                raise ValueError(f"{name}: expected hidden state of shape {_shape_str(want)}, "
+                                 f"got {_shape_str(list(s.shape))}")
+            if s.dtype != input.dtype:
+                raise TypeError(f"{name}: expected hidden state of dtype {input.dtype}, got {s.dtype}")
+
+    @torch.jit.unused
+    def _check_types(self, input, hx, is_lstm: bool) -> None:
+        # eager only (TorchScript checks the annotated types itself): what arrived when it is no Tensor
+        name = self._name
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{name}: expected input to be a Tensor, got {type(input).__name__}")
+        if hx is None:
+            return
+        if is_lstm and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            raise TypeError(f"{name}: expected hx to be a tuple (h, c), got {type(hx).__name__}")
+        for s in (hx if is_lstm else (hx,)):
+            if not isinstance(s, Tensor):
+                raise ValueError(f"{name}: expected hidden state of shape "
+                                 f"{(self.hidden_size,) if input.dim() == 1 else (input.shape[0], self.hidden_size)}, "
+                                 f"got {type(s).__name__}")
+
+    def _step(self, input: Tensor, h: Optional[Tensor], c: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        """One step of the cell (``reference.cell_step``, the layers' equations) in the caller's layout."""
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input  # (I,) -> (1, I)
-        B, H = x.shape[0], self.hidden_size
-        is_lstm = self.cell == "lstm"
-        if hx is None:
-            h = x.new_zeros((B, H))
-            c = x.new_zeros((B, H)) if is_lstm else None
-        else:
-            if is_lstm:
-                if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-                    raise TypeError(f"{name}: expected hx to be a tuple (h, c), got {type(hx).__name__}")
-                states = list(hx)
-            else:
-                states = [hx]
-            want = (H,) if unbatched else (B, H)
-            for s in states:
-                if not isinstance(s, Tensor) or tuple(s.shape) != want:
-                    got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
-                    raise ValueError(f"{name}: expected hidden state of shape {want}, got {got}")
-                if s.dtype != x.dtype:
-                    raise TypeError(f"{name}: expected hidden state of dtype {x.dtype}, got {s.dtype}")
-            states = [s.unsqueeze(0) if unbatched else s for s in states]  # (H,) -> (1, H)
-            h, c = states[0], (states[1] if is_lstm else None)
-        w = LayerWeights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        # One step of the reference loop: the cell and the layer share one set of equations.
-        res = reference.run_layer(self.cell, x.unsqueeze(0), h, c, w)  # x: (1, B, I)
-        h, c = res.h, res.c
+        B, H = x.size(0), self.hidden_size
+        h = x.new_zeros((B, H)) if h is None else (h.unsqueeze(0) if unbatched else h)  # (H,) -> (1, H)
+        if self.cell == "lstm":
+            c = x.new_zeros((B, H)) if c is None else (c.unsqueeze(0) if unbatched else c)
+        h, c = reference.cell_step(self.cell, x, h, c, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         if unbatched:
             h = h.squeeze(0)
-            c = c.squeeze(0) if is_lstm else None
-        return (h, c) if is_lstm else h
+            c = None if c is None else c.squeeze(0)
+        return h, c
 
 
 class RNNCell(_CellBase):
@@ -687,6 +791,12 @@ class RNNCell(_CellBase):
         self.nonlinearity = nonlinearity
         super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, bias, device, dtype)
 
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        if not torch.jit.is_scripting():
+            self._check_types(input, hx, False)
+        self._check(input, [] if hx is None else [hx])
+        return self._step(input, hx, None)[0]
+
 
 class LSTMCell(_CellBase):
     r"""One step of :class:`LSTM` (same i, f, g, o equations); returns (h', c'). Drop-in for torch.nn.LSTMCell."""
@@ -694,9 +804,27 @@ class LSTMCell(_CellBase):
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
         super().__init__("lstm", input_size, hidden_size, bias, device, dtype)
 
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
+        if not torch.jit.is_scripting():
+            self._check_types(input, hx, True)
+        if hx is None:
+            self._check(input, [])
+            h, c = self._step(input, None, None)
+        else:
+            self._check(input, [hx[0], hx[1]])
+            h, c = self._step(input, hx[0], hx[1])
+        assert c is not None  # the LSTM step always returns c; narrows Optional for TorchScript
+        return h, c
+
 
 class GRUCell(_CellBase):
     r"""One step of :class:`GRU` (same r, z, n equations, torch's reset placement). Drop-in for torch.nn.GRUCell."""
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
         super().__init__("gru", input_size, hidden_size, bias, device, dtype)
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        if not torch.jit.is_scripting():
+            self._check_types(input, hx, False)
+        self._check(input, [] if hx is None else [hx])
+        return self._step(input, hx, None)[0]

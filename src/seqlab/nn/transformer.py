@@ -67,7 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import LayerCache, MultiheadAttention, TransformerCache
+from .attention import LayerCache, MultiheadAttention, TransformerCache, share_parameters
 
 __all__ = [
     "TransformerEncoderLayer",
@@ -164,6 +164,10 @@ class TransformerEncoderLayer(nn.Module):
         self.activation = _get_activation(activation)
         self.activation_relu_or_gelu = _relu_or_gelu(self.activation)
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` compiles torch.nn's layer on these very parameters (see ``share_parameters``)."""
+        return share_parameters(self, nn.TransformerEncoderLayer(**_layer_config(self), device="meta"))
+
     def forward(self, src: Tensor, src_mask: Optional[Tensor] = None,
                 src_key_padding_mask: Optional[Tensor] = None, is_causal: bool = False,
                 cache: Optional[LayerCache] = None) -> Tensor:
@@ -231,6 +235,10 @@ class TransformerDecoderLayer(nn.Module):
         self.activation = _get_activation(activation)
         self.activation_relu_or_gelu = _relu_or_gelu(self.activation)
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` compiles torch.nn's layer on these very parameters (see ``share_parameters``)."""
+        return share_parameters(self, nn.TransformerDecoderLayer(**_layer_config(self), device="meta"))
+
     def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Optional[Tensor] = None,
                 memory_mask: Optional[Tensor] = None, tgt_key_padding_mask: Optional[Tensor] = None,
                 memory_key_padding_mask: Optional[Tensor] = None, tgt_is_causal: bool = False,
@@ -265,6 +273,14 @@ class TransformerDecoderLayer(nn.Module):
     def _ff_block(self, x: Tensor) -> Tensor:
         x = self.linear2(self.dropout(self.activation(self.linear1(x))))
         return self.dropout3(x)
+
+
+def _layer_config(layer: nn.Module) -> dict:
+    """The torch.nn constructor arguments of a seqlab Transformer layer (for its TorchScript twin)."""
+    return dict(d_model=layer.linear1.in_features, nhead=layer.self_attn.num_heads,
+                dim_feedforward=layer.linear1.out_features, dropout=layer.dropout.p, activation=layer.activation,
+                layer_norm_eps=layer.norm1.eps, batch_first=layer.self_attn.batch_first,
+                norm_first=layer.norm_first, bias=layer.linear1.bias is not None)
 
 
 def _clones(layer: nn.Module, n: int, what: str) -> nn.ModuleList:
@@ -305,16 +321,26 @@ class TransformerEncoder(nn.Module):
         self.use_nested_tensor = False  # torch.nn's flag; seqlab has no nested-tensor path
         self.mask_check = mask_check
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` compiles torch.nn's stack over these layers (each scripted as torch.nn's)."""
+        twin = nn.TransformerEncoder(self.layers[0], 1, enable_nested_tensor=False, mask_check=self.mask_check)
+        # a new list of the same layers: scripting replaces the entries of the list it is given
+        twin.layers, twin.num_layers, twin.norm = nn.ModuleList(list(self.layers)), self.num_layers, self.norm
+        return twin.train(self.training)
+
     def forward(self, src: Tensor, mask: Optional[Tensor] = None, src_key_padding_mask: Optional[Tensor] = None,
                 is_causal: Optional[bool] = None, cache: Optional[TransformerCache] = None) -> Tensor:
         _check_cache(cache, TransformerCache, "TransformerEncoder")
         is_causal = _detect_is_causal(mask, is_causal, _seq_len(src, _batch_first(self.layers[0])))
         output = src
         for i, layer in enumerate(self.layers):
-            # Only a cached call passes `cache`, so torch.nn layers can be stacked here too.
-            extra = {} if cache is None else {"cache": cache[i]}
-            output = layer(output, src_mask=mask, src_key_padding_mask=src_key_padding_mask,
-                           is_causal=is_causal, **extra)
+            # Only a cached call passes `cache`, so torch.nn layers can be stacked here too
+            # (two calls, not **kwargs, which TorchScript cannot compile)
+            if cache is None:
+                output = layer(output, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=is_causal)
+            else:
+                output = layer(output, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=is_causal,
+                               cache=cache[i])
         if self.norm is not None:
             output = self.norm(output)
         return output
@@ -337,6 +363,13 @@ class TransformerDecoder(nn.Module):
         self.layers = _clones(decoder_layer, num_layers, "num_layers")
         self.num_layers = num_layers
         self.norm = norm
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` compiles torch.nn's stack over these layers (each scripted as torch.nn's)."""
+        twin = nn.TransformerDecoder(self.layers[0], 1)
+        # a new list of the same layers: scripting replaces the entries of the list it is given
+        twin.layers, twin.num_layers, twin.norm = nn.ModuleList(list(self.layers)), self.num_layers, self.norm
+        return twin.train(self.training)
 
     def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Optional[Tensor] = None,
                 memory_mask: Optional[Tensor] = None, tgt_key_padding_mask: Optional[Tensor] = None,
@@ -405,6 +438,16 @@ class Transformer(nn.Module):
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` compiles torch.nn's Transformer over this encoder and decoder."""
+        # built without nn.Transformer.__init__, which would re-initialise every parameter of a custom
+        # encoder and decoder (these, seqlab's own)
+        twin = nn.Transformer.__new__(nn.Transformer)
+        nn.Module.__init__(twin)
+        twin.encoder, twin.decoder = self.encoder, self.decoder
+        twin.d_model, twin.nhead, twin.batch_first = self.d_model, self.nhead, self.batch_first
+        return twin.train(self.training)
 
     @staticmethod
     def generate_square_subsequent_mask(sz: int, device=None, dtype: Optional[torch.dtype] = None) -> Tensor:

@@ -8,9 +8,9 @@ bits_per_char       mean NLL in nats / ln 2
 accuracy            fraction of predictions equal to the gold label
 macro_f1            unweighted mean of per-class F1 over the classes that occur
 token_accuracy      accuracy over the positions a mask keeps (padding excluded)
-entity_f1           micro F1 over exact (type, start, end) BIO spans, conlleval rules
+entity_f1           micro F1 over exact (type, start, end) BIO spans, conlleval rules (seqeval)
 exact_match         fraction of hypothesis strings identical to the reference
-char_error_rate     sum of character Levenshtein distances / sum of reference lengths
+char_error_rate     sum of character Levenshtein distances (rapidfuzz) / sum of reference lengths
 bleu                sacrebleu corpus BLEU (0-100), default 13a tokenisation
 ==================  ====================================================================
 
@@ -121,62 +121,58 @@ def token_accuracy(pred: torch.Tensor, gold: torch.Tensor, mask: torch.Tensor) -
     return int(((pred == gold) & mask).sum()) / n
 
 
-def bio_spans(tags: Sequence[str]) -> set[tuple[str, int, int]]:
-    """The entity spans ``(type, start, end_exclusive)`` of one BIO tag sequence.
+def _check_bio(tags: Sequence[str], where: str = "") -> list[str]:
+    tags = list(tags)
+    for i, tag in enumerate(tags):
+        if tag != "O" and not (len(tag) > 2 and tag[:2] in ("B-", "I-")):
+            # seqeval would only warn and read the tag's last characters as a type
+            raise ValueError(f"{where}expected a tag 'O', 'B-TYPE' or 'I-TYPE', got {tag!r} at position {i}")
+    return tags
 
-    conlleval's rules: ``B-X`` always starts a span; ``I-X`` continues the open span only if
-    that span has type X, and otherwise (after ``O``, at the start, or after a span of
-    another type) starts a new span, as conlleval does; ``O`` closes the open span.
+
+def bio_spans(tags: Sequence[str]) -> set[tuple[str, int, int]]:
+    """The entity spans ``(type, start, end_exclusive)`` of one BIO tag sequence, read by seqeval.
+
+    conlleval's rules (seqeval's default mode): ``B-X`` always starts a span; ``I-X`` continues
+    the open span only if that span has type X, and otherwise (after ``O``, at the start, or
+    after a span of another type) starts a new span; ``O`` closes the open span.
 
     >>> sorted(bio_spans(["B-PER", "I-PER", "O", "I-LOC", "I-LOC", "B-LOC", "I-ORG"]))
     [('LOC', 3, 5), ('LOC', 5, 6), ('ORG', 6, 7), ('PER', 0, 2)]
     """
-    spans = set()
-    kind, start = None, 0
-    for i, tag in enumerate(list(tags) + ["O"]):  # the sentinel closes a span at the end
-        if tag == "O":
-            prefix, typ = "O", None
-        elif len(tag) > 2 and tag[:2] in ("B-", "I-"):
-            prefix, typ = tag[0], tag[2:]
-        else:
-            raise ValueError(f"expected a tag 'O', 'B-TYPE' or 'I-TYPE', got {tag!r} at position {i}")
-        continues = prefix == "I" and typ == kind
-        if kind is not None and not continues:
-            spans.add((kind, start, i))
-            kind = None
-        if prefix != "O" and not continues:
-            kind, start = typ, i
-    return spans
+    from seqeval.metrics.sequence_labeling import get_entities  # imported here: it loads scikit-learn
+
+    return {(kind, start, end + 1) for kind, start, end in get_entities(_check_bio(tags))}  # seqeval's end is inclusive
 
 
 def entity_f1(pred_tags: Sequence[Sequence[str]], gold_tags: Sequence[Sequence[str]]) -> float:
     """Micro F1 of entity spans: a predicted span counts only if type, start and end all match.
 
-    ``F1 = 2 * correct / (n_pred + n_gold)`` summed over the corpus, with spans read by
-    :func:`bio_spans` (conlleval's rules: an ``I-X`` without a ``B-X`` before it starts a span).
-    As in conlleval, when neither side has any span the score is 0.0.
+    ``F1 = 2 * correct / (n_pred + n_gold)`` summed over the corpus, computed by seqeval's
+    ``f1_score`` in its default (conlleval) mode, with spans read as :func:`bio_spans` reads
+    them (an ``I-X`` without a ``B-X`` before it starts a span). As in conlleval, when neither
+    side has any span the score is 0.0.
 
     >>> entity_f1([["B-PER", "I-PER", "O"]], [["B-PER", "O", "O"]])   # the span ends differ
     0.0
     >>> entity_f1([["B-PER", "O", "I-LOC"]], [["B-PER", "O", "B-LOC"]])
     1.0
     """
+    from seqeval.metrics import f1_score  # imported here: it loads scikit-learn
+
     if len(pred_tags) != len(gold_tags):
         raise ValueError(f"expected as many predicted sentences as gold ones, got {len(pred_tags)} and "
                          f"{len(gold_tags)}")
     if not gold_tags:
         raise ValueError("expected at least one sentence, got none")
-    correct = n_pred = n_gold = 0
+    pred, gold = [], []
     for k, (p, g) in enumerate(zip(pred_tags, gold_tags)):
         if len(p) != len(g):
             raise ValueError(f"sentence {k}: expected {len(g)} predicted tags (one per gold tag), got {len(p)}")
-        ps, gs = bio_spans(p), bio_spans(g)
-        correct += len(ps & gs)
-        n_pred += len(ps)
-        n_gold += len(gs)
-    if n_pred + n_gold == 0:
-        return 0.0
-    return 2 * correct / (n_pred + n_gold)
+        pred.append(_check_bio(p, f"sentence {k}: "))
+        gold.append(_check_bio(g, f"sentence {k}: "))
+    # zero_division=0: no spans on a side gives precision (or recall) 0, as conlleval does, without a warning
+    return float(f1_score(gold, pred, zero_division=0))
 
 
 def _strings(hyps: Sequence[str], refs: Sequence[str]) -> None:
@@ -197,20 +193,15 @@ def exact_match(hyps: Sequence[str], refs: Sequence[str]) -> float:
 
 
 def levenshtein(a: Sequence, b: Sequence) -> int:
-    """Edit distance (insertions, deletions, substitutions, each cost 1) between two sequences.
+    """Edit distance (insertions, deletions, substitutions, each cost 1) between two sequences
+    (strings, or lists of hashable tokens), from rapidfuzz's ``Levenshtein.distance``.
 
     >>> levenshtein("kitten", "sitting")
     3
     """
-    if len(a) < len(b):
-        a, b = b, a  # keep the row (length of b + 1) short
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
+    from rapidfuzz.distance import Levenshtein
+
+    return int(Levenshtein.distance(a, b))
 
 
 def char_error_rate(hyps: Sequence[str], refs: Sequence[str]) -> float:
