@@ -16,20 +16,21 @@ byte per character while the vocabulary fits in 256 symbols. Figures:
 The texts are written to a temporary folder (``--dir``, default /tmp) and deleted afterwards::
 
     python benchmarks/corpus_scale.py --sizes-mb 100 1000            # about 5 minutes on 2 cores
-    python benchmarks/corpus_scale.py --sizes-mb 20 --markdown out.md
+    python benchmarks/corpus_scale.py --sizes-mb 100 1000 --markdown # also into benchmarks/RESULTS.md
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _results import add_markdown_arguments, command_line, results_section, write_section
 
 WORDS = ("the of and to in is was for on that with as by at from his an were are which this be has or also "
          "first new one two three after who their had its but not they have been other into all more some "
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20, help="training steps per size (default 20)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the training process (default 1)")
     p.add_argument("--dir", default=tempfile.gettempdir(), help="where the generated texts go (deleted after)")
-    p.add_argument("--markdown", default=None, help="also write the table, with its machine and command, here")
+    add_markdown_arguments(p)
     args = p.parse_args(argv)
     rows = []
     for mb in args.sizes_mb:
@@ -138,14 +139,14 @@ def main(argv=None) -> int:
     out = table(rows)
     print(out)
     if args.markdown:
-        import torch
-
-        head = (f"Machine: {platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or 'unknown CPU'}), "
-                f"torch {torch.__version__}, Python {platform.python_version()}, "
-                f"{time.strftime('%Y-%m-%d', time.gmtime())}. Command: `python benchmarks/corpus_scale.py "
-                f"{' '.join(argv if argv is not None else sys.argv[1:])}`")
-        Path(args.markdown).write_text(f"### Corpus scale (`seqlab train lm --data FILE`)\n\n{head}\n\n{out}\n",
-                                       encoding="utf-8")
+        how = [f"`train_run('lm', arch='gru', data=FILE)` in a fresh process per size, {args.steps} steps, "
+               f"{args.threads} torch thread(s); generated text of lines of 40-120 characters (about 80 symbols)",
+               "start-up: wall time minus the training clock (reading, splitting, vocabulary, encoding, model, "
+               "final evaluation, checkpoint); bytes/char: peak RSS above the process's RSS before the data, "
+               "per character of corpus"]
+        command = command_line(None if argv is None else [__file__, *argv])
+        section = results_section("Corpus scale: `seqlab train lm --data FILE`", command, out, notes=how + args.note)
+        print(f"\nwrote the 'corpus_scale' section of {write_section(args.markdown, 'corpus_scale', section)}")
     return 0
 
 

@@ -148,7 +148,7 @@ class LMApp(App):
     def read_file(self, path: str) -> list:
         """A plain-text file is cut into units for the hash split: paragraphs (blank-line
         separated) when there are at least 20, else lines. A JSONL file gives one document a line."""
-        docs = read_examples(path, "lm", format=self.options.format)
+        docs = read_examples(path, "lm", format=self.options.format, max_line=self.options.max_line)
         if len(docs) != 1 or (self.options.format or "").lower() == "jsonl" or str(path).lower().endswith(".jsonl"):
             return docs
         text = docs[0]

@@ -154,7 +154,7 @@ def train_run(kind: str, *, arch: Optional[str] = None, task: Optional[str] = No
     try:
         if resume:
             if rank == 0:
-                if out.is_dir():
+                if holds_run(out):
                     lock.acquire()  # before reading the checkpoint: nobody may be writing a newer one
                 _check_resumable(out)
                 remove_stale_temporaries(out)
