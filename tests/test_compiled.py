@@ -401,43 +401,44 @@ def test_no_compile_env_falls_back_to_fused(build_state, monkeypatch):
 
 
 def test_a_library_of_other_sources_is_never_used(tmp_path):
-    """Processes that start together share one build: one runs it, the others wait and then load
-    what is on disk, which is the old library if that build failed. The stamp compiled into the
-    library must catch that (and a stamp file that lies), raise, and leave no stamp behind."""
-    lib = compiled._build_dir() / "seqlab_compiled.so"
+    """A library is known by the stamp of its sources, compiled into it. One that sits under the name of
+    these sources but was built from others (a file copied or renamed by hand, a build that another
+    process botched) must be refused with an error, and removed so that the next process rebuilds;
+    and a build whose loaded library is not of these sources must not be published."""
+    lib = compiled.library_path()
     if not compiled.available() or not lib.is_file():
         pytest.skip(f"the compiled extension is not available: {compiled.build_error()}")
     script = f"""
-import shutil, torch
-from pathlib import Path
+import shutil, sys, torch
 from torch.utils import cpp_extension
 from seqlab.kernels import compiled
-build = compiled._build_dir()
-shutil.copy({str(lib)!r}, build / "seqlab_compiled.so")  # a library built from other sources
-stamp_file = build / "seqlab_compiled.stamp"
 compiled._stamp = lambda: "0" * 40  # what these sources hash to, here
-
-
-def refused(path, why):
-    try:
-        compiled.load()
-    except RuntimeError as e:
-        assert why in str(e), e
-        assert not stamp_file.exists(), path + ": left a stamp file for a library of other sources"
-        return
-    raise SystemExit(path + ": used a library of other sources")
-
-
-stamp_file.write_text("0" * 40)  # a stamp file that lies
-refused("fast path", "is not the build of these sources")
-# a waiting process: the build ran elsewhere (and failed), cpp_extension just loads the file
-cpp_extension.load = lambda **kw: torch.ops.load_library(str(build / "seqlab_compiled.so"))
-refused("slow path", "another process's build of them failed")
-print("refused")
+mine = compiled.library_path()
+mine.parent.mkdir(parents=True, exist_ok=True)
+if sys.argv[1] == "fast":
+    shutil.copy({str(lib)!r}, mine)  # a library built from other sources, under the name of these
+    why = "is not the build of these sources"
+else:
+    # a build that loads a library of other sources (another process's botched build): not published
+    def botched(name, build_directory, **kw):
+        built = shutil.copy({str(lib)!r}, build_directory)
+        torch.ops.load_library(built)
+    cpp_extension.load = botched
+    why = "did not build these sources"
+try:
+    compiled.load()
+except RuntimeError as e:
+    assert why in str(e), e
+    assert not mine.exists(), sys.argv[1] + ": left a library of other sources under the name of these"
+    print("refused")
+else:
+    print(sys.argv[1] + ": used a library of other sources")
 """
-    env = {**os.environ, "SEQLAB_BUILD_DIR": str(tmp_path)}
-    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0 and res.stdout.strip() == "refused", res.stdout + res.stderr
+    for path in ("fast", "slow"):  # one process each: a process can load the library only once
+        env = {**os.environ, "SEQLAB_BUILD_DIR": str(tmp_path / path)}
+        res = subprocess.run([sys.executable, "-c", script, path], env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert res.returncode == 0 and res.stdout.strip() == "refused", res.stdout + res.stderr
 
 
 @pytest.mark.slow
@@ -457,7 +458,8 @@ def test_concurrent_cold_builds_all_load_the_compiled_path(tmp_path):
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0 and out.strip() == "True", out + err
-    assert (tmp_path / "cache" / "seqlab_compiled.stamp").read_text() == compiled._stamp()
+    published = list((tmp_path / "cache").glob("seqlab_compiled-*.so"))
+    assert [p.name for p in published] == [compiled.library_path().name]
     assert not list((tmp_path / "cache").glob("*.tmp*"))
 
 

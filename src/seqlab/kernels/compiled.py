@@ -19,9 +19,10 @@ built with ``torch.utils.cpp_extension`` on first use and cached:
   path);
 * if the build fails (no compiler, no ninja, a compile error) one warning says why, and
   dispatch takes the fused path, which computes the same values.
-* processes that start at once share one build: it runs under a file lock, and the library and
-  its stamp file are published by atomic renames (``load``); the library also carries a stamp
-  of the sources it was built from, and one that does not match is refused the same way.
+* processes that start at once share one build: it runs under a file lock, and the library is
+  published by an atomic rename under a name that carries a stamp of its sources, so that
+  different sources sharing one cache keep different libraries (``load``); the stamp is also
+  compiled in, and a library whose compiled-in stamp does not match is refused the same way.
 
 Layers: this module validates and calls the two ops ``torch.ops.seqlab_compiled.rnn_forward``
 / ``rnn_backward`` from an autograd.Function; the kernel owns the memory of the loop. Runs
@@ -63,7 +64,7 @@ from . import reference
 from .common import GATES, LayerResult, LayerWeights, Masks, RECORDED, check_layer_shapes, empty_result, refuse_call
 
 __all__ = ["run_layer", "run_supported", "supports", "run_min_layer", "supports_min", "available", "build_error", "load",
-           "SOURCES"]
+           "library_path", "SOURCES"]
 
 #: the C++ sources of the extension (one translation unit keeps the cold build short)
 SOURCES = (Path(__file__).resolve().parent / "csrc" / "recurrent.cpp",)
@@ -131,71 +132,68 @@ def _stamp() -> str:
     return h.hexdigest()
 
 
+def library_path(stamp: Optional[str] = None) -> Path:
+    """Where the library built from these sources (or from the sources of ``stamp``) is published.
+
+    The name carries the sources' stamp, so that checkouts of different sources sharing one
+    cache (two users, two branches, a ``git pull`` while a job runs) each keep their own
+    library instead of rebuilding over each other's.
+    """
+    return _build_dir() / f"{_EXT_NAME}-{(stamp or _stamp())[:16]}.so"
+
+
 def load(verbose: bool = False) -> None:
     """Build (first time) and load the extension; raise whatever the build raised.
 
     Safe when several processes start at once (DDP ranks, test workers, two users' jobs on
-    one cache): the build runs under a file lock in the build directory, in its ``work/``
-    subdirectory, and the result is published by atomic renames, the library first and its
-    stamp file last. A process that finds the stamp of these sources therefore finds their
-    whole library; one that does not takes the lock, and then either finds that the process
-    before it has just built them, or builds them itself.
+    one cache): the build of one set of sources runs under a file lock, in a work directory
+    of its own, and its library is published under ``library_path()`` by an atomic rename.
+    A process that finds that file therefore finds the whole library of these sources; one
+    that does not takes the lock, and then either finds that the process before it has just
+    built them, or builds them itself.
     """
-    build = _build_dir()
-    lib, stamp_file = build / f"{_EXT_NAME}.so", build / f"{_EXT_NAME}.stamp"
     stamp = _stamp()
+    lib = library_path(stamp)
     # Fast path: the library of these very sources is there. cpp_extension.load would find the
     # same, but only after importing setuptools and running ninja (about 1.5 s per process).
-    if _stamp_matches(stamp_file, stamp):
-        _load_published(lib, stamp_file, stamp)
+    if lib.is_file():
+        _load_published(lib, stamp)
         return
     import filelock  # a dependency of torch itself
 
+    build = lib.parent
     build.mkdir(parents=True, exist_ok=True)
-    with filelock.FileLock(str(build / f"{_EXT_NAME}.lock")):
-        if _stamp_matches(stamp_file, stamp):  # built by the process that held the lock before us
-            _load_published(lib, stamp_file, stamp)
+    with filelock.FileLock(str(lib.with_suffix(".lock"))):
+        if lib.is_file():  # built by the process that held the lock before us
+            _load_published(lib, stamp)
             return
-        work = build / "work"
+        work = build / f"work-{stamp[:16]}"
         work.mkdir(exist_ok=True)
         from torch.utils import cpp_extension
 
         # is_python_module=False: the ops are registered with TORCH_LIBRARY and loaded into
         # torch.ops, so the translation unit needs no pybind11 / Python headers. The stamp is
-        # compiled in, so that a library is known by what it was built from, whatever its stamp
-        # file says.
+        # compiled in, so that a library is known by what it was built from, whatever its name says.
         cpp_extension.load(name=_EXT_NAME, sources=[str(s) for s in SOURCES],
                            extra_cflags=_cflags() + [f"-DSEQLAB_BUILD_STAMP=s{stamp}"],
                            extra_ldflags=_openmp_flags(),
                            build_directory=str(work), is_python_module=False, verbose=verbose)
         if _loaded_stamp() != stamp:
-            raise RuntimeError(f"{lib} is not the build of these sources: another process's build of them "
+            raise RuntimeError(f"{work} did not build these sources: another process's build of them "
                                f"failed, or is still running; see its error, or delete {build} and retry")
-        # publish: a private copy renamed over the library (a process that has the old one loaded
-        # keeps its inode), then the stamp, so that a reader never pairs a stamp with a half-written file
-        built = work / f"{_EXT_NAME}.so"
-        tmp_lib = lib.with_suffix(f".tmp{os.getpid()}")
-        shutil.copyfile(built, tmp_lib)
-        tmp_lib.chmod(0o755)
-        tmp_lib.replace(lib)
-        tmp = stamp_file.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(stamp)
-        tmp.replace(stamp_file)
+        # publish: a private copy renamed into place, so that no reader sees a half-written file
+        tmp = lib.with_name(f"{lib.name}.tmp{os.getpid()}")
+        shutil.copyfile(work / f"{_EXT_NAME}.so", tmp)
+        tmp.chmod(0o755)
+        tmp.replace(lib)
 
 
-def _stamp_matches(stamp_file: Path, stamp: str) -> bool:
-    try:
-        return stamp_file.read_text() == stamp
-    except OSError:
-        return False
-
-
-def _load_published(lib: Path, stamp_file: Path, stamp: str) -> None:
-    """Load the published library whose stamp file matched; refuse it if its compiled-in stamp does not."""
+def _load_published(lib: Path, stamp: str) -> None:
+    """Load the published library of these sources; refuse it if its compiled-in stamp says otherwise."""
     torch.ops.load_library(str(lib))
     if _loaded_stamp() != stamp:
-        stamp_file.unlink(missing_ok=True)  # so that the next process builds again
-        raise RuntimeError(f"{lib} is not the build of these sources (its stamp file was wrong); "
+        lib.unlink(missing_ok=True)  # so that the next process builds again
+        raise RuntimeError(f"{lib} is not the build of these sources (its compiled-in stamp differs); "
                            f"it will be rebuilt by the next process")
 
 
