@@ -52,6 +52,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -434,8 +435,20 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch's default; default 1)")
     p.add_argument("--json", default="runs/applications.json", help="where to write the results")
     p.add_argument("--runs", default=None, help="where the run directories go (default: a temporary folder)")
+    p.add_argument("--from-json", default=None, metavar="JSON",
+                   help="train nothing: print (and with --markdown publish) the tables of an earlier run's --json "
+                        "file; its budget, clock and threads replace the flags'")
     add_markdown_arguments(p)
     args = p.parse_args(argv)
+    if args.from_json:
+        try:
+            earlier = json.loads(Path(args.from_json).read_text())
+            rows, args.budget, args.clock = earlier["results"], float(earlier["budget_s"]), earlier.get("clock", "wall")
+            args.threads = int(earlier["threads"])
+        except (OSError, ValueError, KeyError) as e:
+            p.error(f"--from-json expects a JSON file written by this script's --json, got {args.from_json!r}: {e}")
+        torch.set_num_threads(args.threads)
+        return report(args, argv, rows, write_json=False)
     if args.budget <= 0:
         p.error(f"--budget must be > 0, got {args.budget}")
     if args.threads:
@@ -458,6 +471,11 @@ def main(argv=None) -> int:
                 p.error(f"--numbers-models expects a comma-separated subset of {','.join(NUMBERS)}, "
                         f"got {args.numbers_models!r}")
             rows += bench_numbers(args.budget, args.clock, models, not args.no_peer, out, args.numbers_eval_every)
+    return report(args, argv, rows)
+
+
+def report(args: argparse.Namespace, argv: Optional[list], rows: list, write_json: bool = True) -> int:
+    """Print the tables of ``rows``; write the JSON and, with ``--markdown``, this script's section."""
     header = (f"budget {args.budget:g} s per model ({args.clock} clock for numbers), torch {torch.__version__}, {torch.get_num_threads()} threads, "
               f"{platform.processor() or platform.machine()}")
     print(header)
@@ -468,14 +486,20 @@ def main(argv=None) -> int:
     numbers = [r for r in rows if r.get("program") is not None]
     if numbers:
         print(numbers_table(numbers))
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"budget_s": args.budget, "clock": args.clock, "threads": torch.get_num_threads(),
-                                "torch": torch.__version__, "results": rows}, indent=1) + "\n")
-    print(f"\nwrote {path}")
+    if write_json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"budget_s": args.budget, "clock": args.clock, "threads": torch.get_num_threads(),
+                                    "torch": torch.__version__, "results": rows}, indent=1) + "\n")
+        print(f"\nwrote {path}")
     if args.markdown:
-        how = [f"at most {args.budget:g} s of training per model (steps fitted to 90% of it from a timed probe), "
-               f"{torch.get_num_threads()} torch threads; evaluation after training, outside the budget"]
+        how = [f"at most {args.budget:g} s of training per model, {torch.get_num_threads()} torch threads; evaluation "
+               f"outside the budget"]
+        if others:
+            how += ["dates and lm: steps fitted to 90% of the budget from a timed probe, wall clock"]
+        if numbers:
+            how += [f"numbers: the budget is max_time with no step count (warm-up and decay planned from it), "
+                    f"{args.clock} clock; the same training pairs and test pairs for every program"]
         command = command_line(None if argv is None else [__file__, *argv])
         tables = [table(others)] if others else []
         tables += [numbers_table(numbers)] if numbers else []
