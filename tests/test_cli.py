@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_helpers import assert_one_line_error, run
 from seqlab.cli import main
 from seqlab.train.checkpoint import best_checkpoint, latest_checkpoint, load_checkpoint
 
@@ -36,25 +37,6 @@ INFER = {  # the inference command of each kind and what its output must look li
     "seq2seq": (["translate", "{dir}", "3 March 1999", "1999-03-03", "--beam", "2"], 2),
     "generate": (["generate", "{dir}", "--condition", "en_US", "--n", "3"], 3),
 }
-
-
-def run(argv, capsys):
-    """(exit status, stdout, stderr) of main(argv) in this process."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse errors
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for f in fragments:
-        assert f in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

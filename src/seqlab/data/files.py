@@ -29,17 +29,22 @@ PathLike = Union[str, os.PathLike]
 FORMATS = {".tsv": "tsv", ".jsonl": "jsonl", ".txt": "text", ".text": "text"}
 
 
+def unreadable(path: Path, e: OSError) -> DataError:
+    """The one-line error for a file that cannot be opened or read."""
+    if isinstance(e, FileNotFoundError):
+        return DataError(f"{path}: no such file")
+    if isinstance(e, IsADirectoryError):
+        return DataError(f"{path}: is a directory, expected a file")
+    return DataError(f"{path}: cannot read ({e.strerror})")
+
+
 def read_text(path: PathLike) -> str:
     """The text of a UTF-8 file, newlines as ``\\n``; a DataError if it is missing, empty or not UTF-8."""
     path = Path(path)
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected a file") from None
     except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+        raise unreadable(path, e) from None
     # A BOM is stripped by hand rather than with 'utf-8-sig' so byte offsets stay file offsets.
     skip = 3 if data.startswith(b"\xef\xbb\xbf") else 0
     try:
@@ -144,12 +149,8 @@ def iter_text(path: PathLike, chunk_bytes: Optional[int] = None) -> Iterator[str
     path = Path(path)
     try:
         f = open(path, "rb")
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected a file") from None
     except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+        raise unreadable(path, e) from None
     chunk_bytes = chunk_bytes or CHUNK_BYTES  # read at call time, so a test can make pieces tiny
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     offset, lines, held, blank, first = 0, 1, "", True, True
