@@ -69,11 +69,11 @@ from typing import Callable, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from ..kernels import compiled
 from ._checks import _check_prob, _check_size
-from .rnn import _RNNBase, _gather_time, _reverse_index, _suffix
+from .rnn import _RNNBase, _gather_time, _repack, _reverse_index, _suffix
 
 __all__ = ["MinGRU", "MinLSTM", "MODES"]
 
@@ -558,11 +558,7 @@ class _MinRNNBase(nn.Module):
         output = layer_input  # (T, B, D·H)
         h_n = torch.stack(h_n)  # (D·L, B, H)
         if packed:
-            sorted_idx = input.sorted_indices
-            out_sorted = output if sorted_idx is None else output.index_select(1, sorted_idx)  # (T, B, ·)
-            lens_sorted = lengths if sorted_idx is None else lengths.index_select(0, sorted_idx.cpu())
-            data = pack_padded_sequence(out_sorted, lens_sorted, enforce_sorted=True).data
-            output = PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
+            output = _repack(output, input, lengths)
         elif unbatched:
             output = output.squeeze(1)  # (T, 1, ·) -> (T, ·)
             h_n = h_n.squeeze(1)  # (D·L, 1, H) -> (D·L, H)

@@ -149,6 +149,15 @@ def _reverse_index(lengths: Optional[Tensor], T: int, B: int, device) -> Optiona
     return torch.where(t < lens, lens - 1 - t, t)  # (T, B)
 
 
+def _repack(output: Tensor, input: PackedSequence, lengths: Tensor) -> PackedSequence:
+    """A padded (T, B, ·) output in the caller's batch order as a PackedSequence laid out as ``input``."""
+    sorted_idx = input.sorted_indices
+    out_sorted = output if sorted_idx is None else output.index_select(1, sorted_idx)  # (T, B, ·)
+    lens_sorted = lengths if sorted_idx is None else lengths.index_select(0, sorted_idx.cpu())
+    data = pack_padded_sequence(out_sorted, lens_sorted, enforce_sorted=True).data  # (N, ·)
+    return PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
+
+
 def _gather_time(v: Tensor, idx: Optional[Tensor]) -> Tensor:
     """v (T, B, F) reordered in time per batch column by idx (T, B); idx None flips all."""
     if idx is None:
@@ -386,11 +395,7 @@ class _RNNBase(nn.Module):
         if isinstance(output, PackedSequence):  # the native path ran on the packed data
             pass
         elif packed:
-            sorted_idx = input.sorted_indices
-            out_sorted = output if sorted_idx is None else output.index_select(1, sorted_idx)  # (T, B, ·)
-            lens_sorted = lengths if sorted_idx is None else lengths.index_select(0, sorted_idx.cpu())
-            data = pack_padded_sequence(out_sorted, lens_sorted, enforce_sorted=True).data
-            output = PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
+            output = _repack(output, input, lengths)
         elif unbatched:
             output = output.squeeze(1)  # (T, 1, ·) -> (T, ·)
             h_n = h_n.squeeze(1)
