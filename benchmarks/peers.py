@@ -43,9 +43,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -383,7 +385,7 @@ def plot(results: dict, path: Path, title: str) -> None:
     ax.set_ylabel("validation loss (nats/char)")
     lo = min(min(v for _, v in r["curve"]) for r in results.values())
     ax.set_ylim(lo - 0.05, min(3.5, max(r["curve"][min(1, len(r["curve"]) - 1)][1] for r in results.values()) + 0.1))
-    ax.set_title(title, fontsize=9)
+    ax.set_title("\n".join(textwrap.wrap(title, 100)), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -396,7 +398,7 @@ PEER_OF = {"transformer": "gpt-peer"}  # every other seqlab arch is measured aga
 
 def table(results: dict, budget: float) -> str:
     """The markdown table at equal training time; ``vs peer`` is the loss over its peer's at the budget."""
-    lines = ["| program | params | tokens/s | val loss at 25% | at 50% | at budget (whole split, best) | vs peer |",
+    lines = ["| program | params | tokens/s | val loss at 25% | at 50% | at budget (whole split) | vs peer |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
         peer = None if name.endswith("-peer") else results.get(PEER_OF.get(name, "lstm-peer"))
@@ -518,18 +520,20 @@ def publish(args: argparse.Namespace, argv: Optional[list], header: str, results
     """``--markdown``: this script's section of RESULTS.md (and of README.md with ``--readme``)."""
     if not args.markdown:
         return
-    notes = [header,
-             "validation loss in nats per character on the whole validation text, best checkpoint; "
-             "`vs peer`: the loss over that of its peer (the transformer's is gpt-peer, the recurrent "
-             "models' lstm-peer) at the same training time",
-             f"curves: [{Path(args.plot).name}]({Path(args.plot).name})" if Path(args.plot).parent == Path(
-                 args.markdown).parent else f"curves: `{args.plot}`"] + args.note
-    section = results_section("Language models against their peers", command_line(
-        None if argv is None else [__file__, *argv]), table(results, budget), notes=notes)
-    print(f"wrote the 'peers' section of {write_section(args.markdown, 'peers', section)}")
+    command = command_line(None if argv is None else [__file__, *argv])
+    targets = [Path(args.markdown)]
     if args.readme:
-        readme = Path(__file__).resolve().parents[1] / "README.md"
-        print(f"wrote the 'peers' section of {write_section(readme, 'peers', section)}")
+        targets.append(Path(__file__).resolve().parents[1] / "README.md")
+    for target in targets:
+        plot_link = os.path.relpath(Path(args.plot).resolve(), target.resolve().parent)
+        notes = [header,
+                 "validation loss in nats per character on the whole validation text: seqlab's best "
+                 "checkpoint, the peers' model at the end of training; `vs peer`: the loss over that of its "
+                 "peer (the transformer's is gpt-peer, the recurrent models' lstm-peer) at the same training time",
+                 f"curves: [{Path(args.plot).name}]({plot_link})"] + args.note
+        section = results_section("Language models against their peers", command, table(results, budget),
+                                  notes=notes)
+        print(f"wrote the 'peers' section of {write_section(target, 'peers', section)}")
 
 
 if __name__ == "__main__":
