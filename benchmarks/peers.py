@@ -334,6 +334,8 @@ def run_seqlab(arch: str, train_path: Path, valid_path: Path, budget: float, out
                        settings={"max_time": float(budget), "seed": seed, "eval_tokens": 0, "clock": clock,
                                  **settings},
                        progress=False)
+    if result["stopped"] == "interrupted":  # Ctrl-C / SIGTERM: the trainer saved the run; stop the benchmark too
+        sys.exit(f"{arch}: interrupted at step {result['step']} (run saved in {run_dir}); no table written")
     best = load_run(run_dir / "best") if (run_dir / "best").exists() else load_run(run_dir)
     final = best.app.evaluate(best.model, "validation")
     log = result.get("log") or []
