@@ -79,7 +79,7 @@ class Config:
 @dataclass
 class Row:
     cell: str  # 'rnn', 'gru', 'lstm' or 'lstm+<variant>'
-    impl: str  # seqlab's backend: 'fused', 'compiled' or 'reference'
+    impl: str  # seqlab's backend: 'fused', 'compiled', 'reference', or 'auto (<the path of its last call>)'
     batch: int
     steps: int
     hidden: int
@@ -218,6 +218,8 @@ def bench(cfg: Config, log=print) -> list[Row]:
     else:
         paths = ("fused", "compiled") if cfg.compiled and compiled_available(log) else ("fused",)
     cases = [(cell, b, b, {}) for cell in cfg.cells for b in paths]
+    # what a user gets without choosing: auto's pick for the plain layer (its row says which path ran)
+    cases += [(cell, "auto", "auto", {}) for cell in cfg.cells]
     if cfg.variants and "lstm" in cfg.cells:
         cases += [(f"lstm+{name}", b, b, kw) for name, kw in VARIANTS.items() for b in paths]
         # what torch.nn users get for a custom cell today: a per-step Python loop (our reference)
@@ -250,8 +252,10 @@ def bench(cfg: Config, log=print) -> list[Row]:
                 key = f"{cell}/{impl}"
                 err = errors.get(key) or train_err.get(key) or infer_err.get(key) or ""
                 dispatch = getattr(mods.get(key), "last_dispatch", None)
-                if not err and dispatch is not None and dispatch.backend != backend:
+                if not err and dispatch is not None and backend != "auto" and dispatch.backend != backend:
                     err = f"ran {dispatch.backend}: {dispatch.reason}"
+                if backend == "auto" and dispatch is not None:
+                    impl = f"auto ({dispatch.backend})"
                 row = Row(cell, impl, batch, steps, hidden, train["torch"], infer["torch"],
                           train.get(key), infer.get(key), err,
                           floor_train_ms=matmul_flops(cell, batch, steps, hidden, True) / gflops / 1e6,
@@ -323,6 +327,7 @@ def side_by_side(rows: list[Row]) -> str:
     machine's 1024^3 product rate (a ratio near its floor has no time left to win outside the
     products)."""
     impls = [i for i in ("fused", "compiled", "reference") if any(r.impl == i for r in rows)]
+    impls += sorted({r.impl for r in rows if r.impl.startswith("auto")})
     head = ("| cell | batch | steps | hidden | torch train ms | torch infer ms | "
             + " | ".join(f"{i} train" for i in impls) + " | floor train | "
             + " | ".join(f"{i} infer" for i in impls) + " | floor infer |")
