@@ -219,9 +219,18 @@ def test_auto_dispatch_says_why():
     with torch.no_grad():
         lstm(x)
     avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-    if avx512:  # oneDNN's LSTM primitive, the faster there for inference over several steps
+    if avx512 or torch.get_num_threads() > 1:  # oneDNN's LSTM primitive, the faster there for inference
         assert lstm.last_dispatch == ("native", "")
     elif compiled.available():
+        assert lstm.last_dispatch == ("compiled", "")
+    with torch.no_grad():
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            lstm(x)
+        finally:
+            torch.set_num_threads(previous)
+    if not avx512 and compiled.available():  # one AVX2 thread: the compiled loop
         assert lstm.last_dispatch == ("compiled", "")
     lstm(x)  # training: the compiled loop (or fused) is the faster
     assert lstm.last_dispatch.backend == ("compiled" if compiled.available() else "fused")

@@ -94,12 +94,13 @@ def choose_stack(backend: str, cell: str, x, weights: list, variants: list[str],
         return Dispatch("native", f"{context}: torch's own kernel, which it can follow, runs the plain layer")
     if x.device.type == "cuda":
         return Dispatch("native", "")  # cuDNN; Triton is taken for the variants or when asked for
-    if x.device.type == "cpu" and cell == "lstm" and not needs_grad and x.shape[0] > 1 and _avx512():
-        # oneDNN's LSTM primitive runs at its AVX-512 rate: the compiled loop measured 1.00-1.12x its
-        # time on one thread and 1.04-1.34x on two. Not for one step (generation), where oneDNN's
-        # per-call set-up dominates and the compiled loop took 0.11-0.86x torch.nn's time; with AVX2
-        # only the compiled loop is the faster (0.87-0.98x), and it is faster for every training
-        # call and for RNN and GRU everywhere.
+    if (x.device.type == "cpu" and cell == "lstm" and not needs_grad and x.shape[0] > 1
+            and (_avx512() or torch.get_num_threads() > 1)):
+        # oneDNN's LSTM primitive is the faster for plain LSTM inference at its AVX-512 rate, and with
+        # AVX2 on more than one thread (it splits the gates' products across threads better than
+        # the compiled loop does). Not for one step (generation), where oneDNN's per-call set-up
+        # dominates; the compiled loop stays for one AVX2 thread, for every training call, and for
+        # RNN and GRU everywhere.
         return Dispatch("native", "")
     return None
 
