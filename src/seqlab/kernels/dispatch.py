@@ -10,8 +10,8 @@ are the better path. Otherwise ``choose`` picks a path per layer and direction.
 
 ``backend='auto'`` takes the fastest path that supports the call:
 
-* native: plain LSTM inference over more than one step on a CPU with AVX-512
-  (oneDNN's LSTM primitive is faster there than the compiled loop's products),
+* native: plain LSTM inference over more than one step on a CPU with AVX-512 or
+  on more than one thread (oneDNN's LSTM primitive is faster there than the compiled loop),
   every plain cell on CUDA (cuDNN; the Triton
   kernels are taken only when asked for or when a variant needs them, until they
   have been compiled and checked on a GPU);

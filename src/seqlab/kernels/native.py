@@ -11,8 +11,9 @@ w_ih, w_hh[, b_ih, b_hh][, w_hr]).
 Why seqlab has it: for plain configurations it is torch.nn itself, so
 
 * where it is faster than seqlab's own loops (plain LSTM inference on a CPU with
-  AVX-512, where oneDNN's primitive beats the compiled loop's products; every plain cell on CUDA, where
-  cuDNN is tuned and the Triton kernels are not yet checked on a GPU) ``auto`` takes it;
+  AVX-512 or on more than one thread, where oneDNN's primitive beats the compiled loop; every plain
+  cell on CUDA, where cuDNN is tuned and the Triton kernels are not yet checked on a GPU) ``auto``
+  takes it;
 * it is what ``torch.jit.trace`` (one ``aten::lstm`` node that runs at any length, which
   ``torch.onnx.export`` turns into an ONNX ``LSTM``), ``torch.func`` transforms and
   ``torch.export`` understand, so ``auto`` takes it for plain layers under them.
