@@ -269,24 +269,6 @@ def test_recorded_values_are_copies(ext):
         assert torch.equal(v, before[k]), k
 
 
-def test_double_backward_matches_reference(ext):
-    """A gradient taken with create_graph=True is differentiable (through the reference loop) and gives
-    the reference loop's second derivatives, with respect to x, the states, the weights and the output
-    gradient; zoneout, padding and LayerNorm included."""
-    x, h0, c0, w, masks = _inputs("lstm", torch.float64, True, True, 0, True, "padding_zoneout")
-    gy = torch.randn(x.shape[0], x.shape[1], h0.shape[-1], dtype=torch.float64, requires_grad=True)
-    wrt = [t for t in (x, h0, c0, *w) if t is not None]
-    second = []
-    for run in (compiled.run_layer, reference.run_layer):
-        res = run("lstm", x, h0, c0, w, masks)
-        g = torch.autograd.grad(res.y, wrt, gy, create_graph=True)
-        assert all(t.requires_grad for t in g)
-        second.append(torch.autograd.grad(sum(t.pow(2).sum() for t in g), wrt + [gy]))
-    for got, want in zip(*second):
-        assert want.abs().sum() > 0
-        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-8)
-
-
 def test_argument_checks(ext):
     x, h0, c0, w, masks = _inputs("lstm", torch.float32, True, False, 0, False, "none")
     with pytest.raises(ValueError, match=r"expected h0 of shape \(3, 4\), got \(3, 7\)"):

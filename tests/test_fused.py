@@ -120,15 +120,24 @@ def test_no_grad_and_inplace_output():
     assert x.grad is not None
 
 
-def test_double_backward_matches_reference():
+@pytest.mark.parametrize("path", ["fused", "compiled"])
+def test_double_backward_matches_reference(path):
     """A gradient taken with create_graph=True is differentiable (through the reference loop) and gives
     the reference loop's second derivatives, with respect to x, the states, the weights and the output
-    gradient; zoneout, padding and LayerNorm included."""
+    gradient; zoneout, padding and LayerNorm included. The same for the compiled loop, whose fast
+    backward hands create_graph calls to the same reference route."""
+    if path == "compiled":
+        from seqlab.kernels import compiled
+        if not compiled.available():
+            pytest.skip(f"the compiled extension is not available: {compiled.build_error()}")
+        run_layer = compiled.run_layer
+    else:
+        run_layer = fused.run_layer
     x, h0, c0, w, masks = _inputs("lstm", torch.float64, True, True, 0, True, "padding_zoneout")
     gy = torch.randn(x.shape[0], x.shape[1], h0.shape[-1], dtype=torch.float64, requires_grad=True)
     wrt = [t for t in (x, h0, c0, *w) if t is not None]
     second = []
-    for run in (fused.run_layer, reference.run_layer):
+    for run in (run_layer, reference.run_layer):
         res = run("lstm", x, h0, c0, w, masks)
         g = torch.autograd.grad(res.y, wrt, gy, create_graph=True)
         assert all(t.requires_grad for t in g)
