@@ -133,24 +133,57 @@ def test_partial_scores_sample_the_whole_split(tmp_path, monkeypatch, arch):
     import seqlab.apps.lm as lm_module
     real = lm_module.next_token_nll
 
-    def recording(m, window, state=None):
-        seen.append((window.clone(), state is not None))
-        return real(m, window, state)
+    def recording(m, window, state=None, last=None):
+        seen.append((window.clone(), state is not None, last))
+        return real(m, window, state, last=last)
 
     monkeypatch.setattr(lm_module, "next_token_nll", recording)
     part = app.evaluate(model, "validation", during_training=True)
     assert part["tokens"] == 4 * 9  # 4 segments of 10 tokens (40 asked for), 9 targets each
-    # windows overlap by one column: the segments are the first window and the rest of the others
-    rows = torch.cat([seen[0][0]] + [w[:, 1:] for w, _ in seen[1:]], dim=1).tolist()  # (4, 10)
+    # the segments are the first window, then the tokens each later window adds: all but its first
+    # (carried state: windows overlap by one column), or the targets it scores (sliding windows)
+    rows = torch.cat([seen[0][0]] + [w[:, -last:] if last else w[:, 1:] for w, _, last in seen[1:]],
+                     dim=1).tolist()  # (4, 10)
     text = ",".join(map(str, ids.tolist()))
     assert all(",".join(map(str, r)) in text for r in rows)
     assert text.startswith(",".join(map(str, rows[0])))  # the first segment starts where the split starts
     assert text.endswith(",".join(map(str, rows[-1])))  # the last one ends where it ends
-    assert [carried for _, carried in seen][1:] == [arch != "transformer"] * (len(seen) - 1)
+    assert [carried for _, carried, _ in seen][1:] == [arch != "transformer"] * (len(seen) - 1)
     seen.clear()
     whole = app.evaluate(model, "validation")
     assert ids.numel() - 4 < whole["tokens"] + 4 <= ids.numel()  # every segment's first token has no target
     assert math.isfinite(whole["loss"])
+
+
+@pytest.mark.parametrize("stride", [1, 3, 8])
+def test_sliding_windows_score_each_token_once_with_the_context_they_promise(tmp_path, stride):
+    train, valid = _files(tmp_path)
+    T = 8
+    app = LMApp(LMOptions(data=str(train), valid=str(valid), bptt=T, eval_rows=2, eval_stride=stride))
+    app.build()
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind="lm", arch="transformer", vocab_size=len(app.vocab), embed_dim=8,
+                                    hidden_size=8, num_layers=1, nhead=2, max_len=16)).eval()
+    ids = app.stream("validation")[:41]  # two segments of 20 tokens: 19 targets each
+    total, count = app.score(model, ids)
+    assert count == 2 * 19
+    # by hand: target j (1-based in its segment) is scored in the first window while j <= T, else
+    # in the window that ends at the first multiple of the stride that reaches it
+    hand = 0.0
+    with torch.no_grad():
+        for seg in ids[:40].view(2, 20).long():
+            for j in range(1, 20):
+                end = j if j <= T else min(19, T + stride * math.ceil((j - T) / stride))
+                start = max(0, end - T)
+                logits, _ = model(seg[start:end].view(1, -1))  # (1, end - start, V)
+                hand += F.cross_entropy(logits[0, j - 1 - start], seg[j]).item()
+                assert j - 1 - start >= min(j - 1, T - stride)  # the context the docstring promises
+    assert total == pytest.approx(hand, rel=1e-5)
+
+
+def test_eval_stride_out_of_range_is_refused():
+    with pytest.raises(Exception, match="eval_stride must be in"):
+        LMOptions(bptt=8, eval_stride=9).validate()
 
 
 # ----------------------------------------------------------------------------- time-budgeted schedule

@@ -443,3 +443,26 @@ def test_inputs_are_checked():
         g.start(torch.tensor([0, C]))
     lm = model_for("lm", "transformer")
     assert isinstance(lm.init_state(2), TransformerCache)
+
+
+def test_transformer_bias_and_activation_options():
+    cfg = dict(kind="lm", arch="transformer", vocab_size=11, embed_dim=8, hidden_size=8, num_layers=2, nhead=2,
+               max_len=16, dropout=0.0)
+    torch.manual_seed(0)
+    plain = LanguageModel(ModelConfig(**cfg))
+    lean = LanguageModel(ModelConfig(**cfg, bias=False, activation="gelu"))
+    stack_biases = [n for n, _ in lean.named_parameters() if n.startswith("encoder.") and n.endswith("bias")]
+    assert stack_biases == [] and any(n.endswith("bias") for n, _ in plain.named_parameters()
+                                      if n.startswith("encoder."))
+    layer = lean.encoder.stack.layers[0]
+    x = torch.randn(2, 5, 8)
+    # the feed-forward block applies GELU: linear2(gelu(linear1(x))) on a pre-normed input
+    assert torch.allclose(layer._ff_block(x), layer.linear2(F.gelu(layer.linear1(x))), atol=1e-6)
+    tokens = torch.randint(1, 11, (2, 6))
+    assert lean(tokens)[0].shape == (2, 6, 11)
+    back = ModelConfig.from_dict(json.loads(json.dumps(ModelConfig(**cfg, bias=False, activation="gelu").to_dict())))
+    assert back.bias is False and back.activation == "gelu"
+    with pytest.raises(ValueError, match="activation"):
+        ModelConfig(**cfg, activation="tanh")
+    with pytest.raises(ValueError, match="bias=False is not an option of arch 'lstm'"):
+        ModelConfig(kind="lm", arch="lstm", vocab_size=11, bias=False)

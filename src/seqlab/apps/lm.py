@@ -30,8 +30,12 @@ Two ways to cut the stream into training windows of ``bptt`` tokens (``carry_sta
   gives T targets, and no step recomputes context it does not train on.
 
 Scoring a split (:meth:`LMApp.score`) runs ``eval_rows`` segments of it in parallel, in windows of
-``bptt`` tokens, carrying the state across windows exactly when training carried it (otherwise
-the windows are non-overlapping, each from an empty context). The whole split is scored by
+``bptt`` tokens, carrying the state across windows exactly when training carried it. Otherwise
+each window starts from an empty context and the windows slide by ``eval_stride`` tokens (half a
+window by default), each scoring only the tokens no earlier window scored: every token is scored
+once, and all but the first window's see at least ``bptt - eval_stride`` tokens of context, as
+they do when the model generates (``eval_stride = bptt``: non-overlapping windows, where the first
+tokens of every window are predicted from almost nothing). The whole split is scored by
 ``seqlab eval``; during training ``eval_tokens`` of it are, in segments spread evenly over the
 split, so that the figure estimates the whole split's score rather than that of its beginning.
 """
@@ -60,6 +64,10 @@ class LMOptions(DataOptions):
     carry_state: Optional[bool] = None
     eval_tokens: int = 50_000   # validation tokens scored during training, spread over the split (0 = all)
     eval_rows: int = 16         # parallel rows (segments) when scoring a split
+    # independent windows only: new tokens scored per window when scoring a split; each window
+    # holds bptt tokens, so every scored token but the first window's sees at least bptt - stride
+    # of context. None = bptt // 2; bptt = non-overlapping windows. Carried state ignores it.
+    eval_stride: Optional[int] = None
     # a text's units (paragraphs or lines) are cut into windows, so only memory bounds them
     max_line: int = 10_000_000
 
@@ -70,6 +78,14 @@ class LMOptions(DataOptions):
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_tokens < 0:
             raise ConfigError(f"eval_tokens must be >= 0, got {self.eval_tokens}")
+        if self.eval_stride is not None and not 1 <= self.eval_stride <= self.bptt:
+            raise ConfigError(f"eval_stride must be in [1, bptt={self.bptt}] (or null for bptt // 2), "
+                              f"got {self.eval_stride}")
+
+    @property
+    def stride(self) -> int:
+        """New tokens scored per window when windows are independent (see eval_stride)."""
+        return self.eval_stride if self.eval_stride is not None else max(1, self.bptt // 2)
 
 
 class _Windows(BPTTBatcher):
@@ -275,20 +291,46 @@ class LMApp(App):
             segments = torch.stack([ids[s: s + length] for s in starts])  # rows x (length,) -> (rows, length)
         else:  # the whole split: a view, so scoring a large split copies nothing
             segments = ids[: rows * length].view(rows, length)  # (rows, length)
-        carry = self.carries(raw.config.arch)
+        if not self.carries(raw.config.arch):
+            return self._score_sliding(raw, segments)
         total, count, state = 0.0, 0, None
         for p in range(0, length - 1, T):
             window = segments[:, p: p + T + 1].long()  # (rows, <=T+1), int64 one window at a time
-            loss, n, state = next_token_nll(raw, window, state if carry else None)
+            loss, n, state = next_token_nll(raw, window, state)
             state = raw.detach_state(state)
             total += float(loss)
             count += n
         return total, count
 
+    def _score_sliding(self, model: nn.Module, segments: Tensor) -> tuple[float, int]:
+        """(summed NLL, tokens) of (rows, length) segments in windows of bptt tokens, each from an
+        empty context, advancing by ``stride``: the first window scores all its targets, every
+        later one only the targets no window scored yet (its last ``stride``; the last window ends
+        at the segment's end), so each target is scored once and, past the first window, after at
+        least bptt - stride tokens of context."""
+        T, S, length = self.options.bptt, self.options.stride, segments.size(1)
+        total, count, done = 0.0, 0, 0  # done: targets 1..done of each segment are scored
+        p = 0
+        while done < length - 1:
+            p = max(0, min(p, length - 1 - T))  # the last window is a whole one too, ending at the end
+            window = segments[:, p: p + T + 1].long()  # (rows, <=T+1): targets p+1 .. p+w
+            w = window.size(1) - 1
+            loss, n, _ = next_token_nll(model, window, None, last=p + w - done)  # the targets after `done`
+            total += float(loss)
+            count += n
+            done, p = p + w, p + S
+        return total, count
+
     def scoring(self, model: nn.Module) -> str:
         o, raw = self.options, unwrap(model)
-        how = ("the state carried from window to window" if self.carries(raw.config.arch)
-               else "non-overlapping windows, each from an empty context")
+        if self.carries(raw.config.arch):
+            how = "the state carried from window to window"
+        elif o.stride == o.bptt:
+            how = "non-overlapping windows, each from an empty context"
+        else:
+            how = (f"windows sliding by {o.stride} tokens, each from an empty context and scoring only its "
+                   f"last {o.stride} (the first window all), so each token sees at least {o.bptt - o.stride} "
+                   f"tokens of context")
         return (f"scored in {o.eval_rows} parallel segments of the split, in windows of {o.bptt} tokens with {how}; "
                 f"during training {o.eval_tokens or 'all'} tokens of it, in segments spread over it")
 

@@ -36,9 +36,11 @@ ARCH_OPTIONS = {
     "gru": ("layer_norm", "recurrent_dropout", "zoneout"),
     "mingru": (),
     "minlstm": (),
-    "transformer": ("nhead", "dim_feedforward"),
+    "transformer": ("nhead", "dim_feedforward", "activation", "bias"),
 }
-_ARCH_SPECIFIC = ("layer_norm", "recurrent_dropout", "zoneout", "forget_bias", "nhead", "dim_feedforward")
+_ARCH_SPECIFIC = ("layer_norm", "recurrent_dropout", "zoneout", "forget_bias", "nhead", "dim_feedforward",
+                  "activation", "bias")
+ACTIVATIONS = ("relu", "gelu")
 
 
 @dataclass
@@ -61,6 +63,8 @@ class ModelConfig:
     forget_bias: Optional[float] = None  # lstm: initial forget-gate bias (1.0 is Jozefowicz et al.'s)
     nhead: int = 4  # transformer: attention heads; must divide hidden_size
     dim_feedforward: int = 0  # transformer: 0 = 4 * hidden_size, the paper's ratio
+    activation: str = "relu"  # transformer: the feed-forward block's nonlinearity, relu or gelu
+    bias: bool = True  # transformer: additive biases in its projections and norms (GPT-2 style models drop them)
     max_len: int = 512  # transformer: positions trained on; the lm's context window
     tie_weights: bool = True  # lm/generate: share the input embedding with the output layer
     pooling: str = "last"  # classify: last (final states), mean or attention
@@ -87,6 +91,8 @@ class ModelConfig:
             self.forget_bias = float(self.forget_bias)
         _check_int("nhead", self.nhead, 1)
         _check_int("dim_feedforward", self.dim_feedforward, 0)
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        _check_bool("bias", self.bias)
         _check_int("max_len", self.max_len, 2)
         _check_bool("tie_weights", self.tie_weights)
         _check_choice("pooling", self.pooling, POOLINGS)

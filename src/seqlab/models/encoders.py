@@ -133,12 +133,13 @@ class SequenceEncoder(nn.Module):
                 raise ValueError(f"extra_input is for recurrent stacks, expected 0 for the transformer, "
                                  f"got {extra_input}")
             d = config.hidden_size
-            self.in_proj = nn.Linear(config.embed_dim, d) if config.embed_dim != d else nn.Identity()
+            self.in_proj = nn.Linear(config.embed_dim, d, bias=config.bias) if config.embed_dim != d else nn.Identity()
             self.positions = SinusoidalPositionalEncoding(d, dropout=config.dropout, max_len=config.max_len,
                                                           batch_first=True)
             layer = TransformerEncoderLayer(d, config.nhead, config.feedforward_size, config.dropout,
-                                            batch_first=True, norm_first=True)
-            self.stack = TransformerEncoder(layer, config.num_layers, norm=nn.LayerNorm(d))
+                                            activation=config.activation, batch_first=True, norm_first=True,
+                                            bias=config.bias)
+            self.stack = TransformerEncoder(layer, config.num_layers, norm=nn.LayerNorm(d, bias=config.bias))
             self.output_size = d
         else:
             self.dropout = nn.Dropout(config.dropout)

@@ -141,13 +141,18 @@ class LanguageModel(nn.Module):
         return index_state(state, index, dim=1)
 
 
-def next_token_nll(model: nn.Module, window: Tensor, state: Any = None) -> tuple[Tensor, int, Any]:
-    """Summed next-token cross entropy of one (B, T+1) window: ``(loss_sum, B*T, state)``.
+def next_token_nll(model: nn.Module, window: Tensor, state: Any = None, last: Optional[int] = None
+                   ) -> tuple[Tensor, int, Any]:
+    """Summed next-token cross entropy of one (B, T+1) window: ``(loss_sum, B*n, state)``.
 
-    Positions 0..T-1 predict 1..T, continuing from ``state`` (None: a fresh start). ``model``
-    is called, not unwrapped, so that a DistributedDataParallel wrapper sees the forward pass.
+    Positions 0..T-1 predict 1..T, continuing from ``state`` (None: a fresh start); only the last
+    ``last`` targets are scored when given (n = last, else n = T: the earlier ones serve as
+    context). ``model`` is called, not unwrapped, so that a DistributedDataParallel wrapper sees
+    the forward pass.
     """
     x, y = window[:, :-1], window[:, 1:]  # (B, T) each
     logits, state = model(x, state)  # (B, T, V)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")  # (B*T, V) vs (B*T,)
+    if last is not None:
+        logits, y = logits[:, -last:], y[:, -last:]  # (B, last, V), (B, last)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")  # (B*n, V) vs (B*n,)
     return loss, y.numel(), state
