@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import seqlab.nn as snn
-from seqlab.kernels import compiled, fused, reference
+from seqlab.kernels import _testing, compiled, fused, reference
 from seqlab.kernels.common import GATES, LayerWeights, Masks, RECORDED
 from seqlab.kernels.dispatch import choose
 
@@ -50,22 +50,15 @@ def gemm(request, ext):
         pytest.skip("torch was built without oneDNN (mkldnn)")
     if request.param == "blas" and not ext.has_direct_blas():
         pytest.skip("torch's BLAS (sgemm_/dgemm_) was not found in libtorch_cpu")
-    old = ext.set_gemm_threshold(0 if request.param == "onednn" else -1)
-    old_direct = ext.set_direct_blas(request.param == "blas")
-    old_brgemm = ext.set_brgemm(1 if request.param == "brgemm" else 0)
-    yield request.param
-    ext.set_gemm_threshold(old)
-    ext.set_direct_blas(old_direct)
-    ext.set_brgemm(old_brgemm)
+    with _testing.product_switches(**_testing.PRODUCT_PATHS[request.param]):
+        yield request.param
 
 
 @pytest.fixture
 def build_state():
-    """Save and restore the module's record of the build, for tests that fake a failure."""
-    saved = dict(compiled._state)
-    yield
-    compiled._state.clear()
-    compiled._state.update(saved)
+    """A fresh build attempt for tests that fake a failure; the real record comes back after."""
+    with _testing.build_attempt():
+        yield
 
 
 def _compare(cell, args, dtype, label):
@@ -106,23 +99,23 @@ def test_rows_split_over_threads(ext, cell):
     give the same values when computed twice.)"""
     if "OpenMP" not in torch.__config__.parallel_info():
         pytest.skip("torch's intra-op threads are not OpenMP's here: the rows run in one thread")
-    old, old_brgemm = torch.get_num_threads(), ext.set_brgemm(1)
+    old = torch.get_num_threads()
     b = 2 * (16384 // (GATES[cell] * H)) + 4
     projs = (0, P) if cell == "lstm" else (0,)
     try:
-        for layer_norm, proj, keep in itertools.product((False, True), projs, ("none", "zoneout")):
-            args = _inputs(cell, torch.float32, True, layer_norm, proj, True, keep, t=3, b=b)
-            runs = []
-            for threads in (1, 2):
-                torch.set_num_threads(threads)
-                runs.append(_flatten(*_run(compiled.run_layer, cell, *args)))
-            one, two = runs
-            for name in one:
-                torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-5 * float(one[name].detach().abs().max()),
-                                           msg=lambda m: f"{cell} ln={layer_norm} proj={proj} keep={keep} {name}: {m}")
+        with _testing.product_switches(brgemm=1):
+            for layer_norm, proj, keep in itertools.product((False, True), projs, ("none", "zoneout")):
+                args = _inputs(cell, torch.float32, True, layer_norm, proj, True, keep, t=3, b=b)
+                runs = []
+                for threads in (1, 2):
+                    torch.set_num_threads(threads)
+                    runs.append(_flatten(*_run(compiled.run_layer, cell, *args)))
+                one, two = runs
+                for name in one:
+                    torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-5 * float(one[name].detach().abs().max()),
+                                               msg=lambda m: f"{cell} ln={layer_norm} proj={proj} keep={keep} {name}: {m}")
     finally:
         torch.set_num_threads(old)
-        ext.set_brgemm(old_brgemm)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -370,7 +363,6 @@ def test_auto_prefers_compiled_on_cpu(ext):
 
 def test_no_compile_env_falls_back_to_fused(build_state, monkeypatch):
     monkeypatch.setenv("SEQLAB_NO_COMPILE", "1")
-    compiled._reset_for_tests()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # switching it off on purpose is not worth a warning
         assert not compiled.available()
@@ -458,7 +450,6 @@ def test_failed_build_warns_once_and_falls_back(build_state, monkeypatch):
                            "recurrent.cpp:1:10: fatal error: ATen/ATen.h: No such file or directory")
 
     monkeypatch.setattr(compiled, "load", broken_load)
-    compiled._reset_for_tests()
     torch.manual_seed(0)
     mod = snn.LSTM(I, H, num_layers=2)
     ref = snn.LSTM(I, H, num_layers=2, backend="fused")
