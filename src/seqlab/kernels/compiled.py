@@ -324,8 +324,9 @@ def _record(cell: str, saved: list, H: int) -> dict:
 
 
 class _Compiled(torch.autograd.Function):
-    """One layer, one direction on the C++ ops; arguments and results are those of
-    ``common.run_accepted``'s ``apply``."""
+    """One layer, one direction on the C++ ops.
+
+    Arguments and results: those of ``common.run_accepted``'s ``apply``."""
 
     @staticmethod
     def forward(ctx, cell, recorded, x, h0, c0, *slots):

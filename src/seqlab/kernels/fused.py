@@ -160,8 +160,9 @@ def _sum_rows(t: Tensor) -> Tensor:
 
 
 class _Fused(torch.autograd.Function):
-    """One layer, one direction on the fused path: Python loops with ``out=`` buffers, backward written by hand; arguments and results are those of
-    ``common.run_accepted``'s ``apply``."""
+    """One layer, one direction on the fused path: Python loops with ``out=`` buffers, backward written by hand.
+
+    Arguments and results: those of ``common.run_accepted``'s ``apply``."""
 
     @staticmethod
     def forward(ctx, cell, recorded, x, h0, c0, *slots):

@@ -189,6 +189,19 @@ if triton is not None:
         return acc
 
     @triton.jit
+    def _pre_activation(xw_t, bg, m2, h_prev_ptr, w_ptr, row0, offs_b, mb, offs_n, mn, H, BB: tl.constexpr,
+                        BN: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr):
+        """(BB, BN) = xw_t + W_hh h_{t-1} for the gate block whose rows start at row0."""
+        a = tl.load(xw_t + row0 + bg, mask=m2, other=0.0).to(ACC)
+        return a + _gate_dot(h_prev_ptr, w_ptr, row0, offs_b, mb, offs_n, mn, H, BB, BN, BK, ACC, DOT)
+
+    @triton.jit
+    def _keep_tile(keep_ptr, t, B, KW, KN, offs_b, offs_n, m2, ACC: tl.constexpr):
+        """(BB, BN) tile of a (T, B, KW) state-update mask at step t (KN = 0: one column, broadcast)."""
+        return tl.load(keep_ptr + t * B * KW + offs_b[:, None] * KW + offs_n[None, :] * KN, mask=m2,
+                       other=0.0).to(ACC)
+
+    @triton.jit
     def _fwd_chunk(t, b0, n0, xw_ptr, w_ptr, bhh_ptr, h_ptr, c_ptr, act_ptr, aux_ptr, keep_ptr, keepc_ptr,
                    B, H, KW, KN, KCW, KCN, CELL: tl.constexpr, G: tl.constexpr, HAS_BHH: tl.constexpr,
                    HAS_KEEP: tl.constexpr, HAS_KEEPC: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr,
@@ -210,8 +223,7 @@ if triton is not None:
 
         if CELL <= 1:
             # h̃_t = act(xw_t + W_hh h_{t-1})
-            a = tl.load(xw_t + bg, mask=m2, other=0.0).to(ACC)
-            a += _gate_dot(h_prev_ptr, w_ptr, 0, offs_b, mb, offs_n, mn, H, BB, BN, BK, ACC, DOT)
+            a = _pre_activation(xw_t, bg, m2, h_prev_ptr, w_ptr, 0, offs_b, mb, offs_n, mn, H, BB, BN, BK, ACC, DOT)
             if CELL == 0:
                 h_tilde = _tanh(a)
             else:
@@ -219,18 +231,11 @@ if triton is not None:
             tl.store(aux_ptr + t * B * H + bn, h_tilde.to(out_ty), mask=m2)
         elif CELL == 2:
             # i, f, g, o = σ, σ, tanh, σ of (xw_t + W_hh h_{t-1}); c̃_t = f ⊙ c_{t-1} + i ⊙ g
-            a_i = tl.load(xw_t + bg, mask=m2, other=0.0).to(ACC)
-            a_f = tl.load(xw_t + H + bg, mask=m2, other=0.0).to(ACC)
-            a_g = tl.load(xw_t + 2 * H + bg, mask=m2, other=0.0).to(ACC)
-            a_o = tl.load(xw_t + 3 * H + bg, mask=m2, other=0.0).to(ACC)
-            a_i += _gate_dot(h_prev_ptr, w_ptr, 0, offs_b, mb, offs_n, mn, H, BB, BN, BK, ACC, DOT)
-            a_f += _gate_dot(h_prev_ptr, w_ptr, H, offs_b, mb, offs_n, mn, H, BB, BN, BK, ACC, DOT)
-            a_g += _gate_dot(h_prev_ptr, w_ptr, 2 * H, offs_b, mb, offs_n, mn, H, BB, BN, BK, ACC, DOT)
-            a_o += _gate_dot(h_prev_ptr, w_ptr, 3 * H, offs_b, mb, offs_n, mn, H, BB, BN, BK, ACC, DOT)
-            i = _sigmoid(a_i)
-            f = _sigmoid(a_f)
-            g = _tanh(a_g)
-            o = _sigmoid(a_o)
+            pre = (xw_t, bg, m2, h_prev_ptr, w_ptr)  # the arguments every gate block shares
+            i = _sigmoid(_pre_activation(*pre, 0, offs_b, mb, offs_n, mn, H, BB, BN, BK, ACC, DOT))
+            f = _sigmoid(_pre_activation(*pre, H, offs_b, mb, offs_n, mn, H, BB, BN, BK, ACC, DOT))
+            g = _tanh(_pre_activation(*pre, 2 * H, offs_b, mb, offs_n, mn, H, BB, BN, BK, ACC, DOT))
+            o = _sigmoid(_pre_activation(*pre, 3 * H, offs_b, mb, offs_n, mn, H, BB, BN, BK, ACC, DOT))
             c_prev = tl.load(c_ptr + t * B * H + bn, mask=m2, other=0.0).to(ACC)
             c_tilde = f * c_prev + i * g
             h_tilde = o * _tanh(c_tilde)
@@ -242,8 +247,7 @@ if triton is not None:
             # c_t = kc_t ⊙ c_{t-1} + (1 - kc_t) ⊙ c̃_t
             c = c_tilde
             if HAS_KEEPC:
-                kc = tl.load(keepc_ptr + t * B * KCW + offs_b[:, None] * KCW + offs_n[None, :] * KCN, mask=m2,
-                             other=0.0).to(ACC)
+                kc = _keep_tile(keepc_ptr, t, B, KCW, KCN, offs_b, offs_n, m2, ACC)
                 c = kc * c_prev + (1.0 - kc) * c_tilde
             tl.store(c_ptr + (t + 1) * B * H + bn, c.to(out_ty), mask=m2)
         else:
@@ -268,8 +272,7 @@ if triton is not None:
         # h_t = k_t ⊙ h_{t-1} + (1 - k_t) ⊙ h̃_t
         h = h_tilde
         if HAS_KEEP:
-            k = tl.load(keep_ptr + t * B * KW + offs_b[:, None] * KW + offs_n[None, :] * KN, mask=m2,
-                        other=0.0).to(ACC)
+            k = _keep_tile(keep_ptr, t, B, KW, KN, offs_b, offs_n, m2, ACC)
             h = k * h_prev + (1.0 - k) * h_tilde
         tl.store(h_ptr + (t + 1) * B * H + bn, h.to(out_ty), mask=m2)
 
@@ -297,8 +300,7 @@ if triton is not None:
         tl.store(dy_ptr + t * B * H + bn, dh.to(dy_ptr.dtype.element_ty), mask=m2)
         dht = dh  # dL/dh̃_t = (1 - k_t) ⊙ dL/dh_t
         if HAS_KEEP:
-            k = tl.load(keep_ptr + t * B * KW + offs_b[:, None] * KW + offs_n[None, :] * KN, mask=m2,
-                        other=0.0).to(ACC)
+            k = _keep_tile(keep_ptr, t, B, KW, KN, offs_b, offs_n, m2, ACC)
             dht = dh * (1.0 - k)
 
         if CELL <= 1:
@@ -319,8 +321,7 @@ if triton is not None:
             tc = _tanh(c_tilde)  # recomputed: cheaper than storing it
             dc_x = dc  # the part of dL/dc_t that reaches c̃_t
             if HAS_KEEPC:
-                kc = tl.load(keepc_ptr + t * B * KCW + offs_b[:, None] * KCW + offs_n[None, :] * KCN, mask=m2,
-                             other=0.0).to(ACC)
+                kc = _keep_tile(keepc_ptr, t, B, KCW, KCN, offs_b, offs_n, m2, ACC)
                 dc_x = dc * (1.0 - kc)
             # dc̃ = dh̃ ⊙ o ⊙ (1 - tanh²(c̃)) + dc;  da_i = dc̃ ⊙ g ⊙ i(1-i), da_f = dc̃ ⊙ c_{t-1} ⊙ f(1-f),
             # da_g = dc̃ ⊙ i ⊙ (1-g²), da_o = dh̃ ⊙ tanh(c̃) ⊙ o(1-o)
@@ -368,8 +369,7 @@ if triton is not None:
             dh = tl.load(dy_ptr + t * B * H + bn, mask=m2, other=0.0).to(ACC)  # dL/dh_t, from phase 1
             dht = dh
             if HAS_KEEP:
-                k = tl.load(keep_ptr + t * B * KW + offs_b[:, None] * KW + offs_n[None, :] * KN, mask=m2,
-                            other=0.0).to(ACC)
+                k = _keep_tile(keep_ptr, t, B, KW, KN, offs_b, offs_n, m2, ACC)
                 acc += k * dh
                 dht = dh * (1.0 - k)
             if CELL == 3:  # the direct path of h̃_t = … + z ⊙ h_{t-1}
@@ -456,8 +456,9 @@ def _mask_args(mask: Optional[Tensor], like: Tensor) -> tuple[Tensor, int, int]:
 
 
 class _TritonRNN(torch.autograd.Function):
-    """One layer, one direction on the Triton kernels, launched from here; arguments and results are those of
-    ``common.run_accepted``'s ``apply``."""
+    """One layer, one direction on the Triton kernels, launched from here.
+
+    Arguments and results: those of ``common.run_accepted``'s ``apply``."""
 
     @staticmethod
     def forward(ctx, cell, recorded, x, h0, c0, *slots):
