@@ -369,7 +369,13 @@ def input_weight_grads(grads: dict, need: dict, dxw: Tensor, x_rows: Tensor, w_i
         grads["x"] = torch.mm(dxp, w_ih).view(T, B, -1)  # (T*B, GH) @ (GH, I) -> (T, B, I)
 
 
-def function_grads(grads: dict) -> tuple:
-    """``grads`` (name -> gradient or None) as a Function's backward returns them: None for cell
-    and recorded, the ``GRAD_NAMES`` in order, None for the masks (constants)."""
-    return (None, None) + tuple(grads.get(name) for name in GRAD_NAMES) + (None,) * len(Masks._fields)
+_NO_MASK_GRADS = (None,) * len(Masks._fields)
+
+
+def function_grads(grads) -> tuple:
+    """The gradients as a Function's backward returns them: None for cell and recorded, the
+    ``GRAD_NAMES`` in order, None for the masks (constants). ``grads`` maps a name to its
+    gradient (a missing name: None), or is already a sequence in ``GRAD_NAMES`` order."""
+    if isinstance(grads, dict):
+        grads = [grads.get(name) for name in GRAD_NAMES]
+    return (None, None, *grads) + _NO_MASK_GRADS

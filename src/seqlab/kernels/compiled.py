@@ -62,7 +62,7 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .common import (CELL_ID, GATES, GRAD_NAMES, N_WEIGHTS, LayerResult, LayerWeights, Masks, fast_run_layer,
+from .common import (CELL_ID, GATES, N_WEIGHTS, LayerResult, LayerWeights, Masks, fast_run_layer,
                      function_grads, record_views, refuse_call, run_accepted)
 
 __all__ = ["run_layer", "run_supported", "supports", "run_min_layer", "supports_min", "available", "build_error", "load",
@@ -351,7 +351,7 @@ class _Compiled(torch.autograd.Function):
         need = [int(n) for n in ctx.needs_input_grad[2:5 + N_WEIGHTS]]
         grads = torch.ops.seqlab_compiled.rnn_backward(
             CELL_ID[ctx.cell], saved, x, h0, c0, list(slots[:N_WEIGHTS]), list(slots[N_WEIGHTS:]), dy, dh_T, dc_T, need)
-        return function_grads({name: g if n else None for name, g, n in zip(GRAD_NAMES, grads, need)})
+        return function_grads([g if n else None for g, n in zip(grads, need)])
 
 
 def _hidden_size(w_ih: Tensor, cell: str) -> int:
