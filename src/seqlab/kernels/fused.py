@@ -35,6 +35,10 @@ LayerNorm's backward is written out by hand (``_LayerNormGrad``):
     dv = rstd ⊙ (dv̂ - mean(dv̂) - v̂ ⊙ mean(dv̂ ⊙ v̂)),  dv̂ = dLN ⊙ w,
 which is exact with eps (differentiate rstd = (var + eps)^{-1/2}).
 
+What every fast path shares (the checks, the input projection with b_hh folded in, the
+recorded views, the outputs, the start of the backward and the weight gradients after the
+loop) is the shell in ``common.py``; this file keeps the per-cell loops.
+
 Second derivatives: a backward asked to build a graph (``create_graph=True``) re-runs
 the layer through the reference loop and lets autograd differentiate that
 (``reference.differentiable_backward``), so gradients of gradients are correct, at the

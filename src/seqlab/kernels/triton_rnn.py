@@ -44,6 +44,10 @@ is not rounded to TF32. tanh(v) is 2σ(2v) - 1, as in ``fused.py``. ``tl.dot`` n
 tiles of at least 16 in each dimension, so batch and hidden tiles are padded to 16
 (masked): at batch 1 fifteen of the sixteen rows are idle.
 
+The projection before the loop and the weight gradients after it are the shell in
+``common.py``, shared with the fused and compiled paths; this file keeps the kernels, their
+launches and the buffers they write.
+
 Import never needs triton or CUDA: without triton ``supports`` says "triton is not
 installed". On CPU tensors the kernels run only under the interpreter
 (``TRITON_INTERPRET=1``, set before this module is first imported): that is how the
