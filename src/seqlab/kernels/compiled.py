@@ -26,8 +26,7 @@ built with ``torch.utils.cpp_extension`` on first use and cached:
 
 Layers: the shell of ``common.py`` validates (``run_layer`` is its ``fast_run_layer``); this
 module calls the two ops ``torch.ops.seqlab_compiled.rnn_forward`` / ``rnn_backward`` from an
-autograd.Function; the kernel owns the memory of the loop. Runs
-float32 and float64 on CPU. The products use MKL (the products over all T*B rows into pooled
+autograd.Function; the kernel owns the memory of the loop. Runs float32 and float64 on CPU. The products use MKL (the products over all T*B rows into pooled
 buffers), except in float32 on a CPU with AVX-512: there, on one thread, the projection and the
 per-step products go to oneDNN's brgemm micro-kernel, and on more threads large per-step products
 go to oneDNN's linear and small ones to brgemm (see "Matrix products" in csrc/products.h; the
@@ -74,7 +73,7 @@ SOURCES = (Path(__file__).resolve().parent / "csrc" / "recurrent.cpp",)
 HEADERS = tuple(sorted((Path(__file__).resolve().parent / "csrc").glob("*.h")))
 #: dtypes the C++ loops are instantiated for (AT_DISPATCH_FLOATING_TYPES)
 _FLOATS = (torch.float32, torch.float64)
-_MINCELL_ID = {"mingru": 0, "minlstm": 1}  # csrc/recurrent.cpp ``MinCell``
+_MIN_CELL_ID = {"mingru": 0, "minlstm": 1}  # csrc/recurrent.cpp ``MinCell``
 _N_SAVED = 12  # the forward's saved tensors, in csrc/recurrent.cpp's ``Saved`` order
 _EXT_NAME = "seqlab_compiled"
 
@@ -389,7 +388,7 @@ def run_min_layer(cell: str, x: Tensor, weight: Tensor, bias: Optional[Tensor], 
     reason = supports_min(x, weight, bias, h0)
     if reason is not None:
         raise ValueError(f"the compiled path cannot run this call: {reason}")
-    h, h_T, _pre = torch.ops.seqlab.min_layer(_MINCELL_ID[cell], x, weight, bias, h0)
+    h, h_T, _pre = torch.ops.seqlab.min_layer(_MIN_CELL_ID[cell], x, weight, bias, h0)
     return h, h_T
 
 
