@@ -206,15 +206,17 @@ def fast_run_layer(path: str, supports, run):
     """
     def run_layer(cell: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w: LayerWeights, masks: Masks = Masks(),
                   record: bool = False) -> LayerResult:
+        """Run ``cell`` over ``x`` (T, B, I), time-major, from (h0, c0); the contract of ``reference.run_layer``.
+
+        Raises ValueError with the path's reason when it cannot run the call. Gradients flow to
+        x, h0, c0 and every weight that is given (not to the masks); a backward with
+        ``create_graph=True`` is differentiated through the reference loop.
+        """
         reason = supports(cell, x, w, masks)
         if reason is not None:
             raise ValueError(f"the {path} path cannot run this call: {reason}")
         return run(cell, x, h0, c0, w, masks, record)
 
-    run_layer.__doc__ = (
-        f"Run ``cell`` over ``x`` (T, B, I), time-major, from (h0, c0) on the {path} path; same contract "
-        "as ``reference.run_layer``.\n\n    Gradients flow to x, h0, c0 and every weight that is given (not "
-        "to the masks); a backward with\n    ``create_graph=True`` is differentiated through the reference loop.")
     run_layer.__qualname__ = run_layer.__name__ = "run_layer"
     return run_layer
 
