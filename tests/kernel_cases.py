@@ -1,11 +1,16 @@
-"""Inputs and the comparison shared by the kernel tests (test_fused.py, test_compiled.py).
+"""The one case set of the kernel tests, and the comparison, for every fast path (fused, compiled, Triton).
 
 Tiny sizes, every variant of the kernel contract: weights with and without bias, LayerNorm
 and projection; state-update masks for zoneout (training and eval), padding and both;
-recurrent dropout; a non-contiguous x. ``compare`` runs a fast path and the reference loop on
-the same inputs and compares outputs, final states, recorded values and every gradient.
+recurrent dropout; a non-contiguous x. ``variants`` is the part of that set a backend runs
+(the Triton kernels refuse LayerNorm, projection and recurrent dropout), ``kernel`` its
+``run_layer``. ``compare`` runs a fast path and the reference loop on the same inputs and
+compares outputs, final states, recorded values and every gradient. tests/test_kernels.py runs
+the set over every backend; the files of each path add what only that path has.
 """
 from __future__ import annotations
+
+import itertools
 
 import torch
 
@@ -26,9 +31,43 @@ F32_RATIO, F32_RTOL, F32_ATOL = 4.0, 2e-5, 1e-5
 CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
 #: how the state-update masks are drawn (see ``_masks``)
 KEEPS = ("none", "zoneout", "zoneout_expect", "padding", "padding_zoneout")
+#: the fast paths; every one is tested against the reference loop on ``variants``
+BACKENDS = ("fused", "compiled", "triton")
 
 
-def _weights(cell, dtype, bias, layer_norm, proj, gen, t_in=I) -> LayerWeights:
+def kernel(backend: str):
+    """The ``run_layer`` of a fast path (tests/conftest.py skips a test whose path cannot run here)."""
+    from seqlab.kernels import compiled, fused, triton_rnn
+
+    return {"fused": fused, "compiled": compiled, "triton": triton_rnn}[backend].run_layer
+
+
+def triton_skip_reason():
+    """Why the Triton kernels cannot run in this process, or None (on the CPU they need the
+    interpreter, which tests/conftest.py turns on before anything imports triton)."""
+    from seqlab.kernels import triton_rnn
+
+    if not triton_rnn.available():
+        return "triton is not installed (pip install triton)"
+    if not triton_rnn._INTERPRET:
+        return ("the kernel tests run triton on CPU tensors, under its interpreter, but triton was imported "
+                "before TRITON_INTERPRET=1 was set (or it is set to 0)")
+    return None
+
+
+def full(backend: str) -> bool:
+    """Whether the path runs LayerNorm, projection and recurrent dropout (the Triton kernels do not)."""
+    return backend != "triton"
+
+
+def variants(cell: str, backend: str, biases=(True, False)) -> list[tuple]:
+    """(bias, layer_norm, proj, rec, keep) for every variant of the contract that ``backend`` runs."""
+    ext = (False, True) if full(backend) else (False,)
+    projs = (0, P) if cell == "lstm" and full(backend) else (0,)
+    return list(itertools.product(biases, ext, projs, ext, KEEPS))
+
+
+def _weights(cell, dtype, bias, layer_norm, proj, gen, t_in=I, H=H) -> LayerWeights:
     G = GATES[cell]
     p = proj if proj else H
 
@@ -51,7 +90,7 @@ def _weights(cell, dtype, bias, layer_norm, proj, gen, t_in=I) -> LayerWeights:
     )
 
 
-def _masks(cell, keep, rec, t, b, p, dtype, gen) -> Masks:
+def _masks(cell, keep, rec, t, b, p, dtype, gen, H=H) -> Masks:
     lstm = cell == "lstm"
 
     def bern(shape, prob):
@@ -64,7 +103,7 @@ def _masks(cell, keep, rec, t, b, p, dtype, gen) -> Masks:
         k = torch.full((1, 1, 1), 0.3, dtype=dtype).expand(t, b, 1)
         kc = torch.full((1, 1, 1), 0.2, dtype=dtype).expand(t, b, 1) if lstm else None
     if keep.startswith("padding"):
-        lengths = torch.tensor([t, max(t - 2, 1), 1, t, 2][:b])
+        lengths = torch.tensor(([t, max(t - 2, 1), 1, t, 2] * (b // 5 + 1))[:b])
         out = (torch.arange(t).unsqueeze(1) < lengths.unsqueeze(0)).to(dtype).unsqueeze(-1)  # (T, B, 1)
         k = 1 - out if k is None else 1 - out * (1 - k)
         if lstm:
@@ -73,15 +112,17 @@ def _masks(cell, keep, rec, t, b, p, dtype, gen) -> Masks:
     return Masks(keep=k, keep_c=kc, out=out, rec=m)
 
 
-def _inputs(cell, dtype, bias, layer_norm, proj, rec, keep, seed=0, t=T, b=B):
+def _inputs(cell, dtype, bias, layer_norm, proj, rec, keep, seed=0, t=T, b=B, h=H):
+    """(x, h0, c0, w, masks) of one variant; t, b and h change the sizes (h: the hidden size)."""
     gen = torch.Generator().manual_seed(seed)
+    H = h
     p = proj if proj else H
-    w = _weights(cell, dtype, bias, layer_norm, proj, gen)
+    w = _weights(cell, dtype, bias, layer_norm, proj, gen, H=H)
     # x non-contiguous on purpose: a batch-first tensor seen time-major
     x = torch.randn(b, t, I, generator=gen, dtype=dtype).transpose(0, 1).requires_grad_()
     h0 = torch.randn(b, p, generator=gen, dtype=dtype).requires_grad_()
     c0 = torch.randn(b, H, generator=gen, dtype=dtype).requires_grad_() if cell == "lstm" else None
-    return x, h0, c0, w, _masks(cell, keep, rec, t, b, p, dtype, gen)
+    return x, h0, c0, w, _masks(cell, keep, rec, t, b, p, dtype, gen, H=H)
 
 
 def _run(kernel, cell, x, h0, c0, w, masks, seed=1):

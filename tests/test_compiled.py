@@ -1,12 +1,12 @@
-"""The compiled C++ path against the reference loop (the specification) and torch.nn.
+"""What only the compiled C++ path has, against the reference loop (the specification) and torch.nn.
 
-Same inputs into both kernels; compared: outputs y, final h and c, the recorded per-step
-values, and the gradients of x, h0, c0 and every weight, for every cell and every
-combination of the contract's variants, in float64 (tight) and float32 (against the float64
-reference, like tests/test_fused.py), with the float32 per-step products on BLAS called
-directly, on ATen's mm and on oneDNN. Plus float64 gradcheck with every variant on, torch.nn
-parity through seqlab.nn with backend='compiled', dispatch, and the fallback when the
-extension cannot be built.
+The float32 products of the time loop on each product path (BLAS called directly, ATen's mm,
+oneDNN's linear, oneDNN's brgemm) on every variant of the contract; rows split over threads;
+empty batches, saturating activations, each LayerNorm alone, the buffer pool, argument
+checks; torch.nn parity through seqlab.nn with backend='compiled', dispatch, and the fallback
+when the extension cannot be built. The path against the reference on the whole case set
+(float64 and float32, gradcheck, partial requires_grad, zero steps, strided gradients, second
+derivatives) is in test_kernels.py, with the other fast paths.
 
 Tests that need the extension skip, with the build error as the reason, when it cannot be
 built (no compiler); the fallback tests run everywhere.
@@ -24,11 +24,11 @@ import torch
 from torch import nn
 
 import seqlab.nn as snn
-from seqlab.kernels import compiled, fused, reference
-from seqlab.kernels.common import GATES, LayerWeights, Masks, RECORDED
+from seqlab.kernels import _testing, compiled, fused, reference
+from seqlab.kernels.common import GATES, LayerWeights, Masks
 from seqlab.kernels.dispatch import choose
 
-from kernel_cases import B, CELLS, H, I, KEEPS, P, T, TOL64, _flatten, _inputs, _run, compare  # tests/kernel_cases.py
+from kernel_cases import B, CELLS, H, I, P, T, TOL64, _flatten, _inputs, _run, compare, variants  # tests/kernel_cases.py
 
 
 
@@ -50,22 +50,15 @@ def gemm(request, ext):
         pytest.skip("torch was built without oneDNN (mkldnn)")
     if request.param == "blas" and not ext.has_direct_blas():
         pytest.skip("torch's BLAS (sgemm_/dgemm_) was not found in libtorch_cpu")
-    old = ext.set_gemm_threshold(0 if request.param == "onednn" else -1)
-    old_direct = ext.set_direct_blas(request.param == "blas")
-    old_brgemm = ext.set_brgemm(1 if request.param == "brgemm" else 0)
-    yield request.param
-    ext.set_gemm_threshold(old)
-    ext.set_direct_blas(old_direct)
-    ext.set_brgemm(old_brgemm)
+    with _testing.product_switches(**_testing.PRODUCT_PATHS[request.param]):
+        yield request.param
 
 
 @pytest.fixture
 def build_state():
-    """Save and restore the module's record of the build, for tests that fake a failure."""
-    saved = dict(compiled._state)
-    yield
-    compiled._state.clear()
-    compiled._state.update(saved)
+    """A fresh build attempt for tests that fake a failure; the real record comes back after."""
+    with _testing.build_attempt():
+        yield
 
 
 def _compare(cell, args, dtype, label):
@@ -77,20 +70,10 @@ def _compare(cell, args, dtype, label):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_matches_reference_every_variant_f64(ext, cell):
-    projs = (0, P) if cell == "lstm" else (0,)
-    for bias, layer_norm, proj, rec, keep in itertools.product((True, False), (False, True), projs, (False, True),
-                                                                KEEPS):
-        label = f"{cell} bias={bias} ln={layer_norm} proj={proj} rec={rec} keep={keep}"
-        _compare(cell, _inputs(cell, torch.float64, bias, layer_norm, proj, rec, keep), torch.float64, label)
-
-
-@pytest.mark.parametrize("cell", CELLS)
 def test_matches_reference_every_variant_f32(ext, gemm, cell):
-    projs = (0, P) if cell == "lstm" else (0,)
-    for layer_norm, proj, rec, keep in itertools.product((False, True), projs, (False, True), KEEPS):
+    for bias, layer_norm, proj, rec, keep in variants(cell, "compiled", biases=(True,)):
         label = f"{cell} [{gemm}] ln={layer_norm} proj={proj} rec={rec} keep={keep}"
-        _compare(cell, _inputs(cell, torch.float32, True, layer_norm, proj, rec, keep), torch.float32, label)
+        _compare(cell, _inputs(cell, torch.float32, bias, layer_norm, proj, rec, keep), torch.float32, label)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -106,23 +89,23 @@ def test_rows_split_over_threads(ext, cell):
     give the same values when computed twice.)"""
     if "OpenMP" not in torch.__config__.parallel_info():
         pytest.skip("torch's intra-op threads are not OpenMP's here: the rows run in one thread")
-    old, old_brgemm = torch.get_num_threads(), ext.set_brgemm(1)
+    old = torch.get_num_threads()
     b = 2 * (16384 // (GATES[cell] * H)) + 4
     projs = (0, P) if cell == "lstm" else (0,)
     try:
-        for layer_norm, proj, keep in itertools.product((False, True), projs, ("none", "zoneout")):
-            args = _inputs(cell, torch.float32, True, layer_norm, proj, True, keep, t=3, b=b)
-            runs = []
-            for threads in (1, 2):
-                torch.set_num_threads(threads)
-                runs.append(_flatten(*_run(compiled.run_layer, cell, *args)))
-            one, two = runs
-            for name in one:
-                torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-5 * float(one[name].detach().abs().max()),
-                                           msg=lambda m: f"{cell} ln={layer_norm} proj={proj} keep={keep} {name}: {m}")
+        with _testing.product_switches(brgemm=1):
+            for layer_norm, proj, keep in itertools.product((False, True), projs, ("none", "zoneout")):
+                args = _inputs(cell, torch.float32, True, layer_norm, proj, True, keep, t=3, b=b)
+                runs = []
+                for threads in (1, 2):
+                    torch.set_num_threads(threads)
+                    runs.append(_flatten(*_run(compiled.run_layer, cell, *args)))
+                one, two = runs
+                for name in one:
+                    torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-5 * float(one[name].detach().abs().max()),
+                                               msg=lambda m: f"{cell} ln={layer_norm} proj={proj} keep={keep} {name}: {m}")
     finally:
         torch.set_num_threads(old)
-        ext.set_brgemm(old_brgemm)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -140,34 +123,6 @@ def test_saturating_activations_f32(ext, cell):
     with torch.no_grad():
         x.mul_(300.0)
     _compare(cell, (x, h0, c0, w, masks), torch.float32, f"{cell} saturated")
-
-
-@pytest.mark.parametrize("cell", CELLS)
-def test_gradcheck_all_variants(ext, cell):
-    """float64 gradcheck of the C++ backward with LN, projection, rec dropout, zoneout and padding."""
-    proj = 2 if cell == "lstm" else 0
-    x, h0, c0, w, masks = _inputs(cell, torch.float64, True, True, proj, True, "padding_zoneout", seed=3, t=3, b=2)
-    names = ["x", "h0"] + (["c0"] if c0 is not None else []) + [k for k, v in w._asdict().items() if v is not None]
-    leaves = {"x": x, "h0": h0, "c0": c0, **w._asdict()}
-
-    def f(*ts):
-        d = dict(zip(names, ts))
-        ww = LayerWeights(**{k: d.get(k) for k in LayerWeights._fields})
-        res = compiled.run_layer(cell, d["x"], d["h0"], d.get("c0"), ww, masks)
-        return (res.y, res.h) + ((res.c,) if res.c is not None else ())
-
-    assert torch.autograd.gradcheck(f, tuple(leaves[k] for k in names), atol=1e-7, rtol=1e-6)
-
-
-@pytest.mark.parametrize("cell", CELLS)
-def test_partial_requires_grad(ext, cell):
-    """Only some inputs require grad: the skipped work must not change the ones asked for."""
-    x, h0, c0, w, masks = _inputs(cell, torch.float64, True, True, 0, True, "zoneout")
-    for leaf in (h0, c0, *w):
-        if leaf is not None:
-            leaf.requires_grad_(False)
-    w = w._replace(ln_hh_w=w.ln_hh_w.detach().requires_grad_())
-    _compare(cell, (x, h0, c0, w, masks), torch.float64, f"{cell} x and ln_hh_w only")
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -218,55 +173,6 @@ def test_large_buffers_match_reference_and_survive_retain_graph(ext):
             torch.testing.assert_close(got, want, **TOL64, msg=lambda m: f"call {call} leaf {k}: {m}")
             assert torch.equal(got, again), f"call {call} leaf {k}: the second backward differs"
         del res_com, g_com, g_again  # free the buffers, for the next call to reuse
-
-
-@pytest.mark.parametrize("cell", CELLS)
-def test_zero_steps(ext, cell):
-    x, h0, c0, w, masks = _inputs(cell, torch.float64, True, False, 0, False, "none", t=0)
-    res = compiled.run_layer(cell, x, h0, c0, w, masks, record=True)
-    assert res.y.shape == (0, B, H)
-    assert res.h is h0 and res.c is c0
-    assert all(res.record[n].shape == (0, B, H) for n in RECORDED[cell])
-
-
-def test_no_grad_matches_and_output_is_writable(ext):
-    x, h0, c0, w, masks = _inputs("lstm", torch.float64, True, True, P, False, "padding")
-    want = reference.run_layer("lstm", x, h0, c0, w, masks)
-    with torch.no_grad():  # the forward then keeps per-step scratch only
-        res = compiled.run_layer("lstm", x, h0, c0, w, masks)
-    assert not res.y.requires_grad
-    for a, b in ((res.y, want.y), (res.h, want.h), (res.c, want.c)):
-        torch.testing.assert_close(a, b.detach(), **TOL64)
-    # y is not a buffer the backward reads, so modifying it in place (dropout(inplace=True)) is fine
-    res = compiled.run_layer("lstm", x, h0, c0, w, masks)
-    res.y.mul_(2)
-    res.y.sum().backward()
-    assert x.grad is not None and torch.isfinite(x.grad).all()
-
-
-@pytest.mark.parametrize("keep", ["none", "padding"])
-@pytest.mark.parametrize("cell", CELLS)
-def test_strided_output_gradient(ext, cell, keep):
-    """dL/dy as a transposed view (what a batch_first layer passes back): the C++ loop must not
-    read it as contiguous."""
-    args = _inputs(cell, torch.float64, True, False, 0, False, keep)
-    grads = []
-    for kernel in (reference.run_layer, compiled.run_layer):
-        res = kernel(cell, *args)
-        g_y = torch.randn(B, T, H, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-        loss = (res.y.transpose(0, 1) * g_y).sum()  # dL/dy = g_y.transpose(0, 1), a strided view
-        grads.append(torch.autograd.grad(loss, [args[0], args[1], args[3].w_hh]))
-    for got, want in zip(grads[1], grads[0]):
-        torch.testing.assert_close(got, want, **TOL64)
-
-
-def test_recorded_values_are_copies(ext):
-    x, h0, c0, w, masks = _inputs("gru", torch.float64, True, False, 0, False, "none")
-    res = compiled.run_layer("gru", x, h0, c0, w, masks, record=True)
-    before = {k: v.clone() for k, v in res.record.items()}
-    res.y.sum().backward()
-    for k, v in res.record.items():
-        assert torch.equal(v, before[k]), k
 
 
 def test_argument_checks(ext):
@@ -370,7 +276,6 @@ def test_auto_prefers_compiled_on_cpu(ext):
 
 def test_no_compile_env_falls_back_to_fused(build_state, monkeypatch):
     monkeypatch.setenv("SEQLAB_NO_COMPILE", "1")
-    compiled._reset_for_tests()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # switching it off on purpose is not worth a warning
         assert not compiled.available()
@@ -458,7 +363,6 @@ def test_failed_build_warns_once_and_falls_back(build_state, monkeypatch):
                            "recurrent.cpp:1:10: fatal error: ATen/ATen.h: No such file or directory")
 
     monkeypatch.setattr(compiled, "load", broken_load)
-    compiled._reset_for_tests()
     torch.manual_seed(0)
     mod = snn.LSTM(I, H, num_layers=2)
     ref = snn.LSTM(I, H, num_layers=2, backend="fused")

@@ -28,3 +28,13 @@ def test_recurrent_cpp_includes_every_header():
     assert included == {h.name for h in CSRC.glob("*.h")}
     for h in CSRC.glob("*.h"):
         assert h.name in cpp.split("#include")[0], f"the map at the top of recurrent.cpp does not name {h.name}"
+
+
+def test_cell_ids_match_the_cpp_enum():
+    """The cell ids are written twice, once per language: common.CELL_ID (Python, which the compiled
+    and Triton paths pass) and csrc/common.h's ``enum Cell``; they must agree."""
+    from seqlab.kernels.common import CELL_ID
+
+    enum = re.search(r"enum Cell[^{]*\{([^}]*)\}", (CSRC / "common.h").read_text()).group(1)
+    cpp = {name.strip().lower(): int(value) for name, value in re.findall(r"(\w+)\s*=\s*(\d+)", enum)}
+    assert cpp == CELL_ID

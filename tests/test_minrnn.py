@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from seqlab.kernels import compiled
+from seqlab.kernels import _testing, compiled
 from seqlab.nn.minrnn import MinGRU, MinLSTM, _cell_step, _linear_scan_
 
 CLASSES = [MinGRU, MinLSTM]
@@ -285,17 +285,13 @@ def test_compiled_projection_on_each_product_path(cls, brgemm):
     thread, where the bias is copied into the rows first): both match the sequential path."""
     if not compiled.available():
         pytest.skip(f"the compiled path is not available here: {compiled.build_error()}")
-    ext = torch.ops.seqlab_compiled
     torch.manual_seed(0)
     m = cls(6, 5)
     x = torch.randn(40, 4, 6, requires_grad=True)
     params = [x, *m.parameters()]
-    old = ext.set_brgemm(brgemm)
-    try:
+    with _testing.product_switches(brgemm=brgemm):
         got = m(x, mode="compiled")
         got_grads = torch.autograd.grad(got[0].sum() + got[1].sum(), params)
-    finally:
-        ext.set_brgemm(old)
     ref = m(x, mode="sequential")
     ref_grads = torch.autograd.grad(ref[0].sum() + ref[1].sum(), params)
     for r, o in zip((*ref, *ref_grads), (*got, *got_grads)):

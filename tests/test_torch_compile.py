@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import seqlab.nn as snn
-from seqlab.kernels import compiled, reference
+from seqlab.kernels import _testing, compiled, reference
 from seqlab.kernels.common import LayerWeights, Masks
 
 I, H, P, T, B = 5, 6, 3, 4, 2
@@ -29,9 +29,10 @@ def ext():
 
 
 @pytest.fixture
-def library_op(monkeypatch):
+def library_op():
     """Take the custom-op route in eager mode too (it is normally taken only while compiling)."""
-    monkeypatch.setattr(compiled, "_FORCE_LIBRARY_OP", True)
+    with _testing.library_op():
+        yield
 
 
 class TinyModel(nn.Module):

@@ -1,14 +1,15 @@
-"""The Triton path against the reference loop (the specification), on the CPU under TRITON_INTERPRET=1.
+"""What only the Triton path has, on the CPU under TRITON_INTERPRET=1 (set by tests/conftest.py).
 
-Same inputs into both kernels; compared: outputs y, final h and c, the recorded per-step
-values, and the gradients of x, h0, c0 and every weight, for every supported cell, with
-and without biases, for each way the state-update masks are drawn, in float32 and float64;
-both schedules (the persistent kernel, and per-step tiling forced at tiny size) with several
-batch and hidden tiles; the Module path against torch.nn; the refusals and dispatch.
+Both schedules (the persistent kernel, and per-step tiling forced at tiny size) with several
+batch and hidden tiles, the half types, the Module path against torch.nn, second derivatives
+through the Module, the refusals and dispatch, import without triton, and a compile for sm_90.
+The path against the reference on the kernel case set (every cell, bias or not, every way the
+state-update masks are drawn, float32 and float64) is in test_kernels.py, with the other fast
+paths; the tests here take their inputs and the comparison from the same tests/kernel_cases.py.
 
 The interpreter runs each Triton program as NumPy on the CPU: it checks indexing, masking
 and the equations, not GPU concurrency or speed. Everything skips, saying why, when triton
-is not installed.
+cannot run.
 """
 from __future__ import annotations
 
@@ -21,98 +22,28 @@ import pytest
 import torch
 from torch import nn
 
-# triton.jit picks the interpreter when it decorates a function, and triton decorates its own
-# library functions on import: the variable must be set before anything imports triton, and stay set
-# (a process that mixes interpreted and compiled triton functions breaks inside triton)
-os.environ["TRITON_INTERPRET"] = "1"
-try:
-    import triton  # noqa: F401
-    HAVE_TRITON = True
-except ImportError:
-    HAVE_TRITON = False
-from seqlab.kernels import triton_rnn  # noqa: E402
+import seqlab.nn as snn
+from seqlab.kernels import reference, triton_rnn
+from seqlab.kernels.common import LayerWeights, Masks
+from seqlab.kernels.dispatch import choose
 
-import seqlab.nn as snn  # noqa: E402
-from seqlab.kernels import reference  # noqa: E402
-from seqlab.kernels.common import GATES, LayerWeights, Masks  # noqa: E402
-from seqlab.kernels.dispatch import choose  # noqa: E402
+from kernel_cases import B, CELLS, H, I, TOL64, _flatten, _inputs, _run, compare, triton_skip_reason  # tests/kernel_cases.py
 
-needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed (pip install triton)")
-if HAVE_TRITON and not triton_rnn._INTERPRET:  # something imported triton before this module could set it
-    needs_triton = pytest.mark.skip(reason="triton was imported before TRITON_INTERPRET=1 was set; run this file "
-                                           "on its own or with TRITON_INTERPRET=1 in the environment")
-
-T, B, I, H = 5, 3, 7, 6  # I = 7 is prime so no other size can divide it
-CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
-KEEPS = ("none", "zoneout", "padding_zoneout")
-TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float64: dict(atol=1e-10, rtol=1e-10)}
+_WHY = triton_skip_reason()
+needs_triton = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
 
 
-def _inputs(cell, dtype, bias, keep, t=T, b=B, h=H, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    G = GATES[cell]
-
-    def r(*shape):
-        return (torch.randn(*shape, generator=gen, dtype=dtype) * 0.5).requires_grad_()
-
-    w = LayerWeights(w_ih=r(G * h, I), w_hh=r(G * h, h), b_ih=r(G * h) if bias else None,
-                     b_hh=r(G * h) if bias else None)
-    # x non-contiguous on purpose: a batch-first tensor seen time-major
-    x = torch.randn(b, t, I, generator=gen, dtype=dtype).transpose(0, 1).requires_grad_()
-    h0 = r(b, h)
-    c0 = r(b, h) if cell == "lstm" else None
-
-    def bern(shape, p):
-        return torch.bernoulli(torch.full(shape, p, dtype=dtype), generator=gen)
-
-    k = kc = out = None
-    if keep in ("zoneout", "padding_zoneout"):  # 0/1 draws per unit
-        k, kc = bern((t, b, h), 0.4), (bern((t, b, h), 0.3) if cell == "lstm" else None)
-    if keep == "padding_zoneout":  # lengths, as (T, B, 1) masks combined with the zoneout draws
-        lengths = (torch.arange(b) * 3 + 1) % t + 1  # 1 <= length <= t, and not all equal
-        out = (torch.arange(t).unsqueeze(1) < lengths.unsqueeze(0)).to(dtype).unsqueeze(-1)  # (T, B, 1)
-        k = 1 - out * (1 - k)
-        if kc is not None:
-            kc = 1 - out * (1 - kc)
-    return x, h0, c0, w, Masks(keep=k, keep_c=kc, out=out)
-
-
-def _run(kernel, cell, x, h0, c0, w, masks):
-    """Everything compared: y, h, c, record[·] and the gradient of every leaf, by name."""
-    res = kernel(cell, x, h0, c0, w, masks, record=True)
-    gen = torch.Generator().manual_seed(1)
-    outs = [res.y, res.h] + ([res.c] if res.c is not None else [])
-    # drawn in float64 whatever x's dtype, so every dtype sees the same output gradients
-    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(x.dtype)).sum() for o in outs)
-    leaves = {"x": x, "h0": h0, "c0": c0, **w._asdict()}
-    leaves = {k: v for k, v in leaves.items() if v is not None}
-    grads = torch.autograd.grad(loss, list(leaves.values()))
-    got = {"y": res.y, "h": res.h, "c": res.c, **{f"record[{k}]": v for k, v in res.record.items()}}
-    got.update({f"d{k}": g for k, g in zip(leaves, grads)})
-    return {k: v for k, v in got.items() if v is not None}
-
-
-def _compare(cell, dtype, bias, keep, **size):
-    args = _inputs(cell, dtype, bias, keep, **size)
-    want = _run(reference.run_layer, cell, *args)
-    got = _run(triton_rnn.run_layer, cell, *args)
-    assert got.keys() == want.keys()
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], **TOL[dtype], msg=lambda m: f"{cell} {name}: {m}")
-
-
-@needs_triton
-@pytest.mark.parametrize("cell,dtype,bias,keep", list(itertools.product(
-    CELLS, (torch.float32, torch.float64), (True, False), KEEPS)))
-def test_persistent_matches_reference(cell, dtype, bias, keep):
-    _compare(cell, dtype, bias, keep)
+def _compare(cell, keep, **size):
+    """The Triton path against the reference on one float64 case of the set, with biases."""
+    args = _inputs(cell, torch.float64, True, False, 0, False, keep, **size)
+    compare(triton_rnn.run_layer, cell, args, torch.float64, f"triton {cell} keep={keep} {size}")
 
 
 @needs_triton
 @pytest.mark.parametrize("cell,keep", list(itertools.product(CELLS, ("none", "padding_zoneout"))))
 def test_per_step_tiling_matches_reference(cell, keep, monkeypatch):
     monkeypatch.setattr(triton_rnn, "PERSISTENT_MAX_HIDDEN", 0)  # every size takes the per-step launches
-    _compare(cell, torch.float64, True, keep)
+    _compare(cell, keep)
 
 
 @needs_triton
@@ -123,33 +54,25 @@ def test_several_tiles_match_reference(cell, persistent, monkeypatch):
     monkeypatch.setattr(triton_rnn, "MAX_TILE", 16)
     if not persistent:
         monkeypatch.setattr(triton_rnn, "PERSISTENT_MAX_HIDDEN", 0)
-    _compare(cell, torch.float64, True, "padding_zoneout", t=3, b=17, h=20)
+    _compare(cell, "padding_zoneout", t=3, b=17, h=20)
 
 
 @needs_triton
 @pytest.mark.parametrize("cell,half", list(itertools.product(CELLS, (torch.bfloat16, torch.float16))))
 def test_half_runs_close_to_float32(cell, half):
-    x, h0, c0, w, masks = _inputs(cell, torch.float32, True, "padding_zoneout")
+    x, h0, c0, w, masks = _inputs(cell, torch.float32, True, False, 0, False, "padding_zoneout")
     lo = [None if t is None else t.detach().to(half).requires_grad_() for t in (x, h0, c0)]
     wb = LayerWeights(*(None if t is None else t.detach().to(half).requires_grad_() for t in w))
     mb = Masks(*(None if t is None else t.to(half) for t in masks))
-    got = _run(triton_rnn.run_layer, cell, *lo, wb, mb)
+    got = _flatten(*_run(triton_rnn.run_layer, cell, *lo, wb, mb))
     # the reference in float32 on the same (rounded) numbers; bfloat16 keeps ~3 significant digits
     # (float16 ~4) and the weight gradients sum T*B terms: a loose tolerance (the fused path is as far off)
     f32 = [None if t is None else t.detach().float().requires_grad_() for t in lo]
     wf = LayerWeights(*(None if t is None else t.detach().float().requires_grad_() for t in wb))
-    want = _run(reference.run_layer, cell, *f32, wf, Masks(*(None if t is None else t.float() for t in mb)))
+    want = _flatten(*_run(reference.run_layer, cell, *f32, wf, Masks(*(None if t is None else t.float() for t in mb))))
     for name in want:
         assert got[name].dtype == half, name
         torch.testing.assert_close(got[name].float(), want[name], atol=0.15, rtol=0.05, msg=lambda m: f"{name}: {m}")
-
-
-@needs_triton
-def test_zero_steps_pass_the_state_through():
-    x, h0, c0, w, _ = _inputs("lstm", torch.float32, True, "none", t=0)
-    res = triton_rnn.run_layer("lstm", x, h0, c0, w, Masks(), record=True)
-    assert res.y.shape == (0, B, H) and res.h is h0 and res.c is c0
-    assert all(v.shape == (0, B, H) for v in res.record.values())
 
 
 @needs_triton
@@ -166,12 +89,12 @@ def test_module_matches_torch_nn(cls, kw):
     y_ref, _ = nn.utils.rnn.pad_packed_sequence(ref(packed)[0])
     y, _ = ours(x, lengths=lengths)
     assert ours.last_dispatch == ("triton", "")
-    torch.testing.assert_close(y, y_ref, **TOL[torch.float64])
+    torch.testing.assert_close(y, y_ref, **TOL64)
     g = torch.randn_like(y)
     got = torch.autograd.grad((y * g).sum(), [x, *ours.parameters()])
     want = torch.autograd.grad((y_ref * g).sum(), [x, *ref.parameters()])
     for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, **TOL[torch.float64])
+        torch.testing.assert_close(a, b, **TOL64)
 
 
 @needs_triton
@@ -187,7 +110,7 @@ def test_second_derivatives_via_reference(cls):
 
 @needs_triton
 def test_refusals_say_why(monkeypatch):
-    x, h0, c0, w, masks = _inputs("lstm", torch.float32, True, "none")
+    x, h0, c0, w, masks = _inputs("lstm", torch.float32, True, False, 0, False, "none")
     assert triton_rnn.supports("lstm", x, w, masks) is None
     G4 = 4 * H
     ln = w._replace(ln_ih_w=torch.ones(G4), ln_ih_b=torch.zeros(G4), ln_hh_w=torch.ones(G4),
@@ -208,7 +131,7 @@ def test_refusals_say_why(monkeypatch):
 
 @needs_triton
 def test_dispatch(monkeypatch):
-    x, h0, c0, w, masks = _inputs("gru", torch.float32, True, "none")
+    x, h0, c0, w, masks = _inputs("gru", torch.float32, True, False, 0, False, "none")
     kernel, why = choose("triton", "gru", x, w, masks)
     assert kernel is triton_rnn.run_layer and why == ("triton", "")
     # on the CPU, auto never takes the triton path, interpreter or not

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
+import torch
 from torch import Tensor
 
 LN_EPS = 1e-5
@@ -180,3 +181,203 @@ def empty_result(cell: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], H: int,
     B, P = h0.shape
     rec = {name: x.new_zeros((0, B, P if name == "h" else H)) for name in RECORDED[cell]} if record else None
     return LayerResult(x.new_zeros((0, B, P)), h0, c0 if cell == "lstm" else None, rec)
+
+
+# ----------------------------------------------------------------------------
+# The shell the fast paths share (fused.py, compiled.py, triton_rnn.py): checking, the input
+# projection, recording, the outputs, the start of the backward and the weight gradients after
+# the loop. Each path keeps only its time loop (and, for the compiled path, its C++ ops).
+
+#: the cell ids the C++ and Triton kernels take (csrc/common.h's ``enum Cell``)
+CELL_ID = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
+#: a fast path's ``autograd.Function`` takes (cell, recorded, x, h0, c0, *weights, *masks):
+#: the first N_WEIGHTS slots are ``LayerWeights``, the rest ``Masks``
+N_WEIGHTS = len(LayerWeights._fields)
+#: the names of a Function's differentiable inputs, in ``ctx.needs_input_grad[2:]`` order
+GRAD_NAMES = ("x", "h0", "c0") + LayerWeights._fields
+
+
+def fast_run_layer(path: str, supports, run):
+    """The public ``run_layer`` of a fast path: refuse with the reason ``supports`` gives, else ``run``.
+
+    ``supports(cell, x, w, masks)`` is None or a one-line reason; ``run`` has ``run_layer``'s
+    signature and may assume the call was accepted (see ``run_accepted``). The signature and
+    contract are ``reference.run_layer``'s.
+    """
+    def run_layer(cell: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w: LayerWeights, masks: Masks = Masks(),
+                  record: bool = False) -> LayerResult:
+        """Run ``cell`` over ``x`` (T, B, I), time-major, from (h0, c0); the contract of ``reference.run_layer``.
+
+        Raises ValueError with the path's reason when it cannot run the call. Gradients flow to
+        x, h0, c0 and every weight that is given (not to the masks); a backward with
+        ``create_graph=True`` is differentiated through the reference loop.
+        """
+        reason = supports(cell, x, w, masks)
+        if reason is not None:
+            raise ValueError(f"the {path} path cannot run this call: {reason}")
+        return run(cell, x, h0, c0, w, masks, record)
+
+    run_layer.__qualname__ = run_layer.__name__ = "run_layer"
+    return run_layer
+
+
+def run_accepted(apply, cell: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w: LayerWeights, masks: Masks,
+                 record: bool) -> LayerResult:
+    """An accepted call: check the shapes, pass T == 0 through, else ``apply`` and copy what it recorded.
+
+    ``apply(cell, recorded, x, h0, c0, *w, *masks) -> (y, h_T, c_T or None)`` is the path's
+    time loop (its ``autograd.Function.apply``); ``recorded`` is None or a dict it fills with
+    views of its buffers (``record_views``). The user gets copies: the backward reads those
+    buffers, and some paths overwrite them in place, so a later ``backward()`` must not change
+    what the user is looking at.
+    """
+    T, B, H, P = check_layer_shapes(cell, x, h0, c0, w, masks)
+    if T == 0:
+        return empty_result(cell, x, h0, c0, H, record)
+    recorded: Optional[dict] = {} if record else None
+    y, h, c = apply(cell, recorded, x, h0, c0 if cell == "lstm" else None, *w, *masks)
+    if recorded is not None:
+        recorded = {name: recorded[name].detach().clone() for name in RECORDED[cell]}
+    return LayerResult(y, h, c, recorded)
+
+
+def split_slots(slots: tuple) -> tuple[LayerWeights, Masks]:
+    """The Function's flat slots (*weights, *masks) as the two NamedTuples."""
+    return LayerWeights(*slots[:N_WEIGHTS]), Masks(*slots[N_WEIGHTS:])
+
+
+def folded_bias(cell: str, w: LayerWeights) -> Optional[Tensor]:
+    """The bias added to the input projection: b_ih, plus b_hh where the cell allows it.
+
+    For the LSTM and the RNN b_hh is added after LN_hh, so it only shifts xw_t + hw_t and can
+    join b_ih (one add over all steps instead of one per step). The GRU keeps b_hh in hw_t,
+    where r multiplies its n block. csrc/forward.h folds the same way.
+    """
+    if cell == "gru" or w.b_hh is None:
+        return w.b_ih
+    return w.b_hh if w.b_ih is None else w.b_ih + w.b_hh
+
+
+def project_inputs(cell: str, x: Tensor, w: LayerWeights) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """xw_t = LN_ih(W_ih x_t) + b_ih (+ b_hh, ``folded_bias``) for all steps in one product.
+
+    Returns x_rows (T*B, I), xw (T, B, G*H), a fresh buffer the loop may overwrite, and xp =
+    W_ih x_t (T*B, G*H), LN_ih's input, kept for its backward (None without LN_ih).
+    """
+    T, B, I = x.shape
+    GH = w.w_ih.shape[0]
+    x_rows = x.reshape(T * B, I)  # (T, B, I) -> (T*B, I); copies only when x is non-contiguous
+    b_x = folded_bias(cell, w)
+    xp = None
+    if w.ln_ih_w is not None:
+        xp = torch.mm(x_rows, w.w_ih.t())  # (T*B, GH)
+        b_ln = b_x if w.ln_ih_b is None else (w.ln_ih_b if b_x is None else w.ln_ih_b + b_x)
+        xw = torch.native_layer_norm(xp, (GH,), w.ln_ih_w, b_ln, LN_EPS)[0]
+    elif b_x is None:
+        xw = torch.mm(x_rows, w.w_ih.t())
+    else:
+        xw = torch.addmm(b_x, x_rows, w.w_ih.t())
+    return x_rows, xw.view(T, B, GH), xp  # (T*B, GH) -> (T, B, GH)
+
+
+def record_views(cell: str, H: int, h: Tensor, act: Optional[Tensor] = None, c: Optional[Tensor] = None) -> dict:
+    """``RECORDED[cell]`` as views of a loop's buffers: h (T, B, P); act (T, B, G*H), the gates
+    after σ / tanh in torch.nn's order (LSTM, GRU); c (T, B, H), the LSTM's blended c_t."""
+    out = {"h": h}
+    if cell == "lstm":
+        out.update(zip("ifgo", act.split(H, dim=-1)), c=c)  # 4 x (T, B, H)
+    elif cell == "gru":
+        out.update(zip("rzn", act.split(H, dim=-1)))  # 3 x (T, B, H)
+    return out
+
+
+def layer_outputs(h_all: Tensor, c_all: Optional[Tensor], out: Optional[Tensor]) -> tuple:
+    """(y, h_T, c_T) from the loop's h_t (T, B, P) and c_t (T, B, H): y_t = o_t ⊙ h_t.
+
+    All three are fresh tensors, not the buffers the backward reads, so that a caller may
+    modify them in place (e.g. dropout(inplace=True)) without breaking the backward.
+    """
+    y = h_all * out if out is not None else h_all.clone()
+    return y, h_all[-1].clone(), (c_all[-1].clone() if c_all is not None else None)
+
+
+def grad_needs(ctx) -> dict:
+    """name (``GRAD_NAMES``) -> whether autograd wants that input's gradient."""
+    return dict(zip(GRAD_NAMES, ctx.needs_input_grad[2:]))
+
+
+def backward_start(dy: Tensor, dh_T: Optional[Tensor], out: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """Fresh, contiguous buffers the reverse loop accumulates into: dY = o_t ⊙ dL/dy_t (T, B, P), the
+    gradient arriving at h_t from y_t; dh = dL/dh_T (B, P), the running gradient from the future."""
+    dY = torch.empty(dy.shape, dtype=dy.dtype, device=dy.device)
+    if out is not None:
+        torch.mul(dy, out, out=dY)
+    else:
+        dY.copy_(dy)
+    return dY, state_grad(dh_T, dY[0])
+
+
+def state_grad(d: Optional[Tensor], like: Tensor) -> Tensor:
+    """A fresh (B, ·) copy of an incoming state gradient, zeros where autograd gave none."""
+    return torch.zeros_like(like) if d is None else d.clone(memory_format=torch.contiguous_format)
+
+
+def rows(t: Tensor) -> Tensor:
+    return t.reshape(-1, t.shape[-1])  # (T, B, n) -> (T*B, n)
+
+
+def recurrent_weight_grads(grads: dict, need: dict, dhp: Tensor, dhw: Tensor, h_in: Optional[Tensor] = None,
+                           h0: Optional[Tensor] = None, h_all: Optional[Tensor] = None) -> None:
+    """After the reverse loop: dW_hh = Σ_t dhp_t^T (m ⊙ h_{t-1}) and db_hh = Σ_t dhw_t into ``grads``.
+
+    dhp (T, B, G*H) is the gradient of W_hh (m ⊙ h_{t-1}), dhw that of hw_t (after LN_hh; the
+    same tensor without LN_hh). h_in (T, B, P) holds every m ⊙ h_{t-1} where the caller has it
+    in one buffer; else h_{t-1} is h0 (B, P) then h_all[:-1], taken as two products rather than
+    concatenated (a copy of (T, B, P)). One product or reduction over all T*B rows each; b_hh
+    and LN_hh's bias have the same gradient (both are added after LN_hh's normalisation).
+    """
+    if need["w_hh"]:
+        if h_in is not None:
+            grads["w_hh"] = torch.mm(rows(dhp).t(), rows(h_in))  # (GH, T*B) @ (T*B, P) -> (GH, P)
+        else:
+            grads["w_hh"] = torch.mm(dhp[0].t(), h0)  # (GH, B) @ (B, P)
+            if dhp.shape[0] > 1:
+                grads["w_hh"].addmm_(rows(dhp[1:]).t(), rows(h_all[:-1]))  # (GH, (T-1)*B) @ (…, P)
+    if need["b_hh"] or need["ln_hh_b"]:
+        db_hh = dhw.sum(dim=(0, 1))  # (T, B, GH) -> (GH,)
+        grads["b_hh"] = db_hh if need["b_hh"] else None
+        grads["ln_hh_b"] = db_hh if need["ln_hh_b"] else None
+
+
+def input_weight_grads(grads: dict, need: dict, dxw: Tensor, x_rows: Tensor, w_ih: Tensor, ln_ih_backward=None) -> None:
+    """After the reverse loop: the input side from dxw (T, B, G*H), the gradient of xw_t, into ``grads``.
+
+    db_ih = Σ dxw (LN_ih's bias too); then, under LN_ih, ``ln_ih_backward(dxp)`` turns dxw
+    (T*B, G*H) in place into the gradient of W_ih x_t and returns LN_ih's weight gradient;
+    dW_ih = dxp^T X and dx = dxp W_ih, one product each over all T*B rows.
+    """
+    T, B, GH = dxw.shape
+    if need["b_ih"] or need["ln_ih_b"]:
+        db_ih = dxw.sum(dim=(0, 1))  # (T, B, GH) -> (GH,)
+        grads["b_ih"] = db_ih if need["b_ih"] else None
+        grads["ln_ih_b"] = db_ih if need["ln_ih_b"] else None
+    dxp = rows(dxw)  # (T*B, GH)
+    if ln_ih_backward is not None and (need["x"] or need["w_ih"] or need["ln_ih_w"]):
+        dw = ln_ih_backward(dxp)
+        grads["ln_ih_w"] = dw if need["ln_ih_w"] else None
+    if need["w_ih"]:
+        grads["w_ih"] = torch.mm(dxp.t(), x_rows)  # (GH, T*B) @ (T*B, I) -> (GH, I)
+    if need["x"]:
+        grads["x"] = torch.mm(dxp, w_ih).view(T, B, -1)  # (T*B, GH) @ (GH, I) -> (T, B, I)
+
+
+_NO_MASK_GRADS = (None,) * len(Masks._fields)
+
+
+def function_grads(grads) -> tuple:
+    """The gradients as a Function's backward returns them: None for cell and recorded, the
+    ``GRAD_NAMES`` in order, None for the masks (constants). ``grads`` maps a name to its
+    gradient (a missing name: None), or is already a sequence in ``GRAD_NAMES`` order."""
+    if isinstance(grads, dict):
+        grads = [grads.get(name) for name in GRAD_NAMES]
+    return (None, None, *grads) + _NO_MASK_GRADS

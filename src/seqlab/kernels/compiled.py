@@ -24,13 +24,13 @@ built with ``torch.utils.cpp_extension`` on first use and cached:
   different sources sharing one cache keep different libraries (``load``); the stamp is also
   compiled in, and a library whose compiled-in stamp does not match is refused the same way.
 
-Layers: this module validates and calls the two ops ``torch.ops.seqlab_compiled.rnn_forward``
-/ ``rnn_backward`` from an autograd.Function; the kernel owns the memory of the loop. Runs
-float32 and float64 on CPU. The products use MKL (the products over all T*B rows into pooled
+Layers: the shell of ``common.py`` validates (``run_layer`` is its ``fast_run_layer``); this
+module calls the two ops ``torch.ops.seqlab_compiled.rnn_forward`` / ``rnn_backward`` from an
+autograd.Function; the kernel owns the memory of the loop. Runs float32 and float64 on CPU. The products use MKL (the products over all T*B rows into pooled
 buffers), except in float32 on a CPU with AVX-512: there, on one thread, the projection and the
 per-step products go to oneDNN's brgemm micro-kernel, and on more threads large per-step products
-go to oneDNN's linear and small ones to brgemm (see "Matrix products" in the C++;
-``torch.ops.seqlab_compiled.set_brgemm`` and ``set_gemm_threshold`` move the switches). On Linux,
+go to oneDNN's linear and small ones to brgemm (see "Matrix products" in csrc/products.h; the
+tests pin each choice through ``seqlab.kernels._testing``, which is not part of the API). On Linux,
 where torch's threads are OpenMP's, a step's pointwise rows are split over them when there are
 enough (``_openmp_flags``; the backward keeps rows that sum LayerNorm weight gradients in one).
 Second derivatives (``create_graph=True``) go through the reference loop
@@ -61,7 +61,8 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .common import GATES, LayerResult, LayerWeights, Masks, RECORDED, check_layer_shapes, empty_result, refuse_call
+from .common import (CELL_ID, GATES, N_WEIGHTS, LayerResult, LayerWeights, Masks, fast_run_layer,
+                     function_grads, record_views, refuse_call, run_accepted)
 
 __all__ = ["run_layer", "run_supported", "supports", "run_min_layer", "supports_min", "available", "build_error", "load",
            "library_path", "SOURCES"]
@@ -72,7 +73,6 @@ SOURCES = (Path(__file__).resolve().parent / "csrc" / "recurrent.cpp",)
 HEADERS = tuple(sorted((Path(__file__).resolve().parent / "csrc").glob("*.h")))
 #: dtypes the C++ loops are instantiated for (AT_DISPATCH_FLOATING_TYPES)
 _FLOATS = (torch.float32, torch.float64)
-_CELL_ID = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
 _MIN_CELL_ID = {"mingru": 0, "minlstm": 1}  # csrc/recurrent.cpp ``MinCell``
 _N_SAVED = 12  # the forward's saved tensors, in csrc/recurrent.cpp's ``Saved`` order
 _EXT_NAME = "seqlab_compiled"
@@ -250,11 +250,6 @@ def build_error() -> str:
     return _state["error"]
 
 
-def _reset_for_tests() -> None:
-    """Forget the last build attempt, so that ``available()`` tries again (tests only)."""
-    _state.update(tried=False, ok=False, error="")
-
-
 # ----------------------------------------------------------------------------
 # Public entry points
 
@@ -275,57 +270,38 @@ def supports(cell: str, x: Tensor, w: LayerWeights, masks: Masks) -> Optional[st
     return None
 
 
-def run_layer(
-    cell: str,
-    x: Tensor,
-    h0: Tensor,
-    c0: Optional[Tensor],
-    w: LayerWeights,
-    masks: Masks = Masks(),
-    record: bool = False,
-) -> LayerResult:
-    """Run ``cell`` over ``x`` (T, B, I), time-major, from (h0, c0); same contract as ``reference.run_layer``.
-
-    Gradients flow to x, h0, c0 and every weight that is given (not to the masks); a
-    backward with ``create_graph=True`` is differentiated through the reference loop.
-    """
-    reason = supports(cell, x, w, masks)
-    if reason is not None:
-        raise ValueError(f"the compiled path cannot run this call: {reason}")
-    return run_supported(cell, x, h0, c0, w, masks, record)
-
-
 def run_supported(cell: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w: LayerWeights, masks: Masks = Masks(),
                   record: bool = False) -> LayerResult:
     """``run_layer`` for a call that ``supports`` has accepted: what dispatch returns, so that a
     forward does not make the same checks twice (they are a tenth of a one-step call)."""
-    T, B, H, P = check_layer_shapes(cell, x, h0, c0, w, masks)
-    if T == 0:
-        return empty_result(cell, x, h0, c0, H, record)
+    return run_accepted(_apply, cell, x, h0, c0, w, masks, record)
 
-    c0 = c0 if cell == "lstm" else None
+
+run_layer = fast_run_layer("compiled", supports, run_supported)
+
+
+def _apply(cell: str, recorded: Optional[dict], x: Tensor, h0: Tensor, c0: Optional[Tensor], *slots):
+    """The loop of an accepted call (``run_accepted``'s ``apply``), by one of three routes."""
     if _use_library_op():
         # under torch.compile: the registered op (fake shapes + autograd), no graph break
-        save = torch.is_grad_enabled() or record
-        out = torch.ops.seqlab.rnn_layer(_CELL_ID[cell], x, h0, c0, *w, *masks, save)
-        saved = _unpack_saved(cell, out[3:], w, masks)
-        rec = _record(cell, saved, H) if record else None
-        return LayerResult(out[0], out[1], out[2] if cell == "lstm" else None, rec)
-    recorded: Optional[dict] = {} if record else None
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, c0, *w)):
-        y, h, c = _Compiled.apply(cell, recorded, x, h0, c0, *w, *masks)
-    else:
-        # nothing to differentiate: the op itself, without autograd.Function's bookkeeping
-        # (about a fifth of a one-step call, which is what generation makes)
-        y, h, c, _ = _forward(cell, recorded, x, h0, c0, _contiguous_1d((*w, *masks)), save=False)
-    return LayerResult(y, h, c, recorded)
+        w, masks = LayerWeights(*slots[:N_WEIGHTS]), Masks(*slots[N_WEIGHTS:])
+        save = torch.is_grad_enabled() or recorded is not None
+        out = torch.ops.seqlab.rnn_layer(CELL_ID[cell], x, h0, c0, *slots, save)
+        if recorded is not None:
+            recorded.update(_record(cell, _unpack_saved(cell, out[3:], w, masks), _hidden_size(w.w_ih, cell)))
+        return out[0], out[1], (out[2] if cell == "lstm" else None)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, c0, *slots[:N_WEIGHTS])):
+        return _Compiled.apply(cell, recorded, x, h0, c0, *slots)
+    # nothing to differentiate: the op itself, without autograd.Function's bookkeeping
+    # (about a fifth of a one-step call, which is what generation makes)
+    return _forward(cell, recorded, x, h0, c0, _contiguous_1d(slots), save=False)[:3]
 
 
 def _forward(cell: str, recorded: Optional[dict], x: Tensor, h0: Tensor, c0: Optional[Tensor], slots: tuple,
              save: bool) -> tuple[Tensor, Tensor, Optional[Tensor], list]:
     """The forward op over the 15 slots (_contiguous_1d): (y, h_T, c_T or None, the saved tensors);
-    fills ``recorded`` when given."""
-    out = torch.ops.seqlab_compiled.rnn_forward(_CELL_ID[cell], x, h0, c0, *slots, save or recorded is not None)
+    fills ``recorded`` with views of the saved buffers when given."""
+    out = torch.ops.seqlab_compiled.rnn_forward(CELL_ID[cell], x, h0, c0, *slots, save or recorded is not None)
     saved = list(out[3:])
     if recorded is not None:
         recorded.update(_record(cell, saved, _hidden_size(slots[0], cell)))
@@ -338,27 +314,18 @@ def _contiguous_1d(slots: tuple) -> tuple:
 
 
 def _record(cell: str, saved: list, H: int) -> dict:
-    """The per-step values of ``RECORDED[cell]``, copied out of the forward's buffers."""
-    h_all, act, c_all = saved[0], saved[1], saved[2]
-    out = {"h": h_all}
-    if cell == "lstm":
-        out.update(zip("ifgo", act.split(H, dim=-1)), c=c_all)  # 4 x (T, B, H)
-    elif cell == "gru":
-        out.update(zip("rzn", act.split(H, dim=-1)))  # 3 x (T, B, H)
-    # copies: the backward reads these buffers, and a user must not see them change
-    return {name: out[name].detach().clone() for name in RECORDED[cell]}
+    """``record_views`` of the forward's saved buffers (h_all, act, c_all: csrc's ``Saved`` order)."""
+    return record_views(cell, H, saved[0], saved[1], saved[2])
 
 
 # ----------------------------------------------------------------------------
 # The autograd.Function
 
 
-_N_W = len(LayerWeights._fields)
-
-
 class _Compiled(torch.autograd.Function):
-    """One layer, one direction. Arguments: cell, a dict to record into (or None), x, h0, c0,
-    the 11 ``LayerWeights`` slots, the 4 ``Masks`` slots. Returns (y, h_T, c_T or None)."""
+    """One layer, one direction on the C++ ops.
+
+    Arguments and results: those of ``common.run_accepted``'s ``apply``."""
 
     @staticmethod
     def forward(ctx, cell, recorded, x, h0, c0, *slots):
@@ -380,11 +347,10 @@ class _Compiled(torch.autograd.Function):
         x, h0 = next(it), next(it)
         rest = [next(it) if has else None for has in ctx.has]
         c0, saved, slots = rest[0], rest[1:1 + ctx.n_saved], rest[1 + ctx.n_saved:]
-        need = [int(n) for n in ctx.needs_input_grad[2:5 + _N_W]]
+        need = [int(n) for n in ctx.needs_input_grad[2:5 + N_WEIGHTS]]
         grads = torch.ops.seqlab_compiled.rnn_backward(
-            _CELL_ID[ctx.cell], saved, x, h0, c0, list(slots[:_N_W]), list(slots[_N_W:]), dy, dh_T, dc_T, need)
-        grads = [g if n else None for g, n in zip(grads, need)]
-        return (None, None) + tuple(grads) + (None,) * len(Masks._fields)
+            CELL_ID[ctx.cell], saved, x, h0, c0, list(slots[:N_WEIGHTS]), list(slots[N_WEIGHTS:]), dy, dh_T, dc_T, need)
+        return function_grads([g if n else None for g, n in zip(grads, need)])
 
 
 def _hidden_size(w_ih: Tensor, cell: str) -> int:
@@ -502,8 +468,8 @@ def _rnn_layer_op(cell: int, x: Tensor, h0: Tensor, c0: OptT, w_ih: Tensor, w_hh
 @_rnn_layer_op.register_fake
 def _(cell, x, h0, c0, *slots):
     *slots, save = slots
-    name = {v: k for k, v in _CELL_ID.items()}[cell]
-    w, m = LayerWeights(*slots[:_N_W]), Masks(*slots[_N_W:])
+    name = {v: k for k, v in CELL_ID.items()}[cell]
+    w, m = LayerWeights(*slots[:N_WEIGHTS]), Masks(*slots[N_WEIGHTS:])
     T, B, _ = x.shape
     H = w.w_ih.shape[0] // GATES[name]
     P = h0.shape[-1]
@@ -536,7 +502,7 @@ def _(cell, saved, x, h0, c0, weights, masks, dy, dh_T, dc_T, need):
 
 def _setup_context(ctx, inputs, output):
     cell, x, h0, c0, *slots = inputs
-    ctx.cell, ctx.n_w, ctx.n_m = cell, _N_W, len(Masks._fields)
+    ctx.cell, ctx.n_w, ctx.n_m = cell, N_WEIGHTS, len(Masks._fields)
     ctx.save_for_backward(x, h0, c0, *slots[:-1], *output[3:])
 
 
@@ -545,7 +511,7 @@ def _backward(ctx, grads):
     x, h0, c0 = s[0], s[1], s[2]
     weights = list(s[3:3 + ctx.n_w])
     masks = list(s[3 + ctx.n_w:3 + ctx.n_w + ctx.n_m])
-    name = {v: k for k, v in _CELL_ID.items()}[ctx.cell]
+    name = {v: k for k, v in CELL_ID.items()}[ctx.cell]
     saved = _unpack_saved(name, list(s[3 + ctx.n_w + ctx.n_m:]), weights, masks)
     # every given tensor gets its gradient; autograd drops those nobody asked for
     need = [int(t is not None) for t in (x, h0, c0, *weights)]

@@ -35,6 +35,10 @@ LayerNorm's backward is written out by hand (``_LayerNormGrad``):
     dv = rstd ⊙ (dv̂ - mean(dv̂) - v̂ ⊙ mean(dv̂ ⊙ v̂)),  dv̂ = dLN ⊙ w,
 which is exact with eps (differentiate rstd = (var + eps)^{-1/2}).
 
+What every fast path shares (the checks, the input projection with b_hh folded in, the
+recorded views, the outputs, the start of the backward and the weight gradients after the
+loop) is the shell in ``common.py``; this file keeps the per-cell loops.
+
 Second derivatives: a backward asked to build a graph (``create_graph=True``) re-runs
 the layer through the reference loop and lets autograd differentiate that
 (``reference.differentiable_backward``), so gradients of gradients are correct, at the
@@ -48,18 +52,18 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .common import (GATES, LN_EPS, LayerResult, LayerWeights, Masks, RECORDED, check_layer_shapes, empty_result,
-                     refuse_call)
+from .common import (GATES, GRAD_NAMES, LN_EPS, LayerWeights, Masks, backward_start, fast_run_layer, function_grads,
+                     grad_needs, input_weight_grads, layer_outputs, project_inputs, record_views,
+                     recurrent_weight_grads, refuse_call, rows, run_accepted, split_slots, state_grad)
 
 __all__ = ["run_layer", "supports"]
 
 #: dtypes the fused path computes in (every op it uses has CPU and CUDA kernels for them)
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_N_W = len(LayerWeights._fields)  # 11 weight slots, then the 4 mask slots, in ``_Fused.forward``
 
 
 # ----------------------------------------------------------------------------
-# Public entry points
+# Public entry points: the shell of common.py around this file's loops
 
 
 def supports(cell: str, x: Tensor, w: LayerWeights, masks: Masks) -> Optional[str]:
@@ -67,35 +71,11 @@ def supports(cell: str, x: Tensor, w: LayerWeights, masks: Masks) -> Optional[st
     return refuse_call("fused", cell, x, w, masks, _FLOATS)
 
 
-def run_layer(
-    cell: str,
-    x: Tensor,
-    h0: Tensor,
-    c0: Optional[Tensor],
-    w: LayerWeights,
-    masks: Masks = Masks(),
-    record: bool = False,
-) -> LayerResult:
-    """Run ``cell`` over ``x`` (T, B, I), time-major, from (h0, c0); same contract as ``reference.run_layer``.
+def _run_accepted(cell, x, h0, c0, w, masks, record):
+    return run_accepted(_Fused.apply, cell, x, h0, c0, w, masks, record)
 
-    Gradients flow to x, h0, c0 and every weight that is given (not to the
-    masks); a backward with ``create_graph=True`` is differentiated through the
-    reference loop.
-    """
-    reason = supports(cell, x, w, masks)
-    if reason is not None:
-        raise ValueError(f"the fused path cannot run this call: {reason}")
-    T, B, H, P = check_layer_shapes(cell, x, h0, c0, w, masks)
-    if T == 0:
-        return empty_result(cell, x, h0, c0, H, record)
 
-    recorded: Optional[dict] = {} if record else None
-    y, h, c = _Fused.apply(cell, recorded, x, h0, c0 if cell == "lstm" else None, *w, *masks)
-    if recorded is not None:
-        # forward keeps these buffers for backward, and backward overwrites some of them in place:
-        # the user gets copies so a later backward() cannot change what they are looking at
-        recorded = {name: recorded[name].detach().clone() for name in RECORDED[cell]}
-    return LayerResult(y, h, c, recorded)
+run_layer = fast_run_layer("fused", supports, _run_accepted)
 
 
 # ----------------------------------------------------------------------------
@@ -175,10 +155,6 @@ def _double_block(t: Optional[Tensor], lo: int, hi: int) -> Optional[Tensor]:
     return t
 
 
-def _rows(t: Tensor) -> Tensor:
-    return t.reshape(-1, t.shape[-1])  # (T, B, n) -> (T*B, n)
-
-
 def _sum_rows(t: Tensor) -> Tensor:
     return t.sum(dim=(0, 1))  # (T, B, n) -> (n,)
 
@@ -188,46 +164,24 @@ def _sum_rows(t: Tensor) -> Tensor:
 
 
 class _Fused(torch.autograd.Function):
-    """One layer, one direction. Arguments: cell, a dict to record into (or None), x, h0, c0,
-    the 11 ``LayerWeights`` slots, the 4 ``Masks`` slots. Returns (y, h_T, c_T or None)."""
+    """One layer, one direction on the fused path: Python loops with ``out=`` buffers, backward written by hand.
+
+    Arguments and results: those of ``common.run_accepted``'s ``apply``."""
 
     @staticmethod
     def forward(ctx, cell, recorded, x, h0, c0, *slots):
-        w = LayerWeights(*slots[:_N_W])
-        m = Masks(*slots[_N_W:])
+        w, m = split_slots(slots)
         T, B, I = x.shape
-        GH = w.w_ih.shape[0]
-        H = GH // GATES[cell]
+        H = w.w_ih.shape[0] // GATES[cell]
         P = h0.shape[-1]
-        gru = cell == "gru"
-
-        # xw_t = LN_ih(W_ih x_t) + b_ih, all steps in one product. For the LSTM and the
-        # RNN b_hh is folded in here as well: it is added after LN_hh, so it only shifts
-        # xw_t + hw_t. The GRU keeps b_hh in hw, where r multiplies its n block.
-        x_rows = x.reshape(T * B, I)  # (T, B, I) -> (T*B, I); copies only when x is non-contiguous
-        b_x = _add_opt(w.b_ih, None if gru else w.b_hh)
-        xp = None
-        if w.ln_ih_w is not None:
-            xp = torch.mm(x_rows, w.w_ih.t())  # (T*B, GH), kept for LN_ih's backward
-            xw = torch.native_layer_norm(xp, (GH,), w.ln_ih_w, _add_opt(w.ln_ih_b, b_x), LN_EPS)[0]
-        elif b_x is None:
-            xw = torch.mm(x_rows, w.w_ih.t())
-        else:
-            xw = torch.addmm(b_x, x_rows, w.w_ih.t())
-        xw = xw.view(T, B, GH)  # (T*B, GH) -> (T, B, GH)
+        x_rows, xw, xp = project_inputs(cell, x, w)  # xw: a fresh (T, B, GH) the loop overwrites
 
         loop = {"lstm": _lstm_forward, "gru": _gru_forward}.get(cell, _rnn_forward)
-        saved, y_rec = loop(cell, xw, h0, c0, w, m, T, B, H, P)
-        h_all = saved["h"]  # (T, B, P), the blended h_t
-
-        # y_t = o_t ⊙ h_t for all steps at once; y is a fresh tensor (not h_all) so that a
-        # caller may modify it in place (e.g. dropout(inplace=True)) without breaking backward
-        y = h_all * m.out if m.out is not None else h_all.clone()
-        h_T = h_all[T - 1].clone()  # (B, P)
-        c_T = saved["c"][T - 1].clone() if cell == "lstm" else None  # (B, H)
+        saved = loop(cell, xw, h0, c0, w, m, T, B, H, P)
+        y, h_T, c_T = layer_outputs(saved["h"], saved.get("c"), m.out)  # h: (T, B, P), the blended h_t
 
         if recorded is not None:
-            recorded.update(y_rec)
+            recorded.update(record_views(cell, H, saved["h"], saved.get("act"), saved.get("c")))
         if any(ctx.needs_input_grad):
             reference.keep_inputs(ctx, cell, x, h0, c0, slots)
             saved.update(x_rows=x_rows, xp=xp, h0=h0, c0=c0, **w._asdict(), **{f"m_{k}": v for k, v in m._asdict().items()})
@@ -242,74 +196,39 @@ class _Fused(torch.autograd.Function):
         s = dict(zip(ctx.names, ctx.saved_tensors))
         cell = ctx.cell
         T, B, I, H, P = ctx.dims
-        need = dict(zip(("x", "h0", "c0") + LayerWeights._fields, ctx.needs_input_grad[2:]))
-        x_rows = s["x_rows"]
-        new = x_rows.new_empty
+        need = grad_needs(ctx)
 
-        # dL/dh_t arriving from y_t; the loop adds what comes back from t+1 in place
-        dY = new((T, B, P))
-        if s["m_out"] is not None:
-            torch.mul(dy, s["m_out"], out=dY)
-        else:
-            dY.copy_(dy)
-        dh = new((B, P))  # running dL/dh_t from the future; ends as dL/dh0
-        if dh_T is None:
-            dh.zero_()
-        else:
-            dh.copy_(dh_T)
-
+        # dY: dL/dh_t arriving from y_t; the loop adds what comes back from t+1 in place.
+        # dh: running dL/dh_t from the future; ends as dL/dh0
+        dY, dh = backward_start(dy, dh_T, s["m_out"])
         loop = {"lstm": _lstm_backward, "gru": _gru_backward}.get(cell, _rnn_backward)
         g = loop(cell, s, dY, dh, dc_T, T, B, H, P, need)
         # g holds: dxw (T,B,GH) grad of xw_t; dhw (T,B,GH) grad of hw_t (after LN_hh and b_hh);
         # dhp (T,B,GH) grad of W_hh (m ⊙ h_{t-1}); dh0, dc0; the LSTM's extra weight grads; and
         # for the GRU dhw_to_dxw, which turns dhw into dxw in place (dxw is valid only after it).
-        dxw, dhw, dhp = g["dxw"], g["dhw"], g["dhp"]
-        grads = dict.fromkeys(("x", "h0", "c0") + LayerWeights._fields)
+        grads = dict.fromkeys(GRAD_NAMES)
         grads["h0"] = g["dh0"] if need["h0"] else None
         grads["c0"] = g.get("dc0") if need["c0"] else None
         for k in ("w_hr", "ln_c_w", "ln_c_b"):
             grads[k] = g.get(k) if need[k] else None
-
-        # ---- recurrent weights: one product / reduction over all T*B rows ----
-        if need["w_hh"]:
-            # dW_hh = Σ_t dhp_t^T (m ⊙ h_{t-1}); without recurrent dropout h_{t-1} is h0 then
-            # h_all[:-1], taken as two products rather than concatenated (a copy of (T, B, P))
-            h_in = s.get("h_in")  # stored by the forward only under recurrent dropout
-            if h_in is not None:
-                grads["w_hh"] = torch.mm(_rows(dhp).t(), _rows(h_in))  # (GH, T*B) @ (T*B, P) -> (GH, P)
-            else:
-                grads["w_hh"] = torch.mm(dhp[0].t(), s["h0"])  # (GH, B) @ (B, P)
-                if T > 1:
-                    grads["w_hh"].addmm_(_rows(dhp[1:]).t(), _rows(s["h"][:-1]))  # (GH, (T-1)*B) @ (…, P)
-        if need["b_hh"] or need["ln_hh_b"]:
-            db_hh = _sum_rows(dhw)
-            grads["b_hh"] = db_hh if need["b_hh"] else None
-            grads["ln_hh_b"] = db_hh if need["ln_hh_b"] else None
-        if need["ln_hh_w"]:
-            grads["ln_hh_w"] = g["ln_hh_w"]
-
-        # ---- input side: LN_ih's backward and the products for W_ih and x ----
+        grads["ln_hh_w"] = g["ln_hh_w"] if need["ln_hh_w"] else None
+        # h_in: stored by the forward only under recurrent dropout
+        recurrent_weight_grads(grads, need, g["dhp"], g["dhw"], s.get("h_in"), s["h0"], s["h"])
         if "dhw_to_dxw" in g:  # the GRU's dxw shares dhw's buffer, now free to overwrite
             g["dhw_to_dxw"]()
-        if need["b_ih"] or need["ln_ih_b"]:
-            db_ih = _sum_rows(dxw)
-            grads["b_ih"] = db_ih if need["b_ih"] else None
-            grads["ln_ih_b"] = db_ih if need["ln_ih_b"] else None
-        dxp = _rows(dxw)  # (T*B, GH)
-        if s["ln_ih_w"] is not None and (need["x"] or need["w_ih"] or need["ln_ih_w"]):
-            # in place: dxw is ours and every use of it as dxw (dW_hh, the biases) is above
-            dw = _LayerNormGrad(s["ln_ih_w"], dxp.shape[1], dxp).chunked_(dxp, s["xp"])
-            grads["ln_ih_w"] = dw if need["ln_ih_w"] else None
-        if need["w_ih"]:
-            grads["w_ih"] = torch.mm(dxp.t(), x_rows)  # (GH, T*B) @ (T*B, I) -> (GH, I)
-        if need["x"]:
-            grads["x"] = torch.mm(dxp, s["w_ih"]).view(T, B, I)  # (T*B, GH) @ (GH, I) -> (T, B, I)
-        return (None, None) + tuple(grads.values()) + (None,) * len(Masks._fields)
+        ln_ih_backward = None
+        if s["ln_ih_w"] is not None:
+            def ln_ih_backward(dxp):
+                # in place: dxw is ours and every use of it as dxw (dW_hh, the biases) is done
+                return _LayerNormGrad(s["ln_ih_w"], dxp.shape[1], dxp).chunked_(dxp, s["xp"])
+        input_weight_grads(grads, need, g["dxw"], s["x_rows"], s["w_ih"], ln_ih_backward)
+        return function_grads(grads)
 
 
 # ----------------------------------------------------------------------------
-# Per-cell forward loops. Each returns (saved, recorded): the buffers backward needs
-# (always including "h", the blended h_t, (T, B, P)) and the per-step values to record.
+# Per-cell forward loops. Each returns the buffers backward needs: always "h", the blended h_t
+# (T, B, P); "act", the gates after σ / tanh (LSTM, GRU) and "c", c_t (LSTM), which are
+# also what ``record_views`` shows.
 
 
 def _recurrent_setup(xw, h0, w, m, T, B, P, GH, h_all=None):
@@ -392,9 +311,7 @@ def _lstm_forward(cell, xw, h0, c0, w, m, T, B, H, P):
         if m.keep_c is not None:
             torch.lerp(ct_[t], c_prev[t], m.keep_c[t], out=c_[t])
 
-    saved = dict(h=h_all, act=act, c_tilde=c_tilde, c=c_all, q=q, h_in=h_in, hp=hp)
-    recorded = dict(i=i_all, f=f_all, g=g_all, o=o_all, c=c_all, h=h_all)
-    return saved, recorded
+    return dict(h=h_all, act=act, c_tilde=c_tilde, c=c_all, q=q, h_in=h_in, hp=hp)
 
 
 def _gru_forward(cell, xw, h0, c0, w, m, T, B, H, P):
@@ -445,9 +362,7 @@ def _gru_forward(cell, xw, h0, c0, w, m, T, B, H, P):
         if h_tilde is not None:
             torch.lerp(h_tilde, h_prev[t], m.keep[t], out=h_[t])
 
-    saved = dict(h=h_all, act=act, hw_n=hw_n, h_in=h_in, hp=hp)
-    recorded = dict(r=r_all, z=z_all, n=n_all, h=h_all)
-    return saved, recorded
+    return dict(h=h_all, act=act, hw_n=hw_n, h_in=h_in, hp=hp)
 
 
 def _rnn_forward(cell, xw, h0, c0, w, m, T, B, H, P):
@@ -487,8 +402,7 @@ def _rnn_forward(cell, xw, h0, c0, w, m, T, B, H, P):
         if m.keep is not None:
             torch.lerp(ht_[t], h_prev[t], m.keep[t], out=h_[t])
 
-    saved = dict(h=h_all, h_tilde=h_tilde, h_in=h_in, hp=hp)
-    return saved, dict(h=h_all)
+    return dict(h=h_all, h_tilde=h_tilde, h_in=h_in, hp=hp)
 
 
 # ----------------------------------------------------------------------------
@@ -574,11 +488,7 @@ def _lstm_backward(cell, s, dY, dh, dc_T, T, B, H, P, need):
     dht, k1_ = _dh_tilde(s, dY, T, B, P)
     dq = dht if w_hr is None else dY.new_empty((T, B, H))  # dL/dq_t, q = o ⊙ τ
     rb = _RecurrentBackward(s, da, T, GH)
-    dc = dY.new_empty((B, H))  # running dL/dc_t; ends as dL/dc0
-    if dc_T is None:
-        dc.zero_()
-    else:
-        dc.copy_(dc_T)
+    dc = state_grad(dc_T, c0)  # running dL/dc_t; ends as dL/dc0
     dct = dY.new_empty((B, H))  # dL/dc̃_t of the current step
     dct_b = dct.unsqueeze(1)  # (B, H) -> (B, 1, H) view, broadcast over the i|f|g blocks
     dc_next = dY.new_empty((B, H)) if keep_c is not None else None
@@ -612,7 +522,7 @@ def _lstm_backward(cell, s, dY, dh, dc_T, T, B, H, P, need):
 
     out = dict(dxw=da, dhw=da, dhp=rb.dhp, dh0=dh, dc0=dc, ln_hh_w=rb.ln_w_grad)
     if w_hr is not None and need["w_hr"]:
-        out["w_hr"] = torch.mm(_rows(dht).t(), _rows(q))  # (P, T*B) @ (T*B, H) -> (P, H)
+        out["w_hr"] = torch.mm(rows(dht).t(), rows(q))  # (P, T*B) @ (T*B, H) -> (P, H)
     if ln_c_w is not None:
         out["ln_c_w"] = _sum_rows(p_c) if need["ln_c_w"] else None
         out["ln_c_b"] = _sum_rows(d_ln_c) if need["ln_c_b"] else None

@@ -44,6 +44,10 @@ is not rounded to TF32. tanh(v) is 2σ(2v) - 1, as in ``fused.py``. ``tl.dot`` n
 tiles of at least 16 in each dimension, so batch and hidden tiles are padded to 16
 (masked): at batch 1 fifteen of the sixteen rows are idle.
 
+The projection before the loop and the weight gradients after it are the shell in
+``common.py``, shared with the fused and compiled paths; this file keeps the kernels, their
+launches and the buffers they write.
+
 Import never needs triton or CUDA: without triton ``supports`` says "triton is not
 installed". On CPU tensors the kernels run only under the interpreter
 (``TRITON_INTERPRET=1``, set before this module is first imported): that is how the
@@ -59,7 +63,9 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .common import GATES, LayerResult, LayerWeights, Masks, RECORDED, check_layer_shapes, empty_result, refuse_call
+from .common import (CELL_ID, GATES, GRAD_NAMES, LayerWeights, Masks, backward_start, fast_run_layer,
+                     function_grads, grad_needs, input_weight_grads, layer_outputs, project_inputs, record_views,
+                     recurrent_weight_grads, refuse_call, run_accepted, split_slots, state_grad)
 
 __all__ = ["run_layer", "supports", "available", "PERSISTENT_MAX_HIDDEN", "MAX_TILE"]
 
@@ -81,9 +87,7 @@ _NUM_WARPS = 8
 
 #: dtypes the kernels take (stored as given; computed in float32, or float64 for float64)
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_CELL_ID = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
 _BB = 16  # batch rows per tile: tl.dot's minimum
-_N_W = len(LayerWeights._fields)
 
 #: the interpreter is chosen when triton.jit decorates the kernels, i.e. at this module's import
 _INTERPRET = False
@@ -126,31 +130,11 @@ def supports(cell: str, x: Tensor, w: LayerWeights, masks: Masks) -> Optional[st
     return None
 
 
-def run_layer(
-    cell: str,
-    x: Tensor,
-    h0: Tensor,
-    c0: Optional[Tensor],
-    w: LayerWeights,
-    masks: Masks = Masks(),
-    record: bool = False,
-) -> LayerResult:
-    """Run ``cell`` over ``x`` (T, B, I), time-major, from (h0, c0); same contract as ``reference.run_layer``.
+def _run_accepted(cell, x, h0, c0, w, masks, record):
+    return run_accepted(_TritonRNN.apply, cell, x, h0, c0, w, masks, record)  # P == H: no proj_size here
 
-    Gradients flow to x, h0, c0 and every weight that is given (not to the masks).
-    """
-    reason = supports(cell, x, w, masks)
-    if reason is not None:
-        raise ValueError(f"the triton path cannot run this call: {reason}")
-    T, B, H, _ = check_layer_shapes(cell, x, h0, c0, w, masks)  # P == H: no proj_size here
-    if T == 0:
-        return empty_result(cell, x, h0, c0, H, record)
 
-    recorded: Optional[dict] = {} if record else None
-    y, h, c = _TritonRNN.apply(cell, recorded, x, h0, c0 if cell == "lstm" else None, *w, *masks)
-    if recorded is not None:
-        recorded = {name: recorded[name].detach().clone() for name in RECORDED[cell]}
-    return LayerResult(y, h, c, recorded)
+run_layer = fast_run_layer("triton", supports, _run_accepted)
 
 
 # ----------------------------------------------------------------------------
@@ -209,6 +193,19 @@ if triton is not None:
         return acc
 
     @triton.jit
+    def _pre_activation(xw_t, bg, m2, h_prev_ptr, w_ptr, row0, offs_b, mb, offs_n, mn, H, BB: tl.constexpr,
+                        BN: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr):
+        """(BB, BN) = xw_t + W_hh h_{t-1} for the gate block whose rows start at row0."""
+        a = tl.load(xw_t + row0 + bg, mask=m2, other=0.0).to(ACC)
+        return a + _gate_dot(h_prev_ptr, w_ptr, row0, offs_b, mb, offs_n, mn, H, BB, BN, BK, ACC, DOT)
+
+    @triton.jit
+    def _keep_tile(keep_ptr, t, B, KW, KN, offs_b, offs_n, m2, ACC: tl.constexpr):
+        """(BB, BN) tile of a (T, B, KW) state-update mask at step t (KN = 0: one column, broadcast)."""
+        return tl.load(keep_ptr + t * B * KW + offs_b[:, None] * KW + offs_n[None, :] * KN, mask=m2,
+                       other=0.0).to(ACC)
+
+    @triton.jit
     def _fwd_chunk(t, b0, n0, xw_ptr, w_ptr, bhh_ptr, h_ptr, c_ptr, act_ptr, aux_ptr, keep_ptr, keepc_ptr,
                    B, H, KW, KN, KCW, KCN, CELL: tl.constexpr, G: tl.constexpr, HAS_BHH: tl.constexpr,
                    HAS_KEEP: tl.constexpr, HAS_KEEPC: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr,
@@ -230,8 +227,7 @@ if triton is not None:
 
         if CELL <= 1:
             # h̃_t = act(xw_t + W_hh h_{t-1})
-            a = tl.load(xw_t + bg, mask=m2, other=0.0).to(ACC)
-            a += _gate_dot(h_prev_ptr, w_ptr, 0, offs_b, mb, offs_n, mn, H, BB, BN, BK, ACC, DOT)
+            a = _pre_activation(xw_t, bg, m2, h_prev_ptr, w_ptr, 0, offs_b, mb, offs_n, mn, H, BB, BN, BK, ACC, DOT)
             if CELL == 0:
                 h_tilde = _tanh(a)
             else:
@@ -239,18 +235,11 @@ if triton is not None:
             tl.store(aux_ptr + t * B * H + bn, h_tilde.to(out_ty), mask=m2)
         elif CELL == 2:
             # i, f, g, o = σ, σ, tanh, σ of (xw_t + W_hh h_{t-1}); c̃_t = f ⊙ c_{t-1} + i ⊙ g
-            a_i = tl.load(xw_t + bg, mask=m2, other=0.0).to(ACC)
-            a_f = tl.load(xw_t + H + bg, mask=m2, other=0.0).to(ACC)
-            a_g = tl.load(xw_t + 2 * H + bg, mask=m2, other=0.0).to(ACC)
-            a_o = tl.load(xw_t + 3 * H + bg, mask=m2, other=0.0).to(ACC)
-            a_i += _gate_dot(h_prev_ptr, w_ptr, 0, offs_b, mb, offs_n, mn, H, BB, BN, BK, ACC, DOT)
-            a_f += _gate_dot(h_prev_ptr, w_ptr, H, offs_b, mb, offs_n, mn, H, BB, BN, BK, ACC, DOT)
-            a_g += _gate_dot(h_prev_ptr, w_ptr, 2 * H, offs_b, mb, offs_n, mn, H, BB, BN, BK, ACC, DOT)
-            a_o += _gate_dot(h_prev_ptr, w_ptr, 3 * H, offs_b, mb, offs_n, mn, H, BB, BN, BK, ACC, DOT)
-            i = _sigmoid(a_i)
-            f = _sigmoid(a_f)
-            g = _tanh(a_g)
-            o = _sigmoid(a_o)
+            pre = (xw_t, bg, m2, h_prev_ptr, w_ptr)  # the arguments every gate block shares
+            i = _sigmoid(_pre_activation(*pre, 0, offs_b, mb, offs_n, mn, H, BB, BN, BK, ACC, DOT))
+            f = _sigmoid(_pre_activation(*pre, H, offs_b, mb, offs_n, mn, H, BB, BN, BK, ACC, DOT))
+            g = _tanh(_pre_activation(*pre, 2 * H, offs_b, mb, offs_n, mn, H, BB, BN, BK, ACC, DOT))
+            o = _sigmoid(_pre_activation(*pre, 3 * H, offs_b, mb, offs_n, mn, H, BB, BN, BK, ACC, DOT))
             c_prev = tl.load(c_ptr + t * B * H + bn, mask=m2, other=0.0).to(ACC)
             c_tilde = f * c_prev + i * g
             h_tilde = o * _tanh(c_tilde)
@@ -262,8 +251,7 @@ if triton is not None:
             # c_t = kc_t ⊙ c_{t-1} + (1 - kc_t) ⊙ c̃_t
             c = c_tilde
             if HAS_KEEPC:
-                kc = tl.load(keepc_ptr + t * B * KCW + offs_b[:, None] * KCW + offs_n[None, :] * KCN, mask=m2,
-                             other=0.0).to(ACC)
+                kc = _keep_tile(keepc_ptr, t, B, KCW, KCN, offs_b, offs_n, m2, ACC)
                 c = kc * c_prev + (1.0 - kc) * c_tilde
             tl.store(c_ptr + (t + 1) * B * H + bn, c.to(out_ty), mask=m2)
         else:
@@ -288,8 +276,7 @@ if triton is not None:
         # h_t = k_t ⊙ h_{t-1} + (1 - k_t) ⊙ h̃_t
         h = h_tilde
         if HAS_KEEP:
-            k = tl.load(keep_ptr + t * B * KW + offs_b[:, None] * KW + offs_n[None, :] * KN, mask=m2,
-                        other=0.0).to(ACC)
+            k = _keep_tile(keep_ptr, t, B, KW, KN, offs_b, offs_n, m2, ACC)
             h = k * h_prev + (1.0 - k) * h_tilde
         tl.store(h_ptr + (t + 1) * B * H + bn, h.to(out_ty), mask=m2)
 
@@ -317,8 +304,7 @@ if triton is not None:
         tl.store(dy_ptr + t * B * H + bn, dh.to(dy_ptr.dtype.element_ty), mask=m2)
         dht = dh  # dL/dh̃_t = (1 - k_t) ⊙ dL/dh_t
         if HAS_KEEP:
-            k = tl.load(keep_ptr + t * B * KW + offs_b[:, None] * KW + offs_n[None, :] * KN, mask=m2,
-                        other=0.0).to(ACC)
+            k = _keep_tile(keep_ptr, t, B, KW, KN, offs_b, offs_n, m2, ACC)
             dht = dh * (1.0 - k)
 
         if CELL <= 1:
@@ -339,8 +325,7 @@ if triton is not None:
             tc = _tanh(c_tilde)  # recomputed: cheaper than storing it
             dc_x = dc  # the part of dL/dc_t that reaches c̃_t
             if HAS_KEEPC:
-                kc = tl.load(keepc_ptr + t * B * KCW + offs_b[:, None] * KCW + offs_n[None, :] * KCN, mask=m2,
-                             other=0.0).to(ACC)
+                kc = _keep_tile(keepc_ptr, t, B, KCW, KCN, offs_b, offs_n, m2, ACC)
                 dc_x = dc * (1.0 - kc)
             # dc̃ = dh̃ ⊙ o ⊙ (1 - tanh²(c̃)) + dc;  da_i = dc̃ ⊙ g ⊙ i(1-i), da_f = dc̃ ⊙ c_{t-1} ⊙ f(1-f),
             # da_g = dc̃ ⊙ i ⊙ (1-g²), da_o = dh̃ ⊙ tanh(c̃) ⊙ o(1-o)
@@ -388,8 +373,7 @@ if triton is not None:
             dh = tl.load(dy_ptr + t * B * H + bn, mask=m2, other=0.0).to(ACC)  # dL/dh_t, from phase 1
             dht = dh
             if HAS_KEEP:
-                k = tl.load(keep_ptr + t * B * KW + offs_b[:, None] * KW + offs_n[None, :] * KN, mask=m2,
-                            other=0.0).to(ACC)
+                k = _keep_tile(keep_ptr, t, B, KW, KN, offs_b, offs_n, m2, ACC)
                 acc += k * dh
                 dht = dh * (1.0 - k)
             if CELL == 3:  # the direct path of h̃_t = … + z ⊙ h_{t-1}
@@ -476,27 +460,20 @@ def _mask_args(mask: Optional[Tensor], like: Tensor) -> tuple[Tensor, int, int]:
 
 
 class _TritonRNN(torch.autograd.Function):
-    """One layer, one direction. Arguments: cell, a dict to record into (or None), x, h0, c0,
-    the 11 ``LayerWeights`` slots, the 4 ``Masks`` slots. Returns (y, h_T, c_T or None)."""
+    """One layer, one direction on the Triton kernels, launched from here.
+
+    Arguments and results: those of ``common.run_accepted``'s ``apply``."""
 
     @staticmethod
     def forward(ctx, cell, recorded, x, h0, c0, *slots):
-        w = LayerWeights(*slots[:_N_W])
-        m = Masks(*slots[_N_W:])
+        w, m = split_slots(slots)
         T, B, I = x.shape
         G = GATES[cell]
         GH = w.w_ih.shape[0]
         H = GH // G
         gru = cell == "gru"
         new = x.new_empty
-
-        # xw = X W_ih^T + b_ih (+ b_hh, which only shifts the pre-activation except in the GRU's n block)
-        x_rows = x.reshape(T * B, I)  # (T, B, I) -> (T*B, I)
-        b_x = w.b_ih
-        if not gru and w.b_hh is not None:
-            b_x = w.b_hh if b_x is None else b_x + w.b_hh
-        xw = torch.mm(x_rows, w.w_ih.t()) if b_x is None else torch.addmm(b_x, x_rows, w.w_ih.t())
-        xw = xw.view(T, B, GH)  # (T*B, GH) -> (T, B, GH)
+        x_rows, xw, _ = project_inputs(cell, x, w)  # no LN_ih here (supports refuses it)
 
         w_hh = w.w_hh.contiguous()
         b_hh = w.b_hh.contiguous() if (gru and w.b_hh is not None) else w_hh
@@ -513,7 +490,7 @@ class _TritonRNN(torch.autograd.Function):
         args = (xw, w_hh, b_hh, h_ext, c_ext if c_ext is not None else h_ext, act, aux, keep, keep_c,
                 B, H, KW, KN, KCW, KCN)
         BN, BK = _tiles(H)
-        meta = dict(CELL=_CELL_ID[cell], G=G, HAS_BHH=gru and w.b_hh is not None, HAS_KEEP=m.keep is not None,
+        meta = dict(CELL=CELL_ID[cell], G=G, HAS_BHH=gru and w.b_hh is not None, HAS_KEEP=m.keep is not None,
                     HAS_KEEPC=m.keep_c is not None, BB=_BB, BN=BN, BK=BK, ACC=_acc(x.dtype),
                     DOT=_dot(x.dtype))
         nb = triton.cdiv(B, _BB)
@@ -525,19 +502,10 @@ class _TritonRNN(torch.autograd.Function):
                 for t in range(T):
                     _fwd_step[grid](t, *args, **meta, num_warps=_NUM_WARPS)
 
-        h_all = h_ext[1:]  # (T, B, H) view
-        # y_t = o_t ⊙ h_t; a fresh tensor so that the caller may modify it in place
-        y = h_all * m.out if m.out is not None else h_all.clone()
-        h_T = h_ext[T].clone()
-        c_T = c_ext[T].clone() if c_ext is not None else None
-
+        h_all, c_all = h_ext[1:], (c_ext[1:] if c_ext is not None else None)  # (T, B, H) views
+        y, h_T, c_T = layer_outputs(h_all, c_all, m.out)
         if recorded is not None:
-            if cell == "lstm":
-                recorded.update(zip("ifgo", act.split(H, dim=-1)), c=c_ext[1:], h=h_all)
-            elif gru:
-                recorded.update(zip("rzn", act.split(H, dim=-1)), h=h_all)
-            else:
-                recorded.update(h=h_all)
+            recorded.update(record_views(cell, H, h_all, act, c_all))
         if any(ctx.needs_input_grad):
             reference.keep_inputs(ctx, cell, x, h0, c0, slots)
             ctx.cell, ctx.dims, ctx.meta = cell, (T, B, I, H), meta
@@ -554,17 +522,12 @@ class _TritonRNN(torch.autograd.Function):
         G = GATES[cell]
         GH = G * H
         gru = cell == "gru"
-        need = dict(zip(("x", "h0", "c0") + LayerWeights._fields, ctx.needs_input_grad[2:]))
+        need = grad_needs(ctx)
         new = x_rows.new_empty
 
         # dL/dh_t arriving from y_t; the kernel adds what comes back from t+1, in place
-        dY = (dy * out_m if out_m is not None else dy).contiguous().to(x_rows.dtype)
-        if dY is dy:
-            dY = dY.clone()
-        dh = dh_T.contiguous().clone() if dh_T is not None else x_rows.new_zeros((B, H))
-        dc = None
-        if cell == "lstm":
-            dc = dc_T.contiguous().clone() if dc_T is not None else x_rows.new_zeros((B, H))
+        dY, dh = backward_start(dy, dh_T, out_m)
+        dc = state_grad(dc_T, dh) if cell == "lstm" else None
         dhw = new((T, B, GH))
         dan = new((T, B, H)) if gru else dhw  # the GRU's dL/d xw_n; a dummy otherwise
         keep, KW, KN = _mask_args(keep_m, dhw)
@@ -589,23 +552,13 @@ class _TritonRNN(torch.autograd.Function):
 
         # dxw equals dhw except the GRU's n block (dhw_n = da_n ⊙ r)
         dxw = torch.cat((dhw[..., :2 * H], dan), dim=-1) if gru else dhw  # (T, B, GH)
-        dhw_rows = dhw.reshape(T * B, GH)  # (T, B, GH) -> (T*B, GH)
-        dxw_rows = dxw.reshape(T * B, GH)
-        grads = dict.fromkeys(("x", "h0", "c0") + LayerWeights._fields)
+        grads = dict.fromkeys(GRAD_NAMES)
         grads["h0"] = dh if need["h0"] else None
         grads["c0"] = dc if need["c0"] else None
-        if need["w_hh"]:
-            # dW_hh = Σ_t dhw_t^T h_{t-1}: one product over all T*B rows
-            grads["w_hh"] = torch.mm(dhw_rows.t(), h_ext[:-1].reshape(T * B, H))  # (GH, T*B) @ (T*B, H)
-        if need["b_hh"]:
-            grads["b_hh"] = dhw_rows.sum(0)
-        if need["b_ih"]:
-            grads["b_ih"] = dxw_rows.sum(0)
-        if need["w_ih"]:
-            grads["w_ih"] = torch.mm(dxw_rows.t(), x_rows)  # (GH, T*B) @ (T*B, I) -> (GH, I)
-        if need["x"]:
-            grads["x"] = torch.mm(dxw_rows, w_ih).view(T, B, I)  # (T*B, GH) @ (GH, I) -> (T, B, I)
-        return (None, None) + tuple(grads.values()) + (None,) * len(Masks._fields)
+        # h_ext[:-1] holds every h_{t-1} in one buffer: dW_hh is one product over all T*B rows
+        recurrent_weight_grads(grads, need, dhw, dhw, h_in=h_ext[:-1])
+        input_weight_grads(grads, need, dxw, x_rows, w_ih)
+        return function_grads(grads)
 
 
 def _on(device: torch.device):
