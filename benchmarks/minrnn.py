@@ -10,11 +10,11 @@ For each T it times, after warm-up, the median of repeats of one training step
 
 - the GRU baseline: ``seqlab.nn.GRU`` when it imports, else ``torch.nn.GRU``
   (the row says which);
-- MinGRU with ``mode='auto'`` (what a user gets: the C++ loop on the CPU
+- MinGRU with ``backend='auto'`` (what a user gets: the C++ loop on the CPU
   where the extension builds; the row names the path), ``'scan'`` (the
-  chunked scan in torch ops), ``'sequential'`` (the reference loop) and
+  chunked scan in torch ops), ``'reference'`` (the step loop) and
   ``'log_scan'`` (the paper's log-space scan);
-- MinLSTM with ``mode='auto'`` and ``'scan'``.
+- MinLSTM with ``backend='auto'`` and ``'scan'``.
 
 It prints ms, tokens/s (batch · T / time) and the speed-up over the GRU
 (GRU ms / this row's ms, so above 1 is faster). By default the input does not
@@ -63,7 +63,7 @@ class Config:
     hidden: int = 128  # input size = hidden size
     warmup: int = 2  # untimed calls first: allocator, thread pool and lazy imports settle
     repeats: int = 5  # the median of this many timed calls is reported
-    max_sequential_steps: int = 4096  # the reference loop is slow; skip it above this T
+    max_reference_steps: int = 4096  # the reference loop is slow; skip it above this T
     threads: Optional[int] = None  # torch.set_num_threads; None keeps torch's default
     input_grad: bool = False
 
@@ -117,17 +117,17 @@ def run(cfg: Config) -> list[tuple]:
         base = train_step_ms(gru, x, cfg, cfg.repeats)
         cases = [(f"GRU ({baseline})", gru, {}, cfg.repeats),
                  ("MinGRU auto", mingru, {}, cfg.repeats),
-                 ("MinGRU scan", mingru, {"mode": "scan"}, cfg.repeats),
-                 ("MinGRU log_scan", mingru, {"mode": "log_scan"}, cfg.repeats),
+                 ("MinGRU scan", mingru, {"backend": "scan"}, cfg.repeats),
+                 ("MinGRU log_scan", mingru, {"backend": "log_scan"}, cfg.repeats),
                  ("MinLSTM auto", minlstm, {}, cfg.repeats),
-                 ("MinLSTM scan", minlstm, {"mode": "scan"}, cfg.repeats)]
-        if T <= cfg.max_sequential_steps:
+                 ("MinLSTM scan", minlstm, {"backend": "scan"}, cfg.repeats)]
+        if T <= cfg.max_reference_steps:
             # the loop is as slow as the GRU: fewer repeats keep the run short
-            cases.insert(3, ("MinGRU sequential", mingru, {"mode": "sequential"}, max(1, cfg.repeats // 2)))
+            cases.insert(3, ("MinGRU reference", mingru, {"backend": "reference"}, max(1, cfg.repeats // 2)))
         for name, mod, kw, reps in cases:
             ms = base if mod is gru else train_step_ms(mod, x, cfg, reps, **kw)
             if name.endswith(" auto"):
-                name += f" ({mod.last_mode.mode})"
+                name += f" ({mod.last_dispatch.backend})"
             rows.append((T, name, ms, B * T / (ms / 1e3), base / ms))
     return rows
 

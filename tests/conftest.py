@@ -12,10 +12,10 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _skip_compiled_backend_where_unbuilt(request):
-    """A test parametrised with backend='compiled' (recurrent layers) or mode='compiled' (minGRU/minLSTM)
-    skips, saying why, where the C++ loop cannot be built."""
+    """A test parametrised with backend='compiled' (RNN family and minGRU/minLSTM alike) skips, saying
+    why, where the C++ loop cannot be built."""
     params = getattr(getattr(request.node, "callspec", None), "params", {})
-    if params.get("backend") == "compiled" or params.get("mode") == "compiled":
+    if params.get("backend") == "compiled":
         from seqlab.kernels import compiled
 
         if not compiled.available():
