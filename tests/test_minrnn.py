@@ -13,7 +13,7 @@ CLASSES = [MinGRU, MinLSTM]
 # the paths checked against 'reference' (the specification); 'compiled' only where the C++ builds
 FAST_BACKENDS = (("compiled",) if compiled.available() else ()) + ("scan", "log_scan")
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
-# The log-space scan cancels numbers of size |Σ log a| (module docstring): its
+# The log-space scan cancels numbers of size |Σ log a| (kernels/minrnn_scan.py): its
 # float32 gradients agree to ~1e-4 even at T=11, so it gets its own bound.
 TOL_LOG_SCAN_F32 = dict(rtol=1e-4, atol=1e-4)
 
@@ -143,7 +143,7 @@ def test_long_sequence_stays_finite_and_accurate(cls):
         got = _run(m, x, None, None, backend, (torch.ones(4096, 2, 4), torch.ones(1, 2, 4)))
         assert all(torch.isfinite(v).all() for v in got), backend
         # the chunked scan and the C++ loop keep float32 accuracy at any length; the
-        # log-space scan does not (see module docstring)
+        # log-space scan does not (see kernels/minrnn_scan.py)
         if backend != "log_scan":
             for r, o in zip(ref, got):
                 torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
