@@ -13,8 +13,8 @@ compiled        the forward and backward loops as one C++ extension (csrc/), bui
                 also the compiled minGRU / minLSTM scan
 triton_rnn      the loops as Triton GPU kernels
 native          torch's own fused kernels (oneDNN, cuDNN) over a whole plain stack
-minrnn_scan     the minGRU / minLSTM paths: the step loop (their specification), the
-                log-space scan, the chunked linear scan, and the call of the compiled one
+minrnn_scan     the minGRU / minLSTM paths in torch ops: the step loop (their specification),
+                the log-space scan, the chunked linear scan
 dispatch        the one place a path is chosen, for both families
 csrc/           the C++ of the compiled path: products, buffer pool, cells, the minRNN scan
 ==============  =============================================================================

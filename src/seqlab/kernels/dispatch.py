@@ -201,15 +201,17 @@ def choose(backend: str, cell: str, x: Tensor, w: LayerWeights, masks: Masks) ->
 
 
 _MIN_KERNELS = {"reference": minrnn_scan.run_reference, "scan": minrnn_scan.run_scan,
-                "log_scan": minrnn_scan.run_log_scan, "compiled": minrnn_scan.run_compiled}
+                "log_scan": minrnn_scan.run_log_scan}
 
 
-def _why_not_compiled_min(x: Tensor, weight: Tensor, bias: Optional[Tensor], h0: Tensor) -> Optional[str]:
+def _compiled_min(x: Tensor, weight: Tensor, bias: Optional[Tensor], h0: Tensor) -> tuple[Optional[Callable], str]:
+    """The compiled minGRU / minLSTM kernel and '', or None and the reason it cannot run this call."""
     try:
         compiled = _compiled_module()
     except ImportError as e:  # pragma: no cover - only when the compiled module is broken
-        return f"the compiled path could not be imported: {e}"
-    return compiled.supports_min(x, weight, bias, h0)  # builds the extension on the first CPU call
+        return None, f"the compiled path could not be imported: {e}"
+    why = compiled.supports_min(x, weight, bias, h0)  # builds the extension on the first CPU call
+    return (compiled.run_min_layer, "") if why is None else (None, why)
 
 
 def choose_min(backend: str, x: Tensor, weight: Tensor, bias: Optional[Tensor], h0: Tensor) -> tuple[Callable, Dispatch]:
@@ -219,15 +221,15 @@ def choose_min(backend: str, x: Tensor, weight: Tensor, bias: Optional[Tensor], 
     """
     if backend not in MIN_BACKENDS:
         raise ValueError(f"backend must be one of {MIN_BACKENDS}, got {backend!r}")
-    if backend == "compiled":
-        why = _why_not_compiled_min(x, weight, bias, h0)
-        if why is not None:
-            raise ValueError(f"backend='compiled' cannot run this call: {why}")
-    if backend != "auto":
+    if backend in ("reference", "scan", "log_scan"):
         return _MIN_KERNELS[backend], Dispatch(backend, f"backend={backend!r} was asked for")
-    if x.shape[0] == 1:
+    if backend == "auto" and x.shape[0] == 1:
         return minrnn_scan.run_reference, Dispatch("reference", "one step: a scan would only add set-up cost")
-    why = _why_not_compiled_min(x, weight, bias, h0)
-    if why is None:
-        return minrnn_scan.run_compiled, Dispatch("compiled", "T > 1 on the CPU: the C++ loop is the fast path")
+    kernel, why = _compiled_min(x, weight, bias, h0)
+    if backend == "compiled":
+        if kernel is None:
+            raise ValueError(f"backend='compiled' cannot run this call: {why}")
+        return kernel, Dispatch("compiled", "backend='compiled' was asked for")
+    if kernel is not None:
+        return kernel, Dispatch("compiled", "T > 1 on the CPU: the C++ loop is the fast path")
     return minrnn_scan.run_scan, Dispatch("scan", f"T > 1: the chunked scan; compiled path refused: {why}")

@@ -3,7 +3,7 @@ r"""The minGRU / minLSTM recurrence h_t = a_t ⊙ h_{t-1} + b_t over a whole seq
 The layers (``seqlab.nn.minrnn``) own the parameters and the layout; this module
 owns their time loops, one per path, all with the kernel contract
 
-    run_*(cell, x (T, B, I), weight (G·H, I), bias (G·H,) or None, h0 (B, H), valid (T, B, 1) or None)
+    run_*(cell, x (T, B, I), weight (G·H, I), bias (G·H,) or None, h0 (B, H))
         -> (h (T, B, H), h_T (B, H) or None: None when h_T is h[-1])
 
 where ``cell`` is 'mingru' (gates z|h̃, G = 2) or 'minlstm' (f|i|h̃, G = 3).
@@ -18,8 +18,8 @@ says which ran and why.
   with ``a*_t = Σ_{s≤t} log a_s``, on ``torch.logcumsumexp``.
 - ``'scan'`` (:func:`run_scan`): a two-level chunked scan in linear space with a
   hand-written backward (:class:`MinScan`), in torch ops: runs on any device.
-- ``'compiled'`` (:func:`run_compiled`; the default for T > 1 on the CPU, where the
-  C++ extension builds): the same recurrence as one C++ pass over time each way,
+- ``'compiled'`` (``compiled.run_min_layer``; the default for T > 1 on the CPU, where
+  the C++ extension builds): the same recurrence as one C++ pass over time each way,
   gates, state update and adjoint fused per element, the products one MKL call
   each (``kernels/compiled.py``, the scan in ``csrc/minrnn_scan.h``). A sequential
   pass is the cheapest scan on a CPU: the recurrence costs a few flops per element,
@@ -42,9 +42,10 @@ float32, on a 2-core CPU):
    GRU's. The fused scan allocates four and runs in O(√T) Python steps.
 
 The initial state enters linearly, not in log space, on every path: see
-``seqlab.nn.minrnn``. Padding (``lengths=``) is the layer's business: it zeroes
-the input there and picks h_n at each sequence's last valid step, so only the
-reference loop looks at ``valid`` (it keeps the state over padded steps).
+``seqlab.nn.minrnn``. Padding (``lengths=``) is the layer's business: padding
+comes after each sequence (the reverse direction too), so no valid step depends on
+it; the layer zeroes the input there, picks h_n at each sequence's last valid step
+and zeroes the padded outputs, and the paths run every step alike.
 """
 from __future__ import annotations
 
@@ -89,13 +90,12 @@ def cell_step(cell: str, pre: Tensor, h: Tensor) -> Tensor:
     return f_norm * h + i_norm * h_tilde
 
 
-def run_steps(cell: str, pre: Tensor, h0: Tensor, valid: Optional[Tensor]) -> Tensor:
-    """pre (T, B, G·H), h0 (B, H), valid (T, B, 1) bool or None -> h (T, B, H); padding keeps the state."""
+def run_steps(cell: str, pre: Tensor, h0: Tensor) -> Tensor:
+    """pre (T, B, G·H), h0 (B, H) -> h (T, B, H), one :func:`cell_step` at a time."""
     h, ys = h0, []
     # unbind, not pre[t]: the backward of T selects would build T full-size gradients (quadratic in T)
-    for t, pre_t in enumerate(pre.unbind(0)):
-        h_new = cell_step(cell, pre_t, h)
-        h = h_new if valid is None else torch.where(valid[t], h_new, h)
+    for pre_t in pre.unbind(0):
+        h = cell_step(cell, pre_t, h)
         ys.append(h)
     return torch.stack(ys)  # (T, B, H)
 
@@ -241,7 +241,7 @@ class MinScan(torch.autograd.Function):
         inputs = (x, weight, bias, h0)
         need = ctx.needs_input_grad[1:5]
         wanted = [t for t, n in zip(inputs, need) if n]
-        h = run_steps(ctx.cell, F.linear(x, weight, bias), h0, None)
+        h = run_steps(ctx.cell, F.linear(x, weight, bias), h0)
         got = iter(torch.autograd.grad(h, wanted, grad_h, create_graph=True, allow_unused=True))
         grads = [next(got) if n else None for n in need]
         return (None, *(torch.zeros_like(t) if g is None and n else g for g, t, n in zip(grads, inputs, need)))
@@ -338,32 +338,23 @@ def _g_into(p: Tensor, out: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------
-# The four paths, each with the kernel contract of the module docstring
+# Three of the four paths with the kernel contract of the module docstring (the
+# fourth, compiled.run_min_layer, has it too)
 
 
-def run_reference(cell: str, x: Tensor, weight: Tensor, bias: Optional[Tensor], h0: Tensor,
-                  valid: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
-    """The step loop (the specification): h (T, B, H); padded steps keep the state."""
-    return run_steps(cell, F.linear(x, weight, bias), h0, valid), None
+def run_reference(cell: str, x: Tensor, weight: Tensor, bias: Optional[Tensor],
+                  h0: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+    """The step loop (the specification): h (T, B, H)."""
+    return run_steps(cell, F.linear(x, weight, bias), h0), None
 
 
-def run_log_scan(cell: str, x: Tensor, weight: Tensor, bias: Optional[Tensor], h0: Tensor,
-                 valid: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+def run_log_scan(cell: str, x: Tensor, weight: Tensor, bias: Optional[Tensor],
+                 h0: Tensor) -> tuple[Tensor, Optional[Tensor]]:
     """The paper's log-space scan: h (T, B, H)."""
     return _log_scan(cell, F.linear(x, weight, bias), h0), None
 
 
-def run_scan(cell: str, x: Tensor, weight: Tensor, bias: Optional[Tensor], h0: Tensor,
-             valid: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+def run_scan(cell: str, x: Tensor, weight: Tensor, bias: Optional[Tensor],
+             h0: Tensor) -> tuple[Tensor, Optional[Tensor]]:
     """The chunked linear-space scan (:class:`MinScan`): h (T, B, H)."""
     return MinScan.apply(cell, x, weight, bias, h0), None
-
-
-def run_compiled(cell: str, x: Tensor, weight: Tensor, bias: Optional[Tensor], h0: Tensor,
-                 valid: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
-    """The C++ loop (``compiled.run_min_layer``): h (T, B, H) and h_T (B, H), which it returns itself."""
-    # imported here, as dispatch imports the fast paths, so that a broken extension never
-    # stops the reference path from working
-    from . import compiled
-
-    return compiled.run_min_layer(cell, x, weight, bias, h0)

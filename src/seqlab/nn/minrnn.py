@@ -155,7 +155,7 @@ class _MinRNNBase(StackedRecurrent):
 
         valid = valid_mask(lengths, T, x)  # (T, B, 1) bool
         if valid is not None:
-            # Whatever sits in the padding must not reach a scan (a NaN there
+            # Whatever sits in the padding must not reach a kernel (a NaN there
             # would survive the masking below as 0 · NaN).
             x = torch.where(valid, x, x.new_zeros(()))
             last_idx = (lengths.to(x.device) - 1).view(1, B, 1).expand(1, B, self.hidden_size)  # (1, B, H)
@@ -163,10 +163,10 @@ class _MinRNNBase(StackedRecurrent):
         D = 2 if self.bidirectional else 1
 
         def run_direction(layer: int, direction: int, seq: Tensor):
-            y, h_T = kernel(self.cell, seq, *self._weights(layer, direction), h0[layer * D + direction], valid)
+            y, h_T = kernel(self.cell, seq, *self._weights(layer, direction), h0[layer * D + direction])
             if valid is not None:
-                # padding comes after each sequence (also reversed), so the scan's valid
-                # steps never saw it; h_n is picked out and the padded outputs zeroed
+                # padding comes after each sequence (also reversed), so no valid step
+                # depended on it; h_n is picked out and the padded outputs zeroed
                 h_T = y.gather(0, last_idx).squeeze(0)  # (B, H)
                 y = y * valid
             return y, (y[-1] if h_T is None else h_T,)  # (T, B, H), ((B, H),)
