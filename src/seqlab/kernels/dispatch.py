@@ -73,10 +73,19 @@ def tracing_context() -> Optional[str]:
     return None
 
 
-def _native_module():
-    from . import native
+# The fast paths' modules, imported on first use and kept here: imported lazily so that a
+# broken or missing fast path never stops the reference path (the specification) from
+# working, and kept because an import statement on every call costs more than the dict lookup.
+_MODULES: dict = {}
 
-    return native
+
+def _native_module():
+    module = _MODULES.get("native")
+    if module is None:
+        from . import native as module
+
+        _MODULES["native"] = module
+    return module
 
 
 def choose_stack(backend: str, cell: str, x, weights: list, variants: list[str], needs_grad: bool) -> Optional[Dispatch]:
@@ -122,24 +131,31 @@ def _avx512() -> bool:
 
 
 def _fused_module():
-    # Imported lazily so that a broken or missing fast path never stops the
-    # reference path (the specification) from working.
-    from . import fused
+    module = _MODULES.get("fused")
+    if module is None:
+        from . import fused as module
 
-    return fused
+        _MODULES["fused"] = module
+    return module
 
 
 def _compiled_module():
-    from . import compiled
+    module = _MODULES.get("compiled")
+    if module is None:
+        from . import compiled as module
 
-    return compiled
+        _MODULES["compiled"] = module
+    return module
 
 
 def _triton_module():
-    # imports triton when it is installed; only asked for on CUDA tensors or when named
-    from . import triton_rnn
+    module = _MODULES.get("triton_rnn")
+    if module is None:
+        # imports triton when it is installed; only asked for on CUDA tensors or when named
+        from . import triton_rnn as module
 
-    return triton_rnn
+        _MODULES["triton_rnn"] = module
+    return module
 
 
 def choose(backend: str, cell: str, x: Tensor, w: LayerWeights, masks: Masks) -> tuple[Callable, Dispatch]:

@@ -284,5 +284,5 @@ class StackedRecurrent(nn.Module):
             if self.dropout > 0 and self.training and layer < L - 1:
                 layer_output = F.dropout(layer_output, self.dropout, training=True)
             layer_input = layer_output
-        states = tuple(None if slot[0] is None else torch.stack(slot) for slot in zip(*finals))  # (D·L, B, ·)
+        states = [None if slot[0] is None else torch.stack(slot) for slot in zip(*finals)]  # (D·L, B, ·) each
         return layer_input, states
