@@ -230,7 +230,8 @@ def _compiled_min(x: Tensor, weight: Tensor, bias: Optional[Tensor], h0: Tensor)
     return (compiled.run_min_layer, "") if why is None else (None, why)
 
 
-def choose_min(backend: str, x: Tensor, weight: Tensor, bias: Optional[Tensor], h0: Tensor) -> tuple[Callable, Dispatch]:
+def choose_min(backend: str, x: Tensor, weight: Tensor, bias: Optional[Tensor],
+               h0: Tensor) -> tuple[Callable, Dispatch]:
     """The kernel for a minGRU / minLSTM call over x (T, B, I) and the record of why (see minrnn_scan.py).
 
     ``weight``, ``bias``: the first layer's, ``h0`` (D·L, B, H): what the compiled loop's checks read.

@@ -186,7 +186,8 @@ class StackedRecurrent(nn.Module):
             if lengths is not None:
                 raise ValueError("lengths= cannot be combined with a PackedSequence, which carries its own lengths")
             if input.data.dim() != 2:
-                raise ValueError(f"{self._name}: expected PackedSequence data to be 2D, got {input.data.dim()}D instead")
+                raise ValueError(f"{self._name}: expected PackedSequence data to be 2D, "
+                                 f"got {input.data.dim()}D instead")
             self._check_features(input.data)
             x, lengths = pad_packed_sequence(input)  # (T, B, I), original batch order
         else:

@@ -76,7 +76,7 @@ def _backend_from_mode(name: str, mode, backend: Optional[str], stacklevel: int)
 
 
 class _MinRNNBase(StackedRecurrent):
-    """Parameters and the call of the minRNN kernels, shared by MinGRU and MinLSTM; layout and stacking in the driver."""
+    """Parameters and the call of the minRNN kernels, shared by MinGRU and MinLSTM; the rest is the driver's."""
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
