@@ -4,17 +4,18 @@
     python benchmarks/minrnn.py --quick          # tiny sizes, one repeat: a smoke test
     python benchmarks/minrnn.py --threads 1 --repeats 7 --input-grad
     python benchmarks/minrnn.py --threads 1 --markdown   # also into benchmarks/RESULTS.md
+    python benchmarks/minrnn.py --threads 1 --clock cpu  # on a shared machine: CPU time, not wall time
 
 For each T it times, after warm-up, the median of repeats of one training step
 (``zero_grad`` + forward + backward of ``output.sum() + h_n.sum()``) for
 
 - the GRU baseline: ``seqlab.nn.GRU`` when it imports, else ``torch.nn.GRU``
   (the row says which);
-- MinGRU with ``mode='auto'`` (what a user gets: the C++ loop on the CPU
+- MinGRU with ``backend='auto'`` (what a user gets: the C++ loop on the CPU
   where the extension builds; the row names the path), ``'scan'`` (the
-  chunked scan in torch ops), ``'sequential'`` (the reference loop) and
+  chunked scan in torch ops), ``'reference'`` (the step loop) and
   ``'log_scan'`` (the paper's log-space scan);
-- MinLSTM with ``mode='auto'`` and ``'scan'``.
+- MinLSTM with ``backend='auto'`` and ``'scan'``.
 
 It prints ms, tokens/s (batch · T / time) and the speed-up over the GRU
 (GRU ms / this row's ms, so above 1 is faster). By default the input does not
@@ -42,7 +43,7 @@ except ImportError:  # run from a checkout without installing: python benchmarks
     import seqlab.nn.minrnn as mr
 
 from _results import add_markdown_arguments, command_line, results_section, write_section  # noqa: E402
-from recurrent import gemm_gflops  # noqa: E402  (benchmarks/ is the script's folder, so on sys.path)
+from recurrent import CLOCKS, gemm_gflops  # noqa: E402  (benchmarks/ is the script's folder, so on sys.path)
 
 try:
     from seqlab.nn import GRU as BaselineGRU
@@ -63,19 +64,21 @@ class Config:
     hidden: int = 128  # input size = hidden size
     warmup: int = 2  # untimed calls first: allocator, thread pool and lazy imports settle
     repeats: int = 5  # the median of this many timed calls is reported
-    max_sequential_steps: int = 4096  # the reference loop is slow; skip it above this T
+    max_reference_steps: int = 4096  # the reference loop is slow; skip it above this T
     threads: Optional[int] = None  # torch.set_num_threads; None keeps torch's default
     input_grad: bool = False
+    clock: str = "wall"  # 'wall' (perf_counter) or 'cpu' (process_time), as in recurrent.py
 
 
-def median_ms(fn: Callable[[], None], warmup: int, repeats: int) -> float:
+def median_ms(fn: Callable[[], None], warmup: int, repeats: int,
+              clock: Callable[[], float] = time.perf_counter) -> float:
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()  # CPU only: no device to synchronise
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times) * 1e3
 
 
@@ -87,7 +90,7 @@ def train_step_ms(mod: nn.Module, x: torch.Tensor, cfg: Config, repeats: int, **
         out, h_n = mod(x, **kw)
         (out.sum() + h_n.sum()).backward()
 
-    return median_ms(step, cfg.warmup, repeats)
+    return median_ms(step, cfg.warmup, repeats, CLOCKS[cfg.clock])
 
 
 def _baseline(H: int) -> tuple[nn.Module, str]:
@@ -117,17 +120,17 @@ def run(cfg: Config) -> list[tuple]:
         base = train_step_ms(gru, x, cfg, cfg.repeats)
         cases = [(f"GRU ({baseline})", gru, {}, cfg.repeats),
                  ("MinGRU auto", mingru, {}, cfg.repeats),
-                 ("MinGRU scan", mingru, {"mode": "scan"}, cfg.repeats),
-                 ("MinGRU log_scan", mingru, {"mode": "log_scan"}, cfg.repeats),
+                 ("MinGRU scan", mingru, {"backend": "scan"}, cfg.repeats),
+                 ("MinGRU log_scan", mingru, {"backend": "log_scan"}, cfg.repeats),
                  ("MinLSTM auto", minlstm, {}, cfg.repeats),
-                 ("MinLSTM scan", minlstm, {"mode": "scan"}, cfg.repeats)]
-        if T <= cfg.max_sequential_steps:
+                 ("MinLSTM scan", minlstm, {"backend": "scan"}, cfg.repeats)]
+        if T <= cfg.max_reference_steps:
             # the loop is as slow as the GRU: fewer repeats keep the run short
-            cases.insert(3, ("MinGRU sequential", mingru, {"mode": "sequential"}, max(1, cfg.repeats // 2)))
+            cases.insert(3, ("MinGRU reference", mingru, {"backend": "reference"}, max(1, cfg.repeats // 2)))
         for name, mod, kw, reps in cases:
             ms = base if mod is gru else train_step_ms(mod, x, cfg, reps, **kw)
             if name.endswith(" auto"):
-                name += f" ({mod.last_mode.mode})"
+                name += f" ({mod.last_dispatch.backend})"
             rows.append((T, name, ms, B * T / (ms / 1e3), base / ms))
     return rows
 
@@ -153,26 +156,29 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--input-grad", action="store_true", help="also compute the gradient of the input")
+    ap.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                    help="wall time, or this process's CPU time (less noisy with --threads 1 on a shared machine)")
     add_markdown_arguments(ap)
     args = ap.parse_args(argv)
     cfg = Config(steps=tuple(args.steps), batch=args.batch, hidden=args.hidden, repeats=args.repeats,
-                 threads=args.threads, input_grad=args.input_grad)
+                 threads=args.threads, input_grad=args.input_grad, clock=args.clock)
     if args.quick:
         cfg = Config(steps=(16, 64), batch=2, hidden=8, warmup=1, repeats=1, threads=args.threads,
-                     input_grad=args.input_grad)
+                     input_grad=args.input_grad, clock=args.clock)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)  # before the header, which reports it
     print(f"# minRNN training step (forward + backward), batch {cfg.batch}, hidden = input = {cfg.hidden}, "
           f"input grad {'on' if cfg.input_grad else 'off'}")
     print(f"# torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads, "
-          f"median of {cfg.repeats} after {cfg.warmup} warm-up")
+          f"median of {cfg.repeats} after {cfg.warmup} warm-up, {cfg.clock} clock")
     rows = run(cfg)
     print(table(rows))
     summary = verdict(cfg, rows)
     print("\n" + summary)
     if args.markdown:
         how = [f"training step (forward + backward), batch {cfg.batch}, hidden = input = {cfg.hidden}, input grad "
-               f"{'on' if cfg.input_grad else 'off'}; median of {cfg.repeats} after {cfg.warmup} warm-up"]
+               f"{'on' if cfg.input_grad else 'off'}; median of {cfg.repeats} after {cfg.warmup} warm-up, "
+               f"{cfg.clock} clock"]
         command = command_line(None if argv is None else [__file__, *argv])
         section = results_section("minGRU and minLSTM against the GRU", command, table(rows), summary,
                                   notes=how + args.note)

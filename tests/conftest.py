@@ -21,11 +21,10 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _skip_backend_that_cannot_run(request):
-    """A test parametrised with backend='compiled' (recurrent layers) or mode='compiled' (minGRU/minLSTM)
-    skips, saying why, where the C++ loop cannot be built; one with backend='triton' where triton
-    cannot run."""
+    """A test parametrised with backend='compiled' (RNN family and minGRU/minLSTM alike) skips, saying
+    why, where the C++ loop cannot be built; one with backend='triton' where triton cannot run."""
     params = getattr(getattr(request.node, "callspec", None), "params", {})
-    if params.get("backend") == "compiled" or params.get("mode") == "compiled":
+    if params.get("backend") == "compiled":
         from seqlab.kernels import compiled
 
         if not compiled.available():

@@ -100,16 +100,16 @@ def test_gradient_penalty_matches_torch(backend):
         torch.testing.assert_close(b, a, atol=1e-10, rtol=1e-8)
 
 
-@pytest.mark.parametrize("mode", ["auto", "compiled", "scan", "log_scan", "sequential"])
+@pytest.mark.parametrize("backend", ["auto", "compiled", "scan", "log_scan", "reference"])
 @pytest.mark.parametrize("cls", [snn.MinGRU, snn.MinLSTM])
-def test_min_rnn_second_derivatives_correct_or_raise(cls, mode):
+def test_min_rnn_second_derivatives_correct_or_raise(cls, backend):
     """minGRU / minLSTM: second derivatives are right (the chunked scan differentiates the step loop under
     create_graph) or raise (the compiled op has no double backward), never silently zero."""
     torch.manual_seed(0)
-    m = cls(2, 3, dtype=torch.float64, mode=mode)
+    m = cls(2, 3, dtype=torch.float64, backend=backend)
     x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
     m(x)
-    if m.last_mode.mode == "compiled":
+    if m.last_dispatch.backend == "compiled":
         with pytest.raises(RuntimeError, match="no autograd formula"):
             gradgradcheck(lambda x: m(x)[0], (x,), fast_mode=True)
     else:

@@ -173,7 +173,7 @@ def test_min_layers_compile_in_one_graph_and_match_eager(name, cls):
     model = TinyMinModel(cls).double()
     x = torch.randn(T, B, I, dtype=torch.float64)
     loss = model(x)
-    assert model.rnn.last_mode.mode == "compiled"
+    assert model.rnn.last_dispatch.backend == "compiled"
     grads = torch.autograd.grad(loss, list(model.parameters()))
     torch._dynamo.reset()
     explain = torch._dynamo.explain(model)(x)

@@ -28,6 +28,11 @@ transforms, ``torch.export`` and the exporters built on them, ``torch.compile``)
 says so. Naming a backend runs that path or raises with the reason it cannot;
 ``backend='triton'`` runs on CPU tensors only under ``TRITON_INTERPRET=1`` (the
 interpreter the tests use), and ``auto`` never picks it there.
+
+The minGRU / minLSTM layers (``nn/minrnn.py``) have paths of their own
+(``minrnn_scan.py``), chosen by ``choose_min`` into the same ``Dispatch`` record:
+``auto`` takes the reference loop for one step (a scan would only add set-up
+cost), else the compiled C++ loop on the CPU, else the chunked scan.
 """
 from __future__ import annotations
 
@@ -36,14 +41,16 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from . import reference
+from . import minrnn_scan, reference
 from .common import LayerWeights, Masks
 
 BACKENDS = ("auto", "reference", "fused", "compiled", "triton", "native")
+# the minGRU / minLSTM paths (minrnn_scan.py): 'reference' is the step loop, the specification
+MIN_BACKENDS = ("auto", "reference", "scan", "log_scan", "compiled")
 
 
 class Dispatch(NamedTuple):
-    backend: str  # the path that ran: 'reference', 'fused', 'compiled', 'triton' or 'native'
+    backend: str  # the path that ran: one of BACKENDS (MIN_BACKENDS for minGRU / minLSTM) but 'auto'
     reason: str  # why a faster path was not taken, or why this one was; '' when the fastest one for the device ran
 
 
@@ -66,10 +73,19 @@ def tracing_context() -> Optional[str]:
     return None
 
 
-def _native_module():
-    from . import native
+# The fast paths' modules, imported on first use and kept here: imported lazily so that a
+# broken or missing fast path never stops the reference path (the specification) from
+# working, and kept because an import statement on every call costs more than the dict lookup.
+_MODULES: dict = {}
 
-    return native
+
+def _native_module():
+    module = _MODULES.get("native")
+    if module is None:
+        from . import native as module
+
+        _MODULES["native"] = module
+    return module
 
 
 def choose_stack(backend: str, cell: str, x, weights: list, variants: list[str], needs_grad: bool) -> Optional[Dispatch]:
@@ -115,24 +131,31 @@ def _avx512() -> bool:
 
 
 def _fused_module():
-    # Imported lazily so that a broken or missing fast path never stops the
-    # reference path (the specification) from working.
-    from . import fused
+    module = _MODULES.get("fused")
+    if module is None:
+        from . import fused as module
 
-    return fused
+        _MODULES["fused"] = module
+    return module
 
 
 def _compiled_module():
-    from . import compiled
+    module = _MODULES.get("compiled")
+    if module is None:
+        from . import compiled as module
 
-    return compiled
+        _MODULES["compiled"] = module
+    return module
 
 
 def _triton_module():
-    # imports triton when it is installed; only asked for on CUDA tensors or when named
-    from . import triton_rnn
+    module = _MODULES.get("triton_rnn")
+    if module is None:
+        # imports triton when it is installed; only asked for on CUDA tensors or when named
+        from . import triton_rnn as module
 
-    return triton_rnn
+        _MODULES["triton_rnn"] = module
+    return module
 
 
 def choose(backend: str, cell: str, x: Tensor, w: LayerWeights, masks: Masks) -> tuple[Callable, Dispatch]:
@@ -191,3 +214,39 @@ def choose(backend: str, cell: str, x: Tensor, w: LayerWeights, masks: Masks) ->
     if backend == "fused":
         raise ValueError(f"backend='fused' cannot run this call: {refusal}")
     return reference.run_layer, Dispatch("reference", "; ".join(refusals + [refusal]))
+
+
+_MIN_KERNELS = {"reference": minrnn_scan.run_reference, "scan": minrnn_scan.run_scan,
+                "log_scan": minrnn_scan.run_log_scan}
+
+
+def _compiled_min(x: Tensor, weight: Tensor, bias: Optional[Tensor], h0: Tensor) -> tuple[Optional[Callable], str]:
+    """The compiled minGRU / minLSTM kernel and '', or None and the reason it cannot run this call."""
+    try:
+        compiled = _compiled_module()
+    except ImportError as e:  # pragma: no cover - only when the compiled module is broken
+        return None, f"the compiled path could not be imported: {e}"
+    why = compiled.supports_min(x, weight, bias, h0)  # builds the extension on the first CPU call
+    return (compiled.run_min_layer, "") if why is None else (None, why)
+
+
+def choose_min(backend: str, x: Tensor, weight: Tensor, bias: Optional[Tensor],
+               h0: Tensor) -> tuple[Callable, Dispatch]:
+    """The kernel for a minGRU / minLSTM call over x (T, B, I) and the record of why (see minrnn_scan.py).
+
+    ``weight``, ``bias``: the first layer's, ``h0`` (D·L, B, H): what the compiled loop's checks read.
+    """
+    if backend not in MIN_BACKENDS:
+        raise ValueError(f"backend must be one of {MIN_BACKENDS}, got {backend!r}")
+    if backend in ("reference", "scan", "log_scan"):
+        return _MIN_KERNELS[backend], Dispatch(backend, f"backend={backend!r} was asked for")
+    if backend == "auto" and x.shape[0] == 1:
+        return minrnn_scan.run_reference, Dispatch("reference", "one step: a scan would only add set-up cost")
+    kernel, why = _compiled_min(x, weight, bias, h0)
+    if backend == "compiled":
+        if kernel is None:
+            raise ValueError(f"backend='compiled' cannot run this call: {why}")
+        return kernel, Dispatch("compiled", "backend='compiled' was asked for")
+    if kernel is not None:
+        return kernel, Dispatch("compiled", "T > 1 on the CPU: the C++ loop is the fast path")
+    return minrnn_scan.run_scan, Dispatch("scan", f"T > 1: the chunked scan; compiled path refused: {why}")

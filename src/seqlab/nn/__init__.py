@@ -5,11 +5,16 @@ module              what lives there
 ==================  =========================================================================
 rnn                 RNN, LSTM, GRU and their cells; record_gates (introspection)
 minrnn              MinGRU, MinLSTM: input-only gates, trained by a parallel scan
+_driver             the layer driver both recurrent families share: layout, lengths and packing,
+                    directions, stacking, state shapes (their time loops are in seqlab.kernels)
 attention           MultiheadAttention, masks, the reference attention
 transformer         the Transformer family and its key/value cache
 positional          sinusoidal and learned positional encodings
 seq2seq_attention   Bahdanau (additive) and Luong (dot, general) attention for RNN decoders
 ==================  =========================================================================
+
+Both recurrent families say ``backend=`` for the path and ``module.last_dispatch``
+for the one that ran and why (``seqlab.kernels.dispatch``, the one place that chooses).
 """
 from .attention import (KVCache, LayerCache, MultiheadAttention, TransformerCache, attention_reference, causal_mask,
                         padding_mask)

@@ -39,18 +39,17 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from typing import Iterator, List, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from ..kernels import native, reference
-from ._checks import _check_prob, _check_size
 from ..kernels.common import GATES, LayerWeights, Masks
-from ..kernels.dispatch import BACKENDS, Dispatch, choose, choose_stack
+from ..kernels.dispatch import BACKENDS, choose, choose_stack
+from ._checks import _check_prob, _check_size
+from ._driver import Layout, StackedRecurrent, gather_time, reverse_index, suffix, valid_mask
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "record_gates", "GateRecorder"]
 
@@ -96,11 +95,6 @@ class GateRecorder:
 _RECORDERS: list[GateRecorder] = []
 
 
-def _suffix(layer: int, direction: int) -> str:
-    """torch.nn's parameter-name suffix: _l{layer}, plus _reverse for the backward direction."""
-    return f"_l{layer}{'_reverse' if direction == 1 else ''}"
-
-
 # the attribute prefix of each LayerWeights slot, in its field order (the suffix is _l{k}[_reverse])
 _SLOT_ATTRS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "ln_ih_weight", "ln_ih_bias",
                "ln_hh_weight", "ln_hh_bias", "ln_c_weight", "ln_c_bias")
@@ -124,10 +118,6 @@ def record_gates() -> Iterator[GateRecorder]:
         _RECORDERS.remove(recorder)
 
 
-# ----------------------------------------------------------------------------
-# Argument checks
-
-
 def _autocast_dtype(x) -> Optional[torch.dtype]:
     """The dtype autocast asks for on x's device, or None when it is off (or x is not a float it would cast)."""
     if not isinstance(x, Tensor) or not x.is_floating_point() or not torch.is_autocast_enabled(x.device.type):
@@ -136,41 +126,12 @@ def _autocast_dtype(x) -> Optional[torch.dtype]:
     return None if amp == x.dtype else amp
 
 
-def _reverse_index(lengths: Optional[Tensor], T: int, B: int, device) -> Optional[Tensor]:
-    """Time index that reverses each sequence within its own length (an involution).
-
-    idx[t, b] = len_b - 1 - t for t < len_b, and t on padding, so padding stays
-    at the end and the reversed direction starts at each sequence's last token.
-    """
-    if lengths is None:
-        return None
-    t = torch.arange(T, device=device).unsqueeze(1)  # (T, 1)
-    lens = lengths.to(device).unsqueeze(0)  # (1, B)
-    return torch.where(t < lens, lens - 1 - t, t)  # (T, B)
-
-
-def _repack(output: Tensor, input: PackedSequence, lengths: Tensor) -> PackedSequence:
-    """A padded (T, B, ·) output in the caller's batch order as a PackedSequence laid out as ``input``."""
-    sorted_idx = input.sorted_indices
-    out_sorted = output if sorted_idx is None else output.index_select(1, sorted_idx)  # (T, B, ·)
-    lens_sorted = lengths if sorted_idx is None else lengths.index_select(0, sorted_idx.cpu())
-    data = pack_padded_sequence(out_sorted, lens_sorted, enforce_sorted=True).data  # (N, ·)
-    return PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
-
-
-def _gather_time(v: Tensor, idx: Optional[Tensor]) -> Tensor:
-    """v (T, B, F) reordered in time per batch column by idx (T, B); idx None flips all."""
-    if idx is None:
-        return v.flip(0)
-    return v.gather(0, idx.unsqueeze(-1).expand(-1, -1, v.shape[-1]))  # (T, B, F)
-
-
 # ----------------------------------------------------------------------------
 # The layers
 
 
-class _RNNBase(nn.Module):
-    """Shared machinery of RNN, LSTM and GRU: parameters, checks, layout, dispatch."""
+class _RNNBase(StackedRecurrent):
+    """Shared machinery of RNN, LSTM and GRU: parameters, variants, dispatch; layout and stacking in the driver."""
 
     def __init__(
         self,
@@ -193,28 +154,53 @@ class _RNNBase(nn.Module):
         forget_bias: Optional[float] = None,
     ) -> None:
         super().__init__()
-        factory = {"device": device, "dtype": dtype}
         self.cell = cell
         self.mode = {"rnn_tanh": "RNN_TANH", "rnn_relu": "RNN_RELU", "lstm": "LSTM", "gru": "GRU"}[cell]
-        self.input_size = _check_size("input_size", input_size)
-        self.hidden_size = _check_size("hidden_size", hidden_size)
-        self.num_layers = _check_size("num_layers", num_layers)
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
-        self.dropout = _check_prob("dropout", dropout, one=True)  # torch.nn accepts p = 1
-        self.bidirectional = bool(bidirectional)
+        self._init_stack(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         dropout_one=True)  # torch.nn accepts dropout p = 1
         self.proj_size = _check_size("proj_size", proj_size, minimum=0)
         if self.proj_size >= self.hidden_size:
             raise ValueError(f"proj_size has to be smaller than hidden_size ({self.hidden_size}), got {self.proj_size}")
-        if self.dropout > 0 and self.num_layers == 1:
-            warnings.warn(
-                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
-                f"num_layers greater than 1, but got dropout={self.dropout} and num_layers={self.num_layers}",
-                stacklevel=3,
-            )
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
+        self._init_variants(layer_norm, recurrent_dropout, zoneout, forget_bias)
+
+        factory = {"device": device, "dtype": dtype}
+        G, H = GATES[cell], self.hidden_size
+        P = self.proj_size or H
+
+        def torch_nn_weights(layer: int, in_size: int) -> dict:
+            # torch.nn's order (w_ih, w_hh, b_ih, b_hh, w_hr), so the same seed gives its weights
+            shapes = {"weight_ih": (G * H, in_size), "weight_hh": (G * H, P)}
+            if self.bias:
+                shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
+            if self.proj_size:
+                shapes["weight_hr"] = (P, H)
+            return shapes
+
+        def layer_norms(layer: int, in_size: int) -> dict:
+            shapes = {"ln_ih_weight": (G * H,), "ln_ih_bias": (G * H,), "ln_hh_weight": (G * H,),
+                      "ln_hh_bias": (G * H,)}
+            if cell == "lstm":
+                shapes.update(ln_c_weight=(H,), ln_c_bias=(H,))
+            return shapes
+
+        self._flat_weights_names: list[str] = self._register_weights(torch_nn_weights, factory)
+        self._ln_names: list[str] = self._register_weights(layer_norms, factory) if self.layer_norm else []
+        # per (layer, direction): the attribute name of each LayerWeights slot, None where this
+        # configuration has no such parameter. Looked up once here: formatting eleven names and
+        # probing the absent ones (an AttributeError each) every forward cost more than a small step.
+        registered = set(self._flat_weights_names) | set(self._ln_names)
+        self._slot_names: dict[tuple[int, int], tuple[Optional[str], ...]] = {}
+        for layer in range(self.num_layers):
+            for direction in range(2 if self.bidirectional else 1):
+                names = (n + suffix(layer, direction) for n in _SLOT_ATTRS)
+                self._slot_names[layer, direction] = tuple(n if n in registered else None for n in names)
+        self.reset_parameters()
+
+    def _init_variants(self, layer_norm, recurrent_dropout, zoneout, forget_bias) -> None:
+        """Check and keep the seqlab-only options (see the module docstring)."""
         self.layer_norm = bool(layer_norm)
         self.recurrent_dropout = _check_prob("recurrent_dropout", recurrent_dropout)
         if isinstance(zoneout, (tuple, list)):
@@ -224,64 +210,16 @@ class _RNNBase(nn.Module):
         else:
             p_h, p_c = zoneout, 0.0
         self.zoneout = (_check_prob("zoneout p_h", p_h), _check_prob("zoneout p_c", p_c))
-        if cell != "lstm" and self.zoneout[1] > 0:
+        if self.cell != "lstm" and self.zoneout[1] > 0:
             raise ValueError(f"zoneout for {self.mode} takes one probability (it has no cell state), got {zoneout!r}")
-        if forget_bias is not None and not bias:
+        if forget_bias is not None and not self.bias:
             raise ValueError(f"forget_bias={forget_bias!r} sets the forget-gate bias, which needs bias=True, "
                              f"got bias=False")
         self.forget_bias = forget_bias
 
-        G = GATES[cell]
-        H, P = self.hidden_size, self.proj_size or self.hidden_size
-        D = 2 if self.bidirectional else 1
-        self._flat_weights_names: list[str] = []
-        self._ln_names: list[str] = []
-        # Registered in torch.nn's order (layer, direction, w_ih, w_hh, b_ih, b_hh, w_hr)
-        # so that the same seed gives the same initial weights as torch.nn.
-        for layer in range(self.num_layers):
-            for direction in range(D):
-                sfx = _suffix(layer, direction)
-                layer_in = self.input_size if layer == 0 else P * D
-                shapes = {"weight_ih": (G * H, layer_in), "weight_hh": (G * H, P)}
-                if self.bias:
-                    shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
-                if self.proj_size:
-                    shapes["weight_hr"] = (P, H)
-                for name, shape in shapes.items():
-                    self.register_parameter(name + sfx, nn.Parameter(torch.empty(shape, **factory)))
-                    self._flat_weights_names.append(name + sfx)
-        if self.layer_norm:
-            for layer in range(self.num_layers):
-                for direction in range(D):
-                    sfx = _suffix(layer, direction)
-                    shapes = {"ln_ih": G * H, "ln_hh": G * H}
-                    if cell == "lstm":
-                        shapes["ln_c"] = H
-                    for name, n in shapes.items():
-                        for kind in ("weight", "bias"):
-                            full = f"{name}_{kind}{sfx}"
-                            self.register_parameter(full, nn.Parameter(torch.empty(n, **factory)))
-                            self._ln_names.append(full)
-        # per (layer, direction): the attribute name of each LayerWeights slot, None where this
-        # configuration has no such parameter. Looked up once here: formatting eleven names and
-        # probing the absent ones (an AttributeError each) every forward cost more than a small step.
-        registered = set(self._flat_weights_names) | set(self._ln_names)
-        self._slot_names: dict[tuple[int, int], tuple[Optional[str], ...]] = {}
-        for layer in range(self.num_layers):
-            for direction in range(D):
-                sfx = _suffix(layer, direction)
-                names = (n + sfx for n in _SLOT_ATTRS)
-                self._slot_names[layer, direction] = tuple(n if n in registered else None for n in names)
-        self.reset_parameters()
-        self.last_dispatch: Optional[Dispatch] = None
-
-    def __getstate__(self) -> dict:
-        # last_dispatch records the last call; it is no state of the layer. Left out so that a
-        # pickled module holds only what torch.load(weights_only=True) can be told about (the
-        # user's safe_globals list of the model's classes), not seqlab's internal records.
-        state = self.__dict__.copy()
-        state["last_dispatch"] = None
-        return state
+    @property
+    def _name(self) -> str:
+        return self.mode
 
     # -- parameters ---------------------------------------------------------
 
@@ -301,20 +239,6 @@ class _RNNBase(nn.Module):
                         getattr(self, name)[H:2 * H].fill_(float(self.forget_bias))
                     elif name.startswith("bias_hh"):
                         getattr(self, name)[H:2 * H].zero_()
-
-    @property
-    def _flat_weights(self) -> list[Tensor]:
-        return [getattr(self, n) for n in self._flat_weights_names]
-
-    @property
-    def all_weights(self) -> list[list[Tensor]]:
-        """Per layer and direction, the torch.nn parameters (as torch.nn's ``all_weights``)."""
-        per = len(self._flat_weights_names) // (self.num_layers * (2 if self.bidirectional else 1))
-        w = self._flat_weights
-        return [w[i:i + per] for i in range(0, len(w), per)]
-
-    def flatten_parameters(self) -> None:
-        """Accepted for drop-in compatibility; seqlab keeps no flattened cuDNN buffer."""
 
     def _weights(self, layer: int, direction: int) -> LayerWeights:
         # self._parameters first (a dict lookup; getattr through Module.__getattr__ is a tenth
@@ -345,63 +269,22 @@ class _RNNBase(nn.Module):
         # lengths is not keyword-only: torch.onnx.export (TorchScript) passes every parameter it
         # finds in the signature positionally, with its default
         is_lstm = self.cell == "lstm"
-        dtype = getattr(self, self._flat_weights_names[0]).dtype  # weight_ih_l0 (getattr: parametrizations)
+        layout = self._time_major(input, lengths)  # x (T, B, I) time-major
+        x = layout.x
+        h0, c0 = self._initial_state(hx, is_lstm, layout.unbatched, x.shape[1], x)  # (D*L, B, P), (D*L, B, H)
 
-        # ---- bring every input form to (T, B, I) time-major plus lengths ----
-        packed = isinstance(input, PackedSequence)
-        unbatched = False
-        if packed:
-            if lengths is not None:
-                raise ValueError("lengths= cannot be combined with a PackedSequence, which carries its own lengths")
-            if input.data.dim() != 2:
-                raise ValueError(f"{self.mode}: expected PackedSequence data to be 2D, got {input.data.dim()}D instead")
-            self._check_features(input.data)
-            x, lengths = pad_packed_sequence(input)  # (T, B, I), original batch order
-        else:
-            if not isinstance(input, Tensor):
-                raise TypeError(f"{self.mode}: expected input to be a Tensor or PackedSequence, got {type(input).__name__}")
-            if input.dim() not in (2, 3):
-                raise ValueError(f"{self.mode}: Expected input to be 2D or 3D, got {input.dim()}D instead")
-            self._check_features(input)
-            unbatched = input.dim() == 2
-            if unbatched:
-                if lengths is not None:
-                    raise ValueError("lengths= needs batched (3D) input; unbatched input is one whole sequence")
-                x = input.unsqueeze(1)  # (T, I) -> (T, 1, I)
-            else:
-                x = input.transpose(0, 1) if self.batch_first else input  # (B, T, I) -> (T, B, I)
-        if x.dtype != dtype:
-            raise TypeError(f"{self.mode}: expected input of dtype {dtype} (the parameters' dtype), got {x.dtype}")
-        T, B = x.shape[0], x.shape[1]
-        if lengths is not None and not packed:
-            lengths = self._check_lengths(lengths, T, B)
-
-        # ---- initial states: (D*L, B, P) and (D*L, B, H) ----
-        h0, c0 = self._initial_state(hx, is_lstm, unbatched, B, x)
-
-        # ---- autocast: the layer computes in autocast's dtype, as torch's autocast runs its
-        # recurrent ops (mkldnn_rnn_layer, cuDNN) in lower precision; the casts are differentiable,
-        # so the float32 parameters still get their gradients ----
+        # autocast: the layer computes in autocast's dtype, as torch's autocast runs its recurrent
+        # ops (mkldnn_rnn_layer, cuDNN) in lower precision; the casts are differentiable, so the
+        # float32 parameters still get their gradients
         amp = _autocast_dtype(x)
         if amp is not None:
             x, h0 = x.to(amp), h0.to(amp)
             c0 = c0.to(amp) if is_lstm else None
             with torch.autocast(x.device.type, enabled=False):
-                output, h_n, c_n = self._run(input, x, lengths, packed, h0, c0, amp)
+                output, h_n, c_n = self._run(input, layout._replace(x=x), h0, c0, amp)
         else:
-            output, h_n, c_n = self._run(input, x, lengths, packed, h0, c0, None)
-
-        # ---- back to the caller's layout ----
-        if isinstance(output, PackedSequence):  # the native path ran on the packed data
-            pass
-        elif packed:
-            output = _repack(output, input, lengths)
-        elif unbatched:
-            output = output.squeeze(1)  # (T, 1, ·) -> (T, ·)
-            h_n = h_n.squeeze(1)
-            c_n = c_n.squeeze(1) if is_lstm else None
-        elif self.batch_first:
-            output = output.transpose(0, 1)  # (T, B, ·) -> (B, T, ·)
+            output, h_n, c_n = self._run(input, layout, h0, c0, None)
+        output, (h_n, c_n) = self._caller_layout(output, (h_n, c_n), layout, input)
         return (output, (h_n, c_n)) if is_lstm else (output, h_n)
 
     def _variants(self, lengths, packed: bool, recording: bool) -> list[str]:
@@ -419,20 +302,17 @@ class _RNNBase(nn.Module):
             used.append("record_gates()")
         return used
 
-    def _run(self, input, x: Tensor, lengths, packed: bool, h0: Tensor, c0: Optional[Tensor], amp):
+    def _run(self, input, layout: Layout, h0: Tensor, c0: Optional[Tensor], amp):
         """Every layer and direction over x (T, B, I) from h0 (D*L, B, P), c0 (D*L, B, H): (output, h_n, c_n).
 
         output is (T, B, D*P), or a PackedSequence when the native path ran on packed input.
         ``amp``: the autocast dtype every weight is cast to, or None.
         """
+        x, lengths, packed = layout.x, layout.lengths, layout.packed
         is_lstm = self.cell == "lstm"
-        H, P = self.hidden_size, self.proj_size or self.hidden_size
-        D = 2 if self.bidirectional else 1
-        L = self.num_layers
-        T, B = x.shape[0], x.shape[1]
         cast = (lambda t: t) if amp is None else (lambda t: None if t is None else t.to(amp))  # noqa: E731
 
-        # ---- torch's own kernels take a whole plain call where they are the better path ----
+        # torch's own kernels take a whole plain call where they are the better path
         flat = [cast(getattr(self, n)) for n in self._flat_weights_names]  # getattr: parametrizations
         needs_grad = torch.is_grad_enabled() and (
             x.requires_grad or h0.requires_grad or (is_lstm and c0.requires_grad) or any(w.requires_grad for w in flat))
@@ -440,119 +320,55 @@ class _RNNBase(nn.Module):
                              needs_grad)
         if stack is not None:
             self.__dict__["last_dispatch"] = stack
-            dropout = self.dropout if self.training else 0.0
-            if packed:
-                data = cast(input.data)
-                idx = input.sorted_indices
-                if idx is not None:  # the states in the packed (sorted) batch order, as torch.nn
-                    h0 = h0.index_select(1, idx)
-                    c0 = c0.index_select(1, idx) if is_lstm else None
-                out, h_n, c_n = native.run_stack(self.cell, data, input.batch_sizes, h0, c0, flat, self.bias, L,
-                                                 dropout, self.training, self.bidirectional)
-                if input.unsorted_indices is not None:
-                    h_n = h_n.index_select(1, input.unsorted_indices)
-                    c_n = c_n.index_select(1, input.unsorted_indices) if is_lstm else None
-                out = PackedSequence(out, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
-                return out, h_n, c_n
-            return native.run_stack(self.cell, x, None, h0, c0, flat, self.bias, L, dropout, self.training,
-                                    self.bidirectional)
+            return self._run_native(input, x, packed, h0, c0, flat)
 
-        # ---- masks shared by every path, drawn here so every path sees the same ones ----
-        out_mask = None
-        if lengths is not None:
-            steps = torch.arange(T, device=x.device).unsqueeze(1)  # (T, 1)
-            out_mask = (steps < lengths.to(x.device).unsqueeze(0)).to(x.dtype).unsqueeze(-1)  # (T, B, 1)
-        rev_idx = _reverse_index(lengths, T, B, x.device) if self.bidirectional else None
-
+        T, B = x.shape[0], x.shape[1]
+        H, P = self.hidden_size, self.proj_size or self.hidden_size
+        D = 2 if self.bidirectional else 1
+        # masks shared by every path, drawn here so every path sees the same ones
+        out_mask = valid_mask(lengths, T, x)
+        out_mask = None if out_mask is None else out_mask.to(x.dtype)  # (T, B, 1)
+        rev_idx = reverse_index(lengths, T, B, x.device) if self.bidirectional else None
         # every open record_gates() sees this call, so nested contexts each get a full record
         record_entries = [r._new_call(self) for r in _RECORDERS]
-        record_entry = record_entries[0] if record_entries else None
-        unbatched = not packed and isinstance(input, Tensor) and input.dim() == 2
 
-        layer_input = x
-        h_n, c_n = [], []
-        for layer in range(L):
-            outs = []
-            for direction in range(D):
-                k = layer * D + direction
-                w = self._weights(layer, direction)
-                if amp is not None:
-                    w = LayerWeights(*(cast(t) for t in w))
-                masks = self._masks(T, B, P, H, x, out_mask)
-                seq = layer_input if direction == 0 else _gather_time(layer_input, rev_idx)
-                kernel, dispatch = choose(self.backend, self.cell, seq, w, masks)
-                # a plain attribute: written to __dict__ directly, past Module.__setattr__'s checks
-                self.__dict__["last_dispatch"] = dispatch
-                res = kernel(self.cell, seq, h0[k], c0[k] if is_lstm else None, w, masks,
-                             record=record_entry is not None)
-                y = res.y if direction == 0 else _gather_time(res.y, rev_idx)
-                outs.append(y)
-                h_n.append(res.h)
-                if is_lstm:
-                    c_n.append(res.c)
-                if record_entry is not None:
-                    laid_out = self._layout_record(res.record, direction, rev_idx, out_mask, unbatched)
-                    for entry in record_entries:
-                        entry[(layer, direction)] = laid_out
-            layer_output = outs[0] if D == 1 else torch.cat(outs, dim=-1)  # (T, B, D*P)
-            if self.dropout > 0 and self.training and layer < L - 1:
-                layer_output = F.dropout(layer_output, self.dropout, training=True)
-            layer_input = layer_output
+        def run_direction(layer: int, direction: int, seq: Tensor):
+            k = layer * D + direction
+            w = self._weights(layer, direction)
+            if amp is not None:
+                w = LayerWeights(*(cast(t) for t in w))
+            masks = self._masks(T, B, P, H, x, out_mask)
+            kernel, dispatch = choose(self.backend, self.cell, seq, w, masks)
+            # a plain attribute: written to __dict__ directly, past Module.__setattr__'s checks
+            self.__dict__["last_dispatch"] = dispatch
+            res = kernel(self.cell, seq, h0[k], c0[k] if is_lstm else None, w, masks, record=bool(record_entries))
+            if record_entries:
+                laid_out = self._layout_record(res.record, direction, rev_idx, out_mask, layout.unbatched)
+                for entry in record_entries:
+                    entry[(layer, direction)] = laid_out
+            return res.y, (res.h, res.c)
 
-        h_n = torch.stack(h_n)  # (D*L, B, P)
-        c_n = torch.stack(c_n) if is_lstm else None  # (D*L, B, H)
-        return layer_input, h_n, c_n
+        output, (h_n, c_n) = self._run_stack(x, rev_idx, run_direction)
+        return output, h_n, c_n  # (T, B, D*P), (D*L, B, P), (D*L, B, H) or None
 
-    def _check_features(self, x: Tensor) -> None:
-        if x.shape[-1] != self.input_size:
-            raise ValueError(f"{self.mode}: expected input with {self.input_size} features "
-                             f"(input.size(-1) == input_size), got {x.shape[-1]}")
-
-    @staticmethod
-    def _check_lengths(lengths, T: int, B: int) -> Tensor:
-        if not isinstance(lengths, Tensor):
-            lengths = torch.as_tensor(lengths)
-        if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex():
-            raise TypeError(f"lengths should be an integer tensor, got dtype {lengths.dtype}")
-        if lengths.dim() != 1:
-            raise ValueError(f"lengths should be 1D with one entry per sequence, got {lengths.dim()}D "
-                             f"of shape {tuple(lengths.shape)}")
-        if lengths.numel() != B:
-            raise ValueError(f"lengths should have one entry per sequence in the batch ({B}), got {lengths.numel()}")
-        lo, hi = int(lengths.min()), int(lengths.max())
-        if lo < 1:
-            raise ValueError(f"lengths should be >= 1, got a length of {lo}")
-        if hi > T:
-            raise ValueError(f"lengths should be <= the sequence length {T}, got a length of {hi}")
-        return lengths.to(torch.int64)
-
-    def _initial_state(self, hx, is_lstm: bool, unbatched: bool, B: int, x: Tensor):
-        H, P = self.hidden_size, self.proj_size or self.hidden_size
-        DL = (2 if self.bidirectional else 1) * self.num_layers
-        if hx is None:
-            h0 = x.new_zeros((DL, B, P))
-            return h0, (x.new_zeros((DL, B, H)) if is_lstm else None)
-        if is_lstm:
-            if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-                raise TypeError(f"LSTM: expected hx to be a tuple (h_0, c_0), got {type(hx).__name__}")
-            states = [("h_0", hx[0], P), ("c_0", hx[1], H)]
-        else:
-            if not isinstance(hx, Tensor):
-                raise TypeError(f"{self.mode}: expected hx to be a Tensor, got {type(hx).__name__}")
-            states = [("h_0", hx, H)]
-        out = []
-        for name, s, size in states:
-            if not isinstance(s, Tensor):
-                raise TypeError(f"{self.mode}: expected {name} to be a Tensor, got {type(s).__name__}")
-            want = (DL, size) if unbatched else (DL, B, size)
-            if tuple(s.shape) != want:
-                kind = "unbatched" if unbatched else "batched"
-                raise ValueError(f"{self.mode}: expected {name} of shape {want} for {kind} input, "
-                                 f"got {tuple(s.shape)}")
-            if s.dtype != x.dtype:
-                raise TypeError(f"{self.mode}: expected {name} of dtype {x.dtype} (the input's), got {s.dtype}")
-            out.append(s.unsqueeze(1) if unbatched else s)  # (DL, size) -> (DL, 1, size)
-        return out[0], (out[1] if is_lstm else None)
+    def _run_native(self, input, x: Tensor, packed: bool, h0: Tensor, c0: Optional[Tensor], flat: list):
+        """torch's own kernels over the whole stack, on the packed data itself when the input was packed."""
+        is_lstm = self.cell == "lstm"
+        dropout = self.dropout if self.training else 0.0
+        if not packed:
+            return native.run_stack(self.cell, x, None, h0, c0, flat, self.bias, self.num_layers, dropout,
+                                    self.training, self.bidirectional)
+        data = input.data.to(x.dtype)  # the autocast dtype, where it is on
+        idx = input.sorted_indices
+        if idx is not None:  # the states in the packed (sorted) batch order, as torch.nn
+            h0 = h0.index_select(1, idx)
+            c0 = c0.index_select(1, idx) if is_lstm else None
+        out, h_n, c_n = native.run_stack(self.cell, data, input.batch_sizes, h0, c0, flat, self.bias,
+                                         self.num_layers, dropout, self.training, self.bidirectional)
+        if input.unsorted_indices is not None:
+            h_n = h_n.index_select(1, input.unsorted_indices)
+            c_n = c_n.index_select(1, input.unsorted_indices) if is_lstm else None
+        return PackedSequence(out, input.batch_sizes, input.sorted_indices, input.unsorted_indices), h_n, c_n
 
     def _masks(self, T: int, B: int, P: int, H: int, x: Tensor, out_mask: Optional[Tensor]) -> Masks:
         """Draw this layer-direction's masks (see kernels.common for their meaning)."""
@@ -582,7 +398,7 @@ class _RNNBase(nn.Module):
         out = {}
         for name, v in rec.items():
             if direction == 1:
-                v = _gather_time(v, rev_idx)
+                v = gather_time(v, rev_idx)
             if out_mask is not None:
                 v = v * out_mask
             if unbatched:
