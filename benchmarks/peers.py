@@ -25,11 +25,14 @@ program evaluates, so evaluation costs nobody training time.
   weight decay 0.1 on matrices), lr 1e-3, 100 warm-up iterations, cosine to 1e-4 at ``max_iters``,
   clip 1.0. The width is set to the parameter target (the recipe's 128 gives 0.8M), and
   ``max_iters`` is fitted to the budget from the step time measured over its first iterations, as a
-  user with a time budget would. Scored on non-overlapping 64-character blocks of the validation text.
+  user with a time budget would. Scored on non-overlapping 64-character blocks of the validation text
+  (the recipe's way), and also in 64-character windows sliding by 32, as seqlab scores its transformer.
 
 **seqlab**: ``seqlab train lm --data TRAIN --valid VALID --arch A --max-time BUDGET`` on its own
 defaults for that arch (its printed settings, sizes included), then the best checkpoint scored on
-the whole validation text as ``seqlab eval RUN/best --split validation`` does.
+the whole validation text as ``seqlab eval RUN/best --split validation`` does (the transformer in
+windows sliding by half their length, and also in non-overlapping ones). The transformer's ratio to
+gpt-peer is given for each program's own scoring and for both scored alike, both ways.
 
 Reported: validation loss in nats per token (characters; seqlab's stream has one ``<eos>`` token
 per paragraph break where the peers see two newlines) at the budget, the curve of validation loss
@@ -279,6 +282,31 @@ def run_gpt_peer(data: CharData, budget: float, params: int, eval_every: float, 
         model.train()
         return total / y.numel()
 
+    @torch.no_grad()
+    def evaluate_sliding() -> float:
+        """The validation text in windows of ``block`` sliding by block // 2, each scoring only the
+        targets no earlier window scored (the first all; the last window ends at the text's end),
+        as seqlab scores its transformer: the same protocol at the peer's own context."""
+        model.eval()
+        N, T, S = data.valid.numel(), block, block // 2
+        starts, new, done, p = [], [], 0, 0
+        while done < N - 1:
+            p = max(0, min(p, N - 1 - T))
+            starts.append(p)
+            new.append(p + T - done)
+            done, p = p + T, p + S
+        total, count = 0.0, 0
+        for i in range(0, len(starts), 64):
+            ix = starts[i:i + 64]
+            x = torch.stack([data.valid[q:q + T] for q in ix])  # (n, T)
+            y = torch.stack([data.valid[q + 1:q + T + 1] for q in ix])
+            logits = model(x)  # (n, T, V)
+            for r, k in enumerate(new[i:i + 64]):
+                total += F.cross_entropy(logits[r, -k:], y[r, -k:], reduction="sum").item()
+                count += k
+        model.train()
+        return total / count
+
     def lr_at(it: int, max_iters: int) -> float:
         if it < warmup:
             return lr * (it + 1) / (warmup + 1)
@@ -314,7 +342,9 @@ def run_gpt_peer(data: CharData, budget: float, params: int, eval_every: float, 
     clock.stop()
     final = evaluate()
     curve.append((clock.total, final))
-    return {"params": _count(model), "width": d, "curve": curve, "final": final, "train_s": clock.total,
+    scorings = {"blocks": final, "sliding": evaluate_sliding()}
+    return {"params": _count(model), "width": d, "curve": curve, "final": final, "scorings": scorings,
+            "train_s": clock.total,
             "tokens_per_s": tokens / clock.total, "settings": {"block": block, "batch": batch, "layers": n_layer,
                                                                "heads": nhead, "lr": lr, "iters": it,
                                                                "max_iters": max_iters}}
@@ -338,10 +368,16 @@ def run_seqlab(arch: str, train_path: Path, valid_path: Path, budget: float, out
         sys.exit(f"{arch}: interrupted at step {result['step']} (run saved in {run_dir}); no table written")
     best = load_run(run_dir / "best") if (run_dir / "best").exists() else load_run(run_dir)
     final = best.app.evaluate(best.model, "validation")
+    scorings = {}
+    if not best.app.carries(arch):  # independent windows: the default (sliding) and non-overlapping scoring
+        o = best.app.options
+        stride, o.eval_stride = o.eval_stride, o.bptt
+        scorings = {"sliding": final["loss"], "blocks": best.app.evaluate(best.model, "validation")["loss"]}
+        o.eval_stride = stride
     log = result.get("log") or []
     tok_s = sorted(e["tokens_per_s"] for e in log)[len(log) // 2] if log else float("nan")
     curve = [(h["train_time"], h["loss"]) for h in result["history"]]
-    return {"params": count_parameters(best.model), "curve": curve, "final": final["loss"],
+    return {"params": count_parameters(best.model), "curve": curve, "final": final["loss"], "scorings": scorings,
             "train_s": result["train_time"], "tokens_per_s": tok_s, "settings": result.get("settings", {}),
             "steps": result["step"], "stopped": result["stopped"]}
 
@@ -395,6 +431,7 @@ def plot(results: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+SCORINGS = {"blocks": "in non-overlapping windows", "sliding": "in windows sliding by half their length"}
 PEER_OF = {"transformer": "gpt-peer"}  # every other seqlab arch is measured against the LSTM loop
 
 
@@ -405,6 +442,8 @@ def table(results: dict, budget: float) -> str:
     for name, r in results.items():
         peer = None if name.endswith("-peer") else results.get(PEER_OF.get(name, "lstm-peer"))
         ratio = f"{r['final'] / peer['final']:.3f}x {PEER_OF.get(name, 'lstm-peer')}" if peer else ""
+        both = sorted(set(r.get("scorings", {})) & set((peer or {}).get("scorings", {})))
+        ratio += "".join(f"; both {SCORINGS[k]}: {r['scorings'][k] / peer['scorings'][k]:.3f}x" for k in both)
         lines.append(f"| {name} | {r['params']:,} | {r['tokens_per_s']:.0f} | {at_time(r['curve'], budget / 4):.4f} | "
                      f"{at_time(r['curve'], budget / 2):.4f} | **{r['final']:.4f}** | {ratio} |")
     return "\n".join(lines)

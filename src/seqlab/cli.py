@@ -65,11 +65,11 @@ class _Parser(argparse.ArgumentParser):
 def _info(args: argparse.Namespace) -> int:
     import torch
 
-    from seqlab.kernels.dispatch import BACKENDS
+    from seqlab.kernels.dispatch import BACKENDS, MIN_BACKENDS
 
     print(f"seqlab {seqlab.__version__}")
     print(f"torch {torch.__version__} (CUDA available: {torch.cuda.is_available()}, threads: {torch.get_num_threads()})")
-    print(f"recurrent backends: {', '.join(BACKENDS)}")
+    print(f"recurrent backends: {', '.join(BACKENDS)}; minGRU / minLSTM: {', '.join(MIN_BACKENDS)}")
     try:
         from seqlab.kernels import fused  # noqa: F401
         print("fused path: available")
