@@ -372,8 +372,10 @@ def run_seqlab(arch: str, train_path: Path, valid_path: Path, budget: float, out
     if not best.app.carries(arch):  # independent windows: the default (sliding) and non-overlapping scoring
         o = best.app.options
         stride, o.eval_stride = o.eval_stride, o.bptt
-        scorings = {"sliding": final["loss"], "blocks": best.app.evaluate(best.model, "validation")["loss"]}
-        o.eval_stride = stride
+        try:
+            scorings = {"sliding": final["loss"], "blocks": best.app.evaluate(best.model, "validation")["loss"]}
+        finally:
+            o.eval_stride = stride
     log = result.get("log") or []
     tok_s = sorted(e["tokens_per_s"] for e in log)[len(log) // 2] if log else float("nan")
     curve = [(h["train_time"], h["loss"]) for h in result["history"]]

@@ -326,7 +326,7 @@ class LMApp(App):
         if self.carries(raw.config.arch):
             how = "the state carried from window to window"
         elif o.stride == o.bptt:
-            how = "non-overlapping windows, each from an empty context"
+            how = "non-overlapping windows (the last one ending at the split's end), each from an empty context"
         else:
             how = (f"windows sliding by {o.stride} tokens, each from an empty context and scoring only its "
                    f"last {o.stride} (the first window all), so each token sees at least {o.bptt - o.stride} "
