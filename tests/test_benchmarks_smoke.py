@@ -208,9 +208,11 @@ def test_peers_smoke_and_merge(tmp_path):
     section = _section(md.read_text(), "peers")
     _assert_headed(section, "peers.py --merge")
     assert "(1 thread)" in section  # the runs' threads, not the merging process's
-    ratios = dict(re.findall(r"^\| (\w[\w-]*) \|.*\| ([0-9.]+x \w+-peer) \|$", section, flags=re.M))
+    ratios = dict(re.findall(r"^\| (\w[\w-]*) \|.*\| ([0-9.]+x \w+-peer)[^|]* \|$", section, flags=re.M))
     assert set(ratios) == {"lstm", "transformer"}, section
     assert ratios["lstm"].endswith("lstm-peer") and ratios["transformer"].endswith("gpt-peer")
+    # the transformer and gpt-peer are also compared under each shared scoring
+    assert re.search(r"^\| transformer \|.*; both in non-overlapping windows: [0-9.]+x; both in windows sliding", section, flags=re.M)
     assert (tmp_path / "all.png").stat().st_size > 0
     proc = _run("peers.py", "--merge", str(first), str(tmp_path / "missing.json"))
     assert proc.returncode != 0 and "missing.json" in proc.stderr
