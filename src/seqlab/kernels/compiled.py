@@ -75,6 +75,7 @@ SOURCES = (Path(__file__).resolve().parent / "csrc" / "recurrent.cpp",)
 HEADERS = tuple(sorted((Path(__file__).resolve().parent / "csrc").glob("*.h")))
 #: dtypes the C++ loops are instantiated for (AT_DISPATCH_FLOATING_TYPES)
 _FLOATS = (torch.float32, torch.float64)
+_CELL_NAME = {v: k for k, v in CELL_ID.items()}  # the custom ops take CELL_ID's integers
 _MIN_CELL_ID = {"mingru": 0, "minlstm": 1}  # csrc/recurrent.cpp ``MinCell``
 _N_SAVED = 12  # the forward's saved tensors, in csrc/recurrent.cpp's ``Saved`` order
 _EXT_NAME = "seqlab_compiled"
@@ -296,18 +297,27 @@ def _apply(cell: str, recorded: Optional[dict], x: Tensor, h0: Tensor, c0: Optio
         return _Compiled.apply(cell, recorded, x, h0, c0, *slots)
     # nothing to differentiate: the op itself, without autograd.Function's bookkeeping
     # (about a fifth of a one-step call, which is what generation makes)
-    return _forward(cell, recorded, x, h0, c0, _contiguous_1d(slots), save=False)[:3]
+    return _forward(cell, recorded, x, h0, c0, slots, save=False)[:3]
 
 
 def _forward(cell: str, recorded: Optional[dict], x: Tensor, h0: Tensor, c0: Optional[Tensor], slots: tuple,
              save: bool) -> tuple[Tensor, Tensor, Optional[Tensor], list]:
-    """The forward op over the 15 slots (_contiguous_1d): (y, h_T, c_T or None, the saved tensors);
-    fills ``recorded`` with views of the saved buffers when given."""
-    out = torch.ops.seqlab_compiled.rnn_forward(CELL_ID[cell], x, h0, c0, *slots, save or recorded is not None)
+    """The forward op over the 15 slots: (y, h_T, c_T or None, the saved tensors); fills ``recorded``
+    with views of the saved buffers when given. Both routes (the autograd.Function and the custom
+    op) call the C++ forward here and its backward in ``_backward_call``."""
+    out = torch.ops.seqlab_compiled.rnn_forward(CELL_ID[cell], x, h0, c0, *_contiguous_1d(slots),
+                                                save or recorded is not None)
     saved = list(out[3:])
     if recorded is not None:
         recorded.update(_record(cell, saved, _hidden_size(slots[0], cell)))
     return out[0], out[1], (out[2] if cell == "lstm" else None), saved
+
+
+def _backward_call(cell_id: int, saved: list, x: Tensor, h0: Tensor, c0: Optional[Tensor], weights, masks,
+                   dy: Tensor, dh_T: Optional[Tensor], dc_T: Optional[Tensor], need: list) -> list:
+    """The backward op: gradients of (x, h0, c0, *weights), None where ``need`` is 0 or absent."""
+    return torch.ops.seqlab_compiled.rnn_backward(cell_id, saved, x, h0, c0, list(_contiguous_1d(tuple(weights))),
+                                                  list(masks), dy, dh_T, dc_T, need)
 
 
 def _contiguous_1d(slots: tuple) -> tuple:
@@ -333,7 +343,7 @@ class _Compiled(torch.autograd.Function):
     def forward(ctx, cell, recorded, x, h0, c0, *slots):
         if any(ctx.needs_input_grad):
             reference.keep_inputs(ctx, cell, x, h0, c0, slots)  # the caller's tensors, before any copy
-        slots = _contiguous_1d(slots)
+        slots = _contiguous_1d(slots)  # saved as the C++ reads them, so the backward copies nothing
         y, h_T, c_T, saved = _forward(cell, recorded, x, h0, c0, slots, save=any(ctx.needs_input_grad))
         if any(ctx.needs_input_grad):
             ctx.cell = cell
@@ -350,8 +360,8 @@ class _Compiled(torch.autograd.Function):
         rest = [next(it) if has else None for has in ctx.has]
         c0, saved, slots = rest[0], rest[1:1 + ctx.n_saved], rest[1 + ctx.n_saved:]
         need = [int(n) for n in ctx.needs_input_grad[2:5 + N_WEIGHTS]]
-        grads = torch.ops.seqlab_compiled.rnn_backward(
-            CELL_ID[ctx.cell], saved, x, h0, c0, list(slots[:N_WEIGHTS]), list(slots[N_WEIGHTS:]), dy, dh_T, dc_T, need)
+        grads = _backward_call(CELL_ID[ctx.cell], saved, x, h0, c0, slots[:N_WEIGHTS], slots[N_WEIGHTS:], dy, dh_T,
+                               dc_T, need)
         return function_grads([g if n else None for g, n in zip(grads, need)])
 
 
@@ -467,21 +477,18 @@ def _rnn_layer_op(cell: int, x: Tensor, h0: Tensor, c0: OptT, w_ih: Tensor, w_hh
                   w_hr: OptT, ln_ih_w: OptT, ln_ih_b: OptT, ln_hh_w: OptT, ln_hh_b: OptT, ln_c_w: OptT,
                   ln_c_b: OptT, keep: OptT, keep_c: OptT, out: OptT, rec: OptT, save: bool) -> list[Tensor]:
     """One layer, one direction, as one op: [y, h_T, c_T, *saved] (see recurrent.cpp's forward)."""
-    weights = [w_ih, w_hh, b_ih, b_hh, w_hr, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b]
-    masks = [keep, keep_c, out, rec]
-    weights = [t.contiguous() if t is not None and t.dim() == 1 else t for t in weights]
-    out = list(torch.ops.seqlab_compiled.rnn_forward(cell, x, h0, c0, *weights, *masks, save))
-    saved = out[3:]
+    slots = (w_ih, w_hh, b_ih, b_hh, w_hr, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, keep, keep_c, out, rec)
+    y, h_T, c_T, saved = _forward(_CELL_NAME[cell], None, x, h0, c0, slots, save)
     if saved[_H_ALL] is not None and saved[_H_ALL] is saved[_ACT]:
         saved[_H_ALL] = None  # outputs of a custom op must not alias each other
     empty = x.new_empty(0)
-    return [t.clone() if t is x or t is h0 else (empty.clone() if t is None else t) for t in out[:3] + saved]
+    return [t.clone() if t is x or t is h0 else (empty.clone() if t is None else t) for t in [y, h_T, c_T] + saved]
 
 
 @_rnn_layer_op.register_fake
 def _(cell, x, h0, c0, *slots):
     *slots, save = slots
-    name = {v: k for k, v in CELL_ID.items()}[cell]
+    name = _CELL_NAME[cell]
     w, m = LayerWeights(*slots[:N_WEIGHTS]), Masks(*slots[N_WEIGHTS:])
     T, B, _ = x.shape
     H = w.w_ih.shape[0] // GATES[name]
@@ -494,8 +501,7 @@ def _(cell, x, h0, c0, *slots):
 def _rnn_layer_backward_op(cell: int, saved: list[Optional[Tensor]], x: Tensor, h0: Tensor, c0: Optional[Tensor],
                            weights: list[Optional[Tensor]], masks: list[Optional[Tensor]], dy: Tensor,
                            dh_T: Optional[Tensor], dc_T: Optional[Tensor], need: list[int]) -> list[Tensor]:
-    weights = [t.contiguous() if t is not None and t.dim() == 1 else t for t in weights]
-    grads = torch.ops.seqlab_compiled.rnn_backward(cell, saved, x, h0, c0, weights, masks, dy, dh_T, dc_T, need)
+    grads = _backward_call(cell, saved, x, h0, c0, weights, masks, dy, dh_T, dc_T, need)
     out, seen = [], set()
     for g in grads:
         if g is None:
@@ -524,7 +530,7 @@ def _backward(ctx, grads):
     x, h0, c0 = s[0], s[1], s[2]
     weights = list(s[3:3 + ctx.n_w])
     masks = list(s[3 + ctx.n_w:3 + ctx.n_w + ctx.n_m])
-    name = {v: k for k, v in CELL_ID.items()}[ctx.cell]
+    name = _CELL_NAME[ctx.cell]
     saved = _unpack_saved(name, list(s[3 + ctx.n_w + ctx.n_m:]), weights, masks)
     # every given tensor gets its gradient; autograd drops those nobody asked for
     need = [int(t is not None) for t in (x, h0, c0, *weights)]
