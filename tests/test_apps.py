@@ -108,13 +108,15 @@ def test_prepare_out_never_overwrites_without_force(tmp_path):
     (run / "latest").write_text("ckpt-00000001\n")
     (run / "best-00000001").mkdir()
     (run / "best").write_text("best-00000001\n")
+    (run / "tensorboard").mkdir()
+    (run / "tensorboard" / "events.out.tfevents.1.host").write_bytes(b"old curve")
     (run / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="already holds a run; give --resume .* or --force"):
         prepare_out(run, force=False)
     prepare_out(run, force=True, check_only=True)
     assert (run / "latest").exists()
     prepare_out(run, force=True)
-    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]  # only what a run wrote is removed
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]  # only what a run wrote, old curves too
     with pytest.raises(ConfigError, match="is not empty and holds no run"):
         prepare_out(run, force=False)
 

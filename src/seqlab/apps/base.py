@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from seqlab.data import TASKS, DataError, DataWarning, load_task, read_examples, split_of
 from seqlab.train.checkpoint import BEST, LATEST, LOCK, atomic_write_text, remove_stale_temporaries
+from seqlab.train.loop import TENSORBOARD_DIR
 
 
 SEED_LIMIT = 2 ** 32  # seeds are in [0, 2**32): what every generator seqlab seeds (torch, numpy, Python) takes
@@ -467,8 +468,8 @@ def check_writable(run_dir: Path) -> None:
 
 def prepare_out(run_dir: Path, *, force: bool, check_only: bool = False) -> None:
     """Make ``run_dir`` ready for a new run. Nothing there is removed unless ``force``; with
-    ``force`` only what a run wrote (checkpoints, 'latest', 'best', metrics.json, temporaries)
-    is removed. ``check_only``: raise if it cannot be done, change nothing (the location must be
+    ``force`` only what a run wrote (checkpoints, 'latest', 'best', metrics.json, the tensorboard/
+    event files, so that no old curve mixes with the new run's, temporaries) is removed. ``check_only``: raise if it cannot be done, change nothing (the location must be
     writable too). The caller holds the run's lock when it is not ``check_only``."""
     check_writable(run_dir)
     if holds_run(run_dir):
@@ -479,7 +480,7 @@ def prepare_out(run_dir: Path, *, force: bool, check_only: bool = False) -> None
             return
         remove_stale_temporaries(run_dir)
         for p in run_dir.iterdir():
-            if p.name.startswith(("ckpt-", "best-")) and p.is_dir():
+            if (p.name.startswith(("ckpt-", "best-")) or p.name == TENSORBOARD_DIR) and p.is_dir():
                 shutil.rmtree(p)
             elif p.name in (*RUN_MARKERS, "metrics.json"):
                 p.unlink()

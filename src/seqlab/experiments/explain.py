@@ -24,6 +24,7 @@ import torch
 
 from ..data import EOS, Vocab
 from ..nn import record_gates
+from ..train.checkpoint import atomic_write_text
 
 RECURRENT = ("rnn", "lstm", "gru")
 SIGNED = {"h", "c", "g", "n"}  # tanh-valued (c unbounded): the diverging scale, scaled per unit
@@ -207,8 +208,6 @@ def write_page(model, vocab: Vocab, text: str, out: str | Path, *, layer: int = 
     page = render_page(acts, title=title, layer=layer, quantity=quantity, unit=unit)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(out, page)  # a uniquely named temporary: two writers of one page never share it
     return out
 

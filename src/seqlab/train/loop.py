@@ -87,6 +87,7 @@ UNPLANNED = 2 ** 62  # the horizon of a time-budgeted run before its plan is fix
 PLAN_MIN_STEPS = 20  # a time-budgeted run fixes its plan after at least this many steps ...
 PLAN_SKIP_STEPS = 5  # ... leaving out the first few, which pay for allocation and lazy set-up
 FINAL_STOPS = ("early_stop", "goal")  # a resumed run that stopped so stays stopped
+TENSORBOARD_DIR = "tensorboard"  # RUN/tensorboard: the event files (a --force restart removes them)
 
 
 class DivergenceError(FloatingPointError):
@@ -405,7 +406,7 @@ class Trainer:
             return
         from torch.utils.tensorboard import SummaryWriter  # imported late: it loads tensorboard
 
-        self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        self._writer = SummaryWriter(log_dir=str(self.run_dir / TENSORBOARD_DIR))
 
     def _scalars(self, prefix: str, values: dict) -> None:
         """TensorBoard scalars at the current step (no-op without a writer)."""
