@@ -214,7 +214,7 @@ def test_time_budget_fixes_the_horizon_and_resume_is_exact(tmp_path):
     result = full.fit()
     plan = result["plan"]
     # one clock reading per step boundary: 0.5 s a step, 30 s -> 60 steps in all, planned at step 20
-    assert plan == {"total_steps": 60, "warmup_steps": 4, "step_seconds": 0.5}
+    assert plan == {"total_steps": 60, "warmup_steps": 4, "step_seconds": 0.5, "budget_end": 30.0}
     assert result["step"] == 60 and result["stopped"] in ("max_steps", "max_time")
     lrs = [e["lr"] for e in result["log"]]
     assert lrs[4] == pytest.approx(1e-2) and lrs[-1] == pytest.approx(1e-3, rel=0.01)  # warmed up, then annealed
@@ -242,6 +242,44 @@ def test_the_time_budget_resume_test_can_fail(tmp_path):
     other.fit()
     assert other.plan["total_steps"] == 120
     assert not torch.equal(weights(other.model)["out.weight"], weights(full.model)["out.weight"])
+
+
+class QuickeningClock(FakeClock):
+    """FakeClock whose steps take half as long after ``calls`` readings (a machine that gets quieter)."""
+
+    def __init__(self, calls):
+        super().__init__()
+        self.calls = calls
+
+    def __call__(self):
+        self.calls -= 1
+        if self.calls == 0:
+            self.tick /= 2
+        return super().__call__()
+
+
+def test_steps_faster_than_planned_train_at_the_final_rate_until_the_budget(tmp_path):
+    full = budget_trainer(tmp_path / "a")
+    full.clock = QuickeningClock(calls=60)  # two readings a step: 0.25 s steps from step 30 on
+    result = full.fit()
+    # planned at step 20 from 0.5 s steps: 60 in all, which would end at 22.25 s; the budget's
+    # 30 s hold 29 steps of 0.5 s and 62 of 0.25 s
+    assert result["plan"]["total_steps"] == 60
+    assert result["stopped"] == "max_time" and result["step"] == 91
+    assert result["train_time"] == pytest.approx(30.0)
+    lrs = [e["lr"] for e in result["log"]]
+    assert len(lrs) == 91 and lrs[60:] == pytest.approx([1e-3] * 31)  # the final rate from step 61 to the end
+    # killed in the tail (after the checkpoint of step 84), resumed at the quicker pace: the same weights,
+    # so the test can fail (test_the_time_budget_resume_test_can_fail shows weights differ otherwise)
+    with pytest.raises(Interrupt):
+        killed = budget_trainer(tmp_path / "b", loss_fn=interrupting(88))
+        killed.clock = QuickeningClock(calls=60)
+        killed.fit()
+    resumed = budget_trainer(tmp_path / "b", model=make_model(seed=99))
+    resumed.clock.tick = 0.25
+    again = resumed.fit(resume=True)
+    assert again["step"] == 91 and again["plan"] == result["plan"]
+    assert_same(weights(resumed.model), weights(full.model), atol=0)
 
 
 def test_a_short_budget_shortens_the_warm_up():

@@ -46,6 +46,8 @@ the budget is spent) the trainer fixes the horizon from the median step time so 
 
 (the warm-up cut to at most S/10 if the budget is short), and decays to the end of the budget.
 The plan is saved in every checkpoint, so a resumed run follows it instead of measuring again.
+Such a run stops by the clock: if its steps turn out faster than measured, it trains at the
+schedule's final rate from step S to the end of the budget.
 Rank 0 writes the log and the evaluations as TensorBoard scalars in ``RUN/tensorboard``
 (``tensorboard = True``): ``tensorboard --logdir runs/`` shows every run's curves.
 
@@ -307,7 +309,7 @@ class Trainer:
         if not (resume and self._resume()):
             random.seed(cfg.seed + rank)
             torch.manual_seed(cfg.seed + rank)
-        if self.stopped in FINAL_STOPS or self.step >= self.horizon:
+        if self.stopped in FINAL_STOPS or (self.step >= self.horizon and self.train_time >= self._plan_end()):
             return self.summary()  # a finished run stays finished
         self.stopped = None
         net = self.model
@@ -351,7 +353,10 @@ class Trainer:
                     if D.broadcast_object(self.train_time >= budget_end):  # rank 0's clock decides
                         self.stopped = "max_time"
                 if self.stopped is None and self.step >= self.horizon:
-                    self.stopped = "max_steps"
+                    if D.broadcast_object(self.train_time >= self._plan_end()):  # rank 0's clock decides
+                        self.stopped = "max_steps" if self.step == self.horizon else "max_time"
+                    elif self.step == self.horizon:
+                        bar.total = None  # the final-rate tail: steps until the budget ends
                 if self.stopped is None and self._interrupt_agreed:
                     self.stopped = "interrupted"  # save below, without a final evaluation: the user is waiting
                     self.interrupted_by = self._signal or signal.SIGTERM  # another rank's signal: torchrun's TERM
@@ -379,11 +384,23 @@ class Trainer:
             return self.cfg.max_steps
         return self.plan["total_steps"] if self.plan is not None else UNPLANNED
 
+    def _plan_end(self) -> float:
+        """The train_time at which a time-planned run ends once past its horizon (-inf: at the horizon).
+
+        Steps that turn out faster than the plan measured (a machine that gets quieter) reach the
+        plan's total before the budget; the rest of the budget trains at the schedule's final rate.
+        The end is saved with the plan, so a resumed run ends where the uninterrupted one would have:
+        whether a step runs depends on the clock, what it computes does not."""
+        if self.cfg.max_steps or not self.cfg.max_time or self.plan is None:
+            return -math.inf
+        return self.plan.get("budget_end", -math.inf)  # a plan without it (older checkpoints): the horizon
+
     def _fix_plan(self, seconds_left: float, bar) -> None:
         """Fix the horizon (max_steps = 0) from the median step time so far, once, after warm-up.
 
         total = step + seconds_left / median step time; the warm-up is cut to a tenth of that
-        total if the budget is too short for it. The plan is saved in every checkpoint, so a
+        total if the budget is too short for it; budget_end = train_time + seconds_left, the end
+        of a run whose steps get faster (``_plan_end``). The plan is saved in every checkpoint, so a
         resumed run follows the same schedule instead of measuring again; broadcast from rank 0
         so every rank steps the same schedule.
         """
@@ -393,7 +410,8 @@ class Trainer:
             per = max(times[len(times) // 2], 1e-9)
             total = self.step + max(1, int(seconds_left / per))
             warmup = min(self.cfg.warmup_steps, max(self.step, total // 10))
-            plan = {"total_steps": total, "warmup_steps": warmup, "step_seconds": per}
+            plan = {"total_steps": total, "warmup_steps": warmup, "step_seconds": per,
+                    "budget_end": self.train_time + seconds_left}
         self.plan = D.broadcast_object(plan)
         self._step_seconds = []
         self.scheduler.reconfigure(self.plan["warmup_steps"], self.plan["total_steps"], self.cfg.decay,
