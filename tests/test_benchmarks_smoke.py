@@ -212,7 +212,8 @@ def test_peers_smoke_and_merge(tmp_path):
     assert set(ratios) == {"lstm", "transformer"}, section
     assert ratios["lstm"].endswith("lstm-peer") and ratios["transformer"].endswith("gpt-peer")
     # the transformer and gpt-peer are also compared under each shared scoring
-    assert re.search(r"^\| transformer \|.*; both in non-overlapping windows: [0-9.]+x; both in windows sliding", section, flags=re.M)
+    shared = r"^\| transformer \|.*; both in non-overlapping windows: [0-9.]+x; both in windows sliding"
+    assert re.search(shared, section, flags=re.M), section
     assert (tmp_path / "all.png").stat().st_size > 0
     proc = _run("peers.py", "--merge", str(first), str(tmp_path / "missing.json"))
     assert proc.returncode != 0 and "missing.json" in proc.stderr

@@ -468,9 +468,10 @@ def check_writable(run_dir: Path) -> None:
 
 def prepare_out(run_dir: Path, *, force: bool, check_only: bool = False) -> None:
     """Make ``run_dir`` ready for a new run. Nothing there is removed unless ``force``; with
-    ``force`` only what a run wrote (checkpoints, 'latest', 'best', metrics.json, the tensorboard/
-    event files, so that no old curve mixes with the new run's, temporaries) is removed. ``check_only``: raise if it cannot be done, change nothing (the location must be
-    writable too). The caller holds the run's lock when it is not ``check_only``."""
+    ``force`` only what a run wrote (checkpoints, 'latest', 'best', metrics.json, temporaries, and
+    the tensorboard/ event files, so that no old curve mixes with the new run's) is removed.
+    ``check_only``: raise if it cannot be done, change nothing (the location must be writable too).
+    The caller holds the run's lock when it is not ``check_only``."""
     check_writable(run_dir)
     if holds_run(run_dir):
         if not force:

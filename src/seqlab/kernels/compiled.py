@@ -297,16 +297,15 @@ def _apply(cell: str, recorded: Optional[dict], x: Tensor, h0: Tensor, c0: Optio
         return _Compiled.apply(cell, recorded, x, h0, c0, *slots)
     # nothing to differentiate: the op itself, without autograd.Function's bookkeeping
     # (about a fifth of a one-step call, which is what generation makes)
-    return _forward(cell, recorded, x, h0, c0, slots, save=False)[:3]
+    return _forward(cell, recorded, x, h0, c0, _contiguous_1d(slots), save=False)[:3]
 
 
 def _forward(cell: str, recorded: Optional[dict], x: Tensor, h0: Tensor, c0: Optional[Tensor], slots: tuple,
              save: bool) -> tuple[Tensor, Tensor, Optional[Tensor], list]:
-    """The forward op over the 15 slots: (y, h_T, c_T or None, the saved tensors); fills ``recorded``
-    with views of the saved buffers when given. Both routes (the autograd.Function and the custom
-    op) call the C++ forward here and its backward in ``_backward_call``."""
-    out = torch.ops.seqlab_compiled.rnn_forward(CELL_ID[cell], x, h0, c0, *_contiguous_1d(slots),
-                                                save or recorded is not None)
+    """The forward op over the 15 slots (_contiguous_1d): (y, h_T, c_T or None, the saved tensors);
+    fills ``recorded`` with views of the saved buffers when given. Both routes (the autograd.Function
+    and the custom op) call the C++ forward here and its backward in ``_backward_call``."""
+    out = torch.ops.seqlab_compiled.rnn_forward(CELL_ID[cell], x, h0, c0, *slots, save or recorded is not None)
     saved = list(out[3:])
     if recorded is not None:
         recorded.update(_record(cell, saved, _hidden_size(slots[0], cell)))
@@ -315,7 +314,9 @@ def _forward(cell: str, recorded: Optional[dict], x: Tensor, h0: Tensor, c0: Opt
 
 def _backward_call(cell_id: int, saved: list, x: Tensor, h0: Tensor, c0: Optional[Tensor], weights, masks,
                    dy: Tensor, dh_T: Optional[Tensor], dc_T: Optional[Tensor], need: list) -> list:
-    """The backward op: gradients of (x, h0, c0, *weights), None where ``need`` is 0 or absent."""
+    """The backward op: gradients of (x, h0, c0, *weights), None where ``need`` is 0 or absent.
+    The custom op saves its inputs as given, so the 1D weights are made contiguous here (no copy
+    for the autograd.Function's, which it saved contiguous)."""
     return torch.ops.seqlab_compiled.rnn_backward(cell_id, saved, x, h0, c0, list(_contiguous_1d(tuple(weights))),
                                                   list(masks), dy, dh_T, dc_T, need)
 
@@ -478,7 +479,7 @@ def _rnn_layer_op(cell: int, x: Tensor, h0: Tensor, c0: OptT, w_ih: Tensor, w_hh
                   ln_c_b: OptT, keep: OptT, keep_c: OptT, out: OptT, rec: OptT, save: bool) -> list[Tensor]:
     """One layer, one direction, as one op: [y, h_T, c_T, *saved] (see recurrent.cpp's forward)."""
     slots = (w_ih, w_hh, b_ih, b_hh, w_hr, ln_ih_w, ln_ih_b, ln_hh_w, ln_hh_b, ln_c_w, ln_c_b, keep, keep_c, out, rec)
-    y, h_T, c_T, saved = _forward(_CELL_NAME[cell], None, x, h0, c0, slots, save)
+    y, h_T, c_T, saved = _forward(_CELL_NAME[cell], None, x, h0, c0, _contiguous_1d(slots), save)
     if saved[_H_ALL] is not None and saved[_H_ALL] is saved[_ACT]:
         saved[_H_ALL] = None  # outputs of a custom op must not alias each other
     empty = x.new_empty(0)
