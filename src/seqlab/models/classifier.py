@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..nn import padding_mask
+from ..nn import Dropout, padding_mask
 from .config import ModelConfig
 from .encoders import SequenceEncoder, check_lengths, check_tokens, last_valid
 
@@ -68,7 +68,7 @@ class Classifier(nn.Module):
         self.encoder = SequenceEncoder(config, config.vocab_size, bidirectional=config.is_bidirectional)
         F_ = self.encoder.output_size
         self.pool = AttentionPooling(F_) if config.pooling == "attention" else None
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.output = nn.Linear(F_, config.num_classes)
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
@@ -111,7 +111,7 @@ class Tagger(nn.Module):
             raise ValueError(f"Tagger: expected a config of kind 'tag', got {config.kind!r}")
         self.config = config
         self.encoder = SequenceEncoder(config, config.vocab_size, bidirectional=config.is_bidirectional)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.output = nn.Linear(self.encoder.output_size, config.num_classes)
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:

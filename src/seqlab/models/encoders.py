@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.vocab import PAD
-from ..nn import (GRU, LSTM, RNN, MinGRU, MinLSTM, SinusoidalPositionalEncoding, TransformerCache,
+from ..nn import (GRU, LSTM, RNN, Dropout, MinGRU, MinLSTM, SinusoidalPositionalEncoding, TransformerCache,
                   TransformerEncoder, TransformerEncoderLayer, causal_mask, padding_mask)
 from .config import ARCH_OPTIONS, RECURRENT_ARCHS, ModelConfig
 
@@ -142,7 +142,7 @@ class SequenceEncoder(nn.Module):
             self.stack = TransformerEncoder(layer, config.num_layers, norm=nn.LayerNorm(d, bias=config.bias))
             self.output_size = d
         else:
-            self.dropout = nn.Dropout(config.dropout)
+            self.dropout = Dropout(config.dropout)
             self.rnn = build_recurrent(config, config.embed_dim + extra_input, bidirectional)
             self.output_size = config.hidden_size * (2 if bidirectional else 1)
         self.num_layers = config.num_layers

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..nn import TransformerCache
+from ..nn import Dropout, TransformerCache
 from .config import ModelConfig
 from .encoders import SequenceEncoder, check_tokens, index_state
 from .lm import TiedOutput
@@ -50,7 +50,7 @@ class ConditionalGenerator(nn.Module):
         if not self.decoder.is_transformer:
             self.init_h = nn.Linear(E, L * H)
             self.init_c = nn.Linear(E, L * H) if config.arch == "lstm" else None
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.output = TiedOutput(self.decoder.output_size, config.vocab_size, E, config.tie_weights)
 
     def _check_cond(self, cond: Tensor) -> None:

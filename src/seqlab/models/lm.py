@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn import TransformerCache
+from ..nn import Dropout, TransformerCache
 from .config import ModelConfig
 from .encoders import SequenceEncoder, check_tokens, detach, index_state
 
@@ -74,7 +74,7 @@ class LanguageModel(nn.Module):
             raise ValueError(f"LanguageModel: expected a config of kind 'lm', got {config.kind!r}")
         self.config = config
         self.encoder = SequenceEncoder(config, config.vocab_size, bidirectional=False)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.output = TiedOutput(self.encoder.output_size, config.vocab_size, config.embed_dim, config.tie_weights)
 
     # -- training -----------------------------------------------------------

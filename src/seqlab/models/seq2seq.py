@@ -8,8 +8,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from ..nn import (BahdanauAttention, LuongAttention, SinusoidalPositionalEncoding, Transformer, TransformerCache,
-                  causal_mask, padding_mask)
+from ..nn import (BahdanauAttention, Dropout, LuongAttention, SinusoidalPositionalEncoding, Transformer,
+                  TransformerCache, causal_mask, padding_mask)
 from .config import ModelConfig
 from .encoders import SequenceEncoder, check_lengths, check_tokens, index_state, make_embedding
 
@@ -87,7 +87,7 @@ class Seq2Seq(nn.Module):
             raise ValueError(f"Seq2Seq: expected a config of kind 'seq2seq', got {config.kind!r}")
         self.config = config
         V_tgt, E, H = config.target_vocab_size, config.embed_dim, config.hidden_size
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         if config.arch == "transformer":
             if config.bidirectional is False:
                 raise ValueError("the transformer seq2seq encoder attends both ways: expected bidirectional true or "

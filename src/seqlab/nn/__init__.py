@@ -10,6 +10,7 @@ _driver             the layer driver both recurrent families share: layout, leng
 attention           MultiheadAttention, masks, the reference attention
 transformer         the Transformer family and its key/value cache
 positional          sinusoidal and learned positional encodings
+dropout             Dropout and dropout(): torch's inverted dropout, with fast CPU masks
 seq2seq_attention   Bahdanau (additive) and Luong (dot, general) attention for RNN decoders
 ==================  =========================================================================
 
@@ -18,6 +19,7 @@ for the one that ran and why (``seqlab.kernels.dispatch``, the one place that ch
 """
 from .attention import (KVCache, LayerCache, MultiheadAttention, TransformerCache, attention_reference, causal_mask,
                         padding_mask)
+from .dropout import Dropout
 from .minrnn import MinGRU, MinLSTM
 from .positional import LearnedPositionalEncoding, SinusoidalPositionalEncoding, sinusoidal_table
 from .rnn import GRU, GRUCell, LSTM, LSTMCell, RNN, RNNCell, GateRecorder, record_gates
@@ -33,4 +35,5 @@ __all__ = [
     "Transformer", "KVCache", "LayerCache", "TransformerCache",
     "SinusoidalPositionalEncoding", "LearnedPositionalEncoding", "sinusoidal_table",
     "BahdanauAttention", "LuongAttention",
+    "Dropout",
 ]

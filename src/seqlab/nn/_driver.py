@@ -25,12 +25,12 @@ import warnings
 from typing import Callable, NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..kernels.dispatch import Dispatch
 from ._checks import _check_prob, _check_size
+from .dropout import dropout
 
 # run_direction(layer, direction, seq (T, B, ·)) -> (y (T, B, ·), final states, each (B, ·) or None)
 RunDirection = Callable[[int, int, Tensor], "tuple[Tensor, tuple[Optional[Tensor], ...]]"]
@@ -283,7 +283,7 @@ class StackedRecurrent(nn.Module):
                 finals.append(states)
             layer_output = outs[0] if D == 1 else torch.cat(outs, dim=-1)  # (T, B, D·P)
             if self.dropout > 0 and self.training and layer < L - 1:
-                layer_output = F.dropout(layer_output, self.dropout, training=True)
+                layer_output = dropout(layer_output, self.dropout, training=True)
             layer_input = layer_output
         states = [None if slot[0] is None else torch.stack(slot) for slot in zip(*finals)]  # (D·L, B, ·) each
         return layer_input, states

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import _check_size
+from .dropout import dropout
 
 __all__ = [
     "MultiheadAttention",
@@ -129,7 +130,7 @@ def attention_reference(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] 
         scores = scores + mask
     weights = torch.softmax(scores, dim=-1)
     if dropout_p > 0.0:
-        weights = F.dropout(weights, p=dropout_p)
+        weights = dropout(weights, p=dropout_p)
     return weights @ v, weights  # (..., L, S) @ (..., S, d_v) -> (..., L, d_v)
 
 
@@ -589,5 +590,9 @@ class MultiheadAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         if need_weights:
             return attention_reference(q, k, v, mask, dropout_p, is_causal)
+        if dropout_p > 0.0 and q.device.type == "cpu":
+            # torch's CPU attention with dropout is its math path, the reference's products, with
+            # masks drawn by bernoulli_; the reference draws them with seqlab's dropout (nn/dropout.py)
+            return attention_reference(q, k, v, mask, dropout_p, is_causal)[0], None
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
         return out, None

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from ..kernels.dispatch import MIN_BACKENDS, choose_min
 from ..kernels.minrnn_scan import GATES, cell_step
 from ._driver import StackedRecurrent, reverse_index, suffix, valid_mask
+from .dropout import dropout
 
 __all__ = ["MinGRU", "MinLSTM"]
 
@@ -203,7 +204,7 @@ class _MinRNNBase(StackedRecurrent):
             x = cell_step(self.cell, self._project(x, layer, 0), h0[layer])  # (B, H)
             new.append(x)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                x = F.dropout(x, self.dropout, training=True)
+                x = dropout(x, self.dropout, training=True)
         h_new = torch.stack(new)  # (L, B, H)
         return h_new.squeeze(1) if unbatched else h_new  # (L, 1, H) -> (L, H)
 

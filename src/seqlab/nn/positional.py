@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .dropout import Dropout
+
 __all__ = ["SinusoidalPositionalEncoding", "LearnedPositionalEncoding", "sinusoidal_table"]
 
 
@@ -78,7 +80,7 @@ class SinusoidalPositionalEncoding(nn.Module):
         if d_model < 1 or max_len < 1:
             raise ValueError(f"d_model and max_len should be >= 1, got d_model={d_model}, max_len={max_len}")
         self.d_model, self.batch_first, self.base = d_model, batch_first, base
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.register_buffer("pe", sinusoidal_table(max_len, d_model, base), persistent=False)
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
@@ -108,7 +110,7 @@ class LearnedPositionalEncoding(nn.Module):
             raise ValueError(f"d_model and max_len should be >= 1, got d_model={d_model}, max_len={max_len}")
         self.d_model, self.max_len, self.batch_first = d_model, max_len, batch_first
         self.weight = nn.Parameter(torch.empty(max_len, d_model, device=device, dtype=dtype))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

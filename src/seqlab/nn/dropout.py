@@ -1,0 +1,51 @@
+r"""Inverted dropout with fast CPU masks: ``y = x ⊙ m / (1 - p)``, m_i ~ Bernoulli(1 - p).
+
+The same function as ``torch.nn.functional.dropout`` and :class:`torch.nn.Dropout` (a
+subclass, so its state dict, repr and ``isinstance`` checks are torch's). What differs is
+where the masks come from on the CPU: torch draws one mt19937 number per value (about 10 ns
+each, a tenth of a small LSTM language model's training step and half of a small
+transformer's), while seqlab's compiled library draws them from a counter-based generator
+(``kernels/csrc/dropout.h``) at a fraction of a nanosecond. The seed of each mask is drawn
+from torch's generator, so ``torch.manual_seed`` fixes the masks and a checkpoint's RNG
+state resumes them; the masks themselves differ from torch's draws (as torch's CPU and CUDA
+draws differ from each other). p is kept to 2^-32: P(keep) = 1 - round(2^32 p) / 2^32,
+and the kept values are scaled by its inverse, so E[y] = x exactly.
+
+Everywhere else (CUDA, other dtypes, under ``torch.compile``, without the compiled library,
+p = 1) it is torch's own dropout.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["dropout", "Dropout"]
+
+_FLOATS = (torch.float32, torch.float64)
+
+
+def _fast(x: Tensor, p: float) -> bool:
+    if x.device.type != "cpu" or x.dtype not in _FLOATS or not 0.0 < p < 1.0 or torch.compiler.is_compiling():
+        return False
+    from ..kernels import compiled  # the layers import kernels; here only when a mask is drawn
+
+    return compiled.available()
+
+
+def dropout(x: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
+    """``torch.nn.functional.dropout`` with seqlab's CPU masks (see the module docstring)."""
+    if not training or p == 0.0:
+        return x
+    if not _fast(x, p):
+        return F.dropout(x, p, training, inplace)
+    seed = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64))
+    m = torch.ops.seqlab_compiled.dropout_mask(x.detach(), p, seed)  # x's shape: 0 or 1 / P(keep), no grad
+    return x.mul_(m) if inplace else x * m
+
+
+class Dropout(nn.Dropout):
+    """:class:`torch.nn.Dropout` drawing its CPU masks as :func:`dropout` does."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return dropout(input, self.p, self.training, self.inplace)
