@@ -3,8 +3,9 @@
 ==============  ==========================================================================
 module          what lives there
 ==============  ==========================================================================
-loop            TrainConfig, Trainer (AdamW, warm-up + decay, clipping, evaluation, early
+loop            TrainConfig, Trainer (the optimizer, warm-up + decay, clipping, evaluation, early
                 stopping or a goal, exact-resume checkpoints, DDP), DivergenceError
+optim           AdamW, or MuonAdamW (Muon for the hidden matrices, AdamW for the rest)
 schedule        WarmupDecay (the multiplier), WarmupDecayLR (a JSON-stateful LambdaLR)
 metrics         perplexity, bits_per_char, accuracy, macro_f1, token_accuracy, entity_f1,
                 exact_match, char_error_rate, bleu
@@ -16,8 +17,9 @@ from . import distributed, metrics
 from .checkpoint import (Checkpoint, CheckpointError, best_checkpoint, latest_checkpoint, load_checkpoint,
                          restore_training, save_checkpoint)
 from .loop import DivergenceError, TrainConfig, Trainer
+from .optim import MuonAdamW, build_optimizer
 from .schedule import WarmupDecay, WarmupDecayLR
 
 __all__ = ["Checkpoint", "CheckpointError", "best_checkpoint", "latest_checkpoint", "load_checkpoint",
            "restore_training", "save_checkpoint",
-           "DivergenceError", "TrainConfig", "Trainer", "WarmupDecay", "WarmupDecayLR", "distributed", "metrics"]
+           "DivergenceError", "TrainConfig", "Trainer", "MuonAdamW", "build_optimizer", "WarmupDecay", "WarmupDecayLR", "distributed", "metrics"]

@@ -20,7 +20,7 @@ One step is::
     loss_sum, count = loss_fn(model, shard(batch))  # this rank's rows
     N = sum of count over ranks
     backward(loss_sum / (N / world))                # DDP averages over ranks -> grad of sum/N
-    clip to clip_norm; AdamW step; schedule step
+    clip to clip_norm; optimizer step (AdamW, or Muon + AdamW); schedule step
 
 so W processes on a global batch give the same update as one process on the whole batch.
 Every ``eval_every`` steps rank 0 evaluates; every ``checkpoint_every`` steps and at the end
@@ -81,6 +81,7 @@ from tqdm.auto import tqdm
 from . import distributed as D
 from .checkpoint import (CheckpointError, best_checkpoint, latest_checkpoint, load_checkpoint, restore_training,
                          resumable_checkpoint, rng_state, save_checkpoint, set_rng_state)
+from .optim import OPTIMIZERS, build_optimizer
 from .schedule import DECAYS, WarmupDecayLR
 
 STOPS = ("max_steps", "early_stop", "goal", "max_time", "interrupted")
@@ -105,7 +106,10 @@ class TrainConfig:
     max_steps: int = 1000
     batch_size: int = 32  # the GLOBAL batch: split across processes, so results do not depend on their number
     lr: float = 2e-3  # peak learning rate, reached at the end of warm-up
-    weight_decay: float = 0.01  # AdamW's decoupled decay, on matrices only (not biases, norms' gains)
+    weight_decay: float = 0.01  # decoupled decay, on matrices only (not biases, norms' gains)
+    # "adamw", or "muon": Muon for the recurrent / attention / feed-forward matrices, AdamW for the
+    # rest (embeddings, output layers, vectors); see seqlab.train.optim
+    optimizer: str = "adamw"
     warmup_steps: int = 100  # linear warm-up: Adam's second-moment estimates are noisy at first
     decay: str = "cosine"  # after warm-up: "cosine", "linear" or "constant", down to min_lr_ratio * lr
     min_lr_ratio: float = 0.1
@@ -158,6 +162,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr: expected a number > 0, got {self.lr!r}")
         if self.clock not in CLOCKS:
             raise ValueError(f"TrainConfig.clock: expected one of {list(CLOCKS)}, got {self.clock!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"TrainConfig.optimizer: expected one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.decay not in DECAYS:
             raise ValueError(f"TrainConfig.decay: expected one of {list(DECAYS)}, got {self.decay!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -193,19 +199,6 @@ class _DDP(nn.parallel.DistributedDataParallel):
             if name == "module":
                 raise
             return getattr(self.module, name)
-
-
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    # Decay matrices (linear, embedding, recurrent weights) but not vectors (biases,
-    # layer-norm gains): shrinking a gain or bias towards 0 is not regularisation, as nanoGPT notes.
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():  # shared (tied) parameters are listed once
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    if not decay and not no_decay:
-        raise ValueError("expected a model with trainable parameters, got none")
-    groups = [{"params": ps, "weight_decay": wd} for ps, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)) if ps]
-    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def _rng_to_json() -> dict:
@@ -276,7 +269,7 @@ class Trainer:
         self.run_dir, self.config = Path(run_dir), config
         self.monitor, self.mode, self.progress = monitor, mode, progress
         self.shard = shard or D.shard_batch
-        self.optimizer = _optimizer(model, cfg)
+        self.optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay)
         # The schedule's horizon: max_steps, or (max_steps = 0) the plan fixed during the run.
         self.plan: Optional[dict] = None  # {"total_steps", "warmup_steps", "step_seconds"} once fixed
         self.scheduler = WarmupDecayLR(self.optimizer, cfg.warmup_steps, cfg.max_steps or UNPLANNED, cfg.decay,
