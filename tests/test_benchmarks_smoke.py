@@ -125,6 +125,19 @@ def test_minrnn_benchmark_writes_its_section(tmp_path):
     assert "- a loaded machine" in section and "| 64 | MinGRU scan |" in section and "the GRU" in section
 
 
+def test_dropout_benchmark_writes_its_section(tmp_path):
+    from seqlab.kernels import compiled
+
+    if not compiled.available():
+        pytest.skip(f"the compiled library is not available: {compiled.build_error()}")
+    out = tmp_path / "RESULTS.md"
+    proc = _run("dropout.py", "--quick", "--threads", "1", "--markdown", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    section = _section(out.read_text(), "dropout")
+    _assert_headed(section, "dropout.py --quick --threads 1")
+    assert re.search(r"\| small \| \(4, 8, 16\) \| 512 \| [\d.]+ \| [\d.]+ \| [\d.]+x \|", section), section
+
+
 def test_transformer_benchmark_writes_its_section(tmp_path):
     out = tmp_path / "RESULTS.md"
     proc = _run("transformer.py", "--quick", "--device", "cpu", "--batch", "2", "--seq-lens", "16",
