@@ -147,3 +147,9 @@ def test_attention_dropout_on_the_cpu_draws_seqlab_masks():
     out_w, w = mha(x, x, x, need_weights=True, average_attn_weights=False)
     torch.testing.assert_close(out, out_w)  # the same masks with and without the weights returned
     assert (w == 0).any()
+
+
+def test_a_traced_module_draws_new_masks_each_call():
+    # the library's seed would be a constant in a trace: torch.jit.trace records torch's dropout instead
+    traced = torch.jit.trace(Dropout(0.5).train(), torch.ones(64), check_trace=False)
+    assert not torch.equal(traced(torch.ones(64)), traced(torch.ones(64)))

@@ -11,8 +11,8 @@ state resumes them; the masks themselves differ from torch's draws (as torch's C
 draws differ from each other). p is kept to 2^-32: P(keep) = 1 - round(2^32 p) / 2^32,
 and the kept values are scaled by its inverse, so E[y] = x exactly.
 
-Everywhere else (CUDA, other dtypes, under ``torch.compile``, without the compiled library,
-p = 1) it is torch's own dropout.
+Everywhere else (CUDA, other dtypes, under ``torch.compile`` or ``torch.jit.trace``, without the
+compiled library, p = 1) it is torch's own dropout.
 """
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ _FLOATS = (torch.float32, torch.float64)
 
 
 def _fast(x: Tensor, p: float) -> bool:
-    if x.device.type != "cpu" or x.dtype not in _FLOATS or not 0.0 < p < 1.0 or torch.compiler.is_compiling():
+    if x.device.type != "cpu" or x.dtype not in _FLOATS or not 0.0 < p < 1.0:
+        return False
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # a traced seed would be a constant
         return False
     from ..kernels import compiled  # the layers import kernels; here only when a mask is drawn
 
