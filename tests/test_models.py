@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from seqlab.decoding import beam_search, greedy
 from seqlab.models import (ARCHS, KINDS, Classifier, ConditionalGenerator, LanguageModel, ModelConfig, Seq2Seq,
                            Tagger, build_model, count_parameters)
+import seqlab.nn as snn
 from seqlab.nn import TransformerCache
 
 PAD, SOS, EOS = 0, 2, 3
@@ -466,3 +467,26 @@ def test_transformer_bias_and_activation_options():
         ModelConfig(**cfg, activation="tanh")
     with pytest.raises(ValueError, match="bias=False is not an option of arch 'lstm'"):
         ModelConfig(kind="lm", arch="lstm", vocab_size=11, bias=False)
+
+
+def test_attention_dropout_sets_the_attention_rate_only():
+    def lm(**kw):
+        cfg = dict(kind="lm", arch="transformer", vocab_size=13, embed_dim=8, hidden_size=8, num_layers=2, nhead=2,
+                   max_len=16, dropout=0.3)
+        return build_model(ModelConfig.from_dict({**cfg, **kw}))
+
+    default, split = lm(), lm(attention_dropout=0.0)
+    rates = [(m.dropout, type(m).__name__) for m in split.modules() if isinstance(m, snn.MultiheadAttention)]
+    assert rates and all(r == 0.0 for r, _ in rates)
+    assert all(m.dropout == 0.3 for m in default.modules() if isinstance(m, snn.MultiheadAttention))
+    assert all(m.p == 0.3 for m in split.modules() if isinstance(m, torch.nn.Dropout))  # the others keep theirs
+    assert split.state_dict().keys() == default.state_dict().keys()
+    s2s = build_model(ModelConfig.from_dict(dict(kind="seq2seq", arch="transformer", vocab_size=13, embed_dim=8,
+                                                 hidden_size=8, num_layers=1, nhead=2, dropout=0.3,
+                                                 attention_dropout=0.1)))
+    attn = [m.dropout for m in s2s.modules() if isinstance(m, snn.MultiheadAttention)]
+    assert len(attn) == 3 and set(attn) == {0.1}  # encoder self, decoder self and cross attention
+    with pytest.raises(ValueError, match="attention_dropout"):
+        ModelConfig.from_dict(dict(kind="lm", arch="lstm", vocab_size=13, attention_dropout=0.1))
+    with pytest.raises(ValueError, match="attention_dropout: expected a probability"):
+        ModelConfig.from_dict(dict(kind="lm", arch="transformer", vocab_size=13, attention_dropout=1.5))

@@ -36,10 +36,10 @@ ARCH_OPTIONS = {
     "gru": ("layer_norm", "recurrent_dropout", "zoneout"),
     "mingru": (),
     "minlstm": (),
-    "transformer": ("nhead", "dim_feedforward", "activation", "bias"),
+    "transformer": ("nhead", "dim_feedforward", "activation", "bias", "attention_dropout"),
 }
 _ARCH_SPECIFIC = ("layer_norm", "recurrent_dropout", "zoneout", "forget_bias", "nhead", "dim_feedforward",
-                  "activation", "bias")
+                  "activation", "bias", "attention_dropout")
 ACTIVATIONS = ("relu", "gelu")
 
 
@@ -65,6 +65,9 @@ class ModelConfig:
     dim_feedforward: int = 0  # transformer: 0 = 4 * hidden_size, the paper's ratio
     activation: str = "relu"  # transformer: the feed-forward block's nonlinearity, relu or gelu
     bias: bool = True  # transformer: additive biases in its projections and norms (GPT-2 style models drop them)
+    # transformer: dropout on the attention weights; None = ``dropout``, torch.nn's one rate for both.
+    # 0 keeps the residual and feed-forward dropout but lets attention run on the fused kernel
+    attention_dropout: Optional[float] = None
     max_len: int = 512  # transformer: positions trained on; the lm's context window
     tie_weights: bool = True  # lm/generate: share the input embedding with the output layer
     pooling: str = "last"  # classify: last (final states), mean or attention
@@ -93,6 +96,8 @@ class ModelConfig:
         _check_int("dim_feedforward", self.dim_feedforward, 0)
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_bool("bias", self.bias)
+        if self.attention_dropout is not None:
+            _check_prob("attention_dropout", self.attention_dropout)
         _check_int("max_len", self.max_len, 2)
         _check_bool("tie_weights", self.tie_weights)
         _check_choice("pooling", self.pooling, POOLINGS)

@@ -23,11 +23,12 @@ import torch
 from torch import Tensor, nn
 
 from ..data.vocab import PAD
-from ..nn import (GRU, LSTM, RNN, Dropout, MinGRU, MinLSTM, SinusoidalPositionalEncoding, TransformerCache,
-                  TransformerEncoder, TransformerEncoderLayer, causal_mask, padding_mask)
+from ..nn import (GRU, LSTM, RNN, Dropout, MinGRU, MinLSTM, MultiheadAttention, SinusoidalPositionalEncoding,
+                  TransformerCache, TransformerEncoder, TransformerEncoderLayer, causal_mask, padding_mask)
 from .config import ARCH_OPTIONS, RECURRENT_ARCHS, ModelConfig
 
-__all__ = ["SequenceEncoder", "build_recurrent", "make_embedding", "index_state", "detach", "last_valid"]
+__all__ = ["SequenceEncoder", "build_recurrent", "make_embedding", "set_attention_dropout", "index_state", "detach",
+           "last_valid"]
 
 _RECURRENT = {"rnn": RNN, "lstm": LSTM, "gru": GRU, "mingru": MinGRU, "minlstm": MinLSTM}
 
@@ -39,6 +40,14 @@ def make_embedding(vocab_size: int, embed_dim: int) -> nn.Embedding:
         nn.init.normal_(emb.weight, std=embed_dim ** -0.5)
         emb.weight[PAD].zero_()
     return emb
+
+
+def set_attention_dropout(stack: nn.Module, config: ModelConfig) -> None:
+    """Give every attention in ``stack`` the rate ``config.attention_dropout`` (None: leave ``dropout``)."""
+    if config.attention_dropout is not None:
+        for module in stack.modules():
+            if isinstance(module, MultiheadAttention):
+                module.dropout = float(config.attention_dropout)
 
 
 def build_recurrent(config: ModelConfig, input_size: int, bidirectional: bool) -> nn.Module:
@@ -140,6 +149,7 @@ class SequenceEncoder(nn.Module):
                                             activation=config.activation, batch_first=True, norm_first=True,
                                             bias=config.bias)
             self.stack = TransformerEncoder(layer, config.num_layers, norm=nn.LayerNorm(d, bias=config.bias))
+            set_attention_dropout(self.stack, config)
             self.output_size = d
         else:
             self.dropout = Dropout(config.dropout)

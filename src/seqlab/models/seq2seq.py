@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from ..nn import (BahdanauAttention, Dropout, LuongAttention, SinusoidalPositionalEncoding, Transformer,
                   TransformerCache, causal_mask, padding_mask)
 from .config import ModelConfig
-from .encoders import SequenceEncoder, check_lengths, check_tokens, index_state, make_embedding
+from .encoders import (SequenceEncoder, check_lengths, check_tokens, index_state, make_embedding,
+                       set_attention_dropout)
 
 __all__ = ["Seq2Seq", "Seq2SeqState"]
 
@@ -99,6 +100,7 @@ class Seq2Seq(nn.Module):
                                                           batch_first=True)
             self.transformer = Transformer(H, config.nhead, config.num_layers, config.num_layers,
                                            config.feedforward_size, config.dropout, batch_first=True, norm_first=True)
+            set_attention_dropout(self.transformer, config)
             self.output = nn.Linear(H, V_tgt)
             return
 
