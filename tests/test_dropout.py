@@ -100,6 +100,11 @@ def test_identity_in_eval_or_at_p_zero_and_torch_elsewhere():
         dropout(x, 1.5)
 
 
+def test_the_op_refuses_a_probability_out_of_range():
+    with pytest.raises(RuntimeError, match=r"expected 0 <= p < 1, got p = 1.5"):
+        torch.ops.seqlab_compiled.dropout_mask(torch.empty(3), 1.5, 0)
+
+
 def test_without_the_library_it_is_torch_dropout(monkeypatch):
     monkeypatch.setattr(compiled, "available", lambda: False)
     x = torch.randn(8, 8)

@@ -233,14 +233,12 @@ RUN_DIR_HELP = ("a run directory (its newest checkpoint), DIR/best (the best-sco
                 "evaluated) or one checkpoint folder")
 TRAIN_EPILOG = ("Setting keys: the model's (embed_dim, hidden_size, num_layers, dropout, bidirectional, layer_norm, "
                 "recurrent_dropout, zoneout, forget_bias, nhead, dim_feedforward, bias, activation, attention_dropout, "
-                "max_len, "
-                "tie_weights, pooling, attention), training's (max_steps, batch_size, lr, weight_decay, optimizer, "
-                "warmup_steps, decay, min_lr_ratio, clip_norm, eval_every, checkpoint_every, patience, seed, "
-                "log_every, max_time, keep_checkpoints, keep_best, find_unused_parameters, tensorboard, clock) and "
-                "the data's (n_train, "
-                "n_valid, n_test, data_seed, level, min_freq, max_vocab, max_line, format; lm: bptt, carry_state, "
-                "eval_tokens, eval_rows, eval_stride; seq2seq: teacher_forcing, beam, eval_examples, max_decode_len; "
-                "generate: n_samples). "
+                "max_len, tie_weights, pooling, attention), training's (max_steps, batch_size, lr, weight_decay, "
+                "optimizer, warmup_steps, decay, min_lr_ratio, clip_norm, eval_every, checkpoint_every, patience, "
+                "seed, log_every, max_time, keep_checkpoints, keep_best, find_unused_parameters, tensorboard, clock) "
+                "and the data's (n_train, n_valid, n_test, data_seed, level, min_freq, max_vocab, max_line, format; "
+                "lm: bptt, carry_state, eval_tokens, eval_rows, eval_stride; seq2seq: teacher_forcing, beam, "
+                "eval_examples, max_decode_len; generate: n_samples). "
                 "Ctrl-C or SIGTERM saves a checkpoint and exits 130 / 143; --resume continues. Example: seqlab train "
                 "seq2seq --task dates --arch gru --attention bahdanau lr=3e-3 --out runs/dates")
 

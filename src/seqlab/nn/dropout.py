@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..kernels import compiled
+
 __all__ = ["dropout", "Dropout"]
 
 _FLOATS = (torch.float32, torch.float64)
@@ -30,8 +32,6 @@ def _fast(x: Tensor, p: float) -> bool:
         return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing():  # a traced seed would be a constant
         return False
-    from ..kernels import compiled  # the layers import kernels; here only when a mask is drawn
-
     return compiled.available()
 
 

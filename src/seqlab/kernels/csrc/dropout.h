@@ -23,7 +23,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <stdexcept>
 
 namespace seqlab {
 namespace {
@@ -74,7 +73,7 @@ void fill_dropout_mask(T* m, int64_t n, uint64_t seed, uint32_t threshold, T sca
 
 // like: the tensor whose shape, dtype and device the mask takes; p in [0, 1); seed any int64.
 Tensor dropout_mask(const Tensor& like, double p, int64_t seed) {
-  if (!(p >= 0.0 && p < 1.0)) throw std::invalid_argument("dropout_mask: expected 0 <= p < 1");
+  TORCH_CHECK(p >= 0.0 && p < 1.0, "dropout_mask: expected 0 <= p < 1, got p = ", p);
   // t = round(p 2^32) <= 2^32 - 1 (a p within 2^-33 of 1 drops all but 1 in 2^32)
   const uint32_t threshold = static_cast<uint32_t>(std::min(std::llround(std::ldexp(p, 32)), (1LL << 32) - 1));
   const double keep = 1.0 - std::ldexp(static_cast<double>(threshold), -32);
