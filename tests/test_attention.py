@@ -172,6 +172,25 @@ def test_sdpa_path_equals_reference_kernel():
         torch.testing.assert_close(w.sum(-1), torch.ones(B, NH, L))
 
 
+def test_half_precision_attends_in_float32_on_the_cpu():
+    torch.manual_seed(0)
+    mha = MultiheadAttention(16, 2, batch_first=True)
+    q, k, v = (torch.randn(2, 2, 5, 8).bfloat16() for _ in range(3))  # (B, nh, T, hs)
+    mask = causal_mask(5, dtype=torch.bfloat16)
+    out, _ = mha._attend(q, k, v, mask, False, False)
+    want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask.float())
+    assert out.dtype == torch.bfloat16 and torch.equal(out, want.bfloat16())  # one rounding, at the end
+    # under autocast: bfloat16 out, close to the float32 module, and gradients reach every weight
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    ref, _ = mha(x, x, x, need_weights=False, attn_mask=causal_mask(5), is_causal=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = mha(x, x, x, need_weights=False, attn_mask=causal_mask(5), is_causal=True)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), ref, atol=3e-2, rtol=3e-2)
+    got.float().sum().backward()
+    assert x.grad is not None and all(p.grad is not None for p in mha.parameters())
+
+
 def test_dropout_acts_in_training_only():
     mha = MultiheadAttention(E, NH, dropout=0.5, batch_first=True)
     x = torch.randn(B, L, E)

@@ -86,16 +86,32 @@ def test_shapes_dtypes_noncontiguous_and_inplace():
         torch.testing.assert_close(z, y)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_take_float32_masks_and_round_each_product_once(dtype):
+    x = torch.randn(64, 33).to(dtype).transpose(0, 1).requires_grad_()  # non-contiguous (33, 64)
+    torch.manual_seed(0)
+    y = dropout(x, 0.25)
+    assert y.dtype == dtype and y.shape == x.shape
+    torch.manual_seed(0)
+    kept = dropout(torch.ones(x.shape), 0.25) != 0  # the mask a float32 input gets from the same seed
+    assert torch.equal(y != 0, kept & (x != 0))
+    scale = torch.tensor(1 / 0.75, dtype=torch.float32)  # the mask's value, as the kernel stores it
+    want = torch.where(kept, (x.detach().float() * scale).to(dtype), torch.zeros((), dtype=dtype))
+    assert torch.equal(y, want)  # x m formed in float32, rounded once (not x rounded times 1/q rounded)
+    g = torch.randn(x.shape).to(dtype)
+    (dx,) = torch.autograd.grad(y, x, g)
+    assert dx.dtype == dtype
+    assert torch.equal(dx, torch.where(kept, (g.float() * scale).to(dtype), torch.zeros((), dtype=dtype)))
+    z = x.detach().clone()
+    torch.manual_seed(0)
+    assert dropout(z, 0.25, inplace=True).data_ptr() == z.data_ptr() and torch.equal(z, want)
+
+
 def test_identity_in_eval_or_at_p_zero_and_torch_elsewhere():
     x = torch.randn(4, 4)
     assert dropout(x, 0.5, training=False) is x
     assert dropout(x, 0.0) is x
     assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))  # torch's own at p = 1
-    h = torch.randn(4, 4, dtype=torch.float16)  # a dtype the library has no loop for: torch's dropout
-    torch.manual_seed(0)
-    want = F.dropout(h, 0.5)
-    torch.manual_seed(0)
-    assert torch.equal(dropout(h, 0.5), want)
     with pytest.raises(ValueError, match="dropout probability"):
         dropout(x, 1.5)
 

@@ -12,6 +12,7 @@ import seqlab.nn as snn
 from seqlab.data import BatchIterator, BPTTBatcher, pad_collate
 from seqlab.train import (DivergenceError, TrainConfig, Trainer, WarmupDecay, WarmupDecayLR, best_checkpoint,
                           latest_checkpoint, load_checkpoint)
+from seqlab.train.loop import native_bf16, resolve_precision
 
 V = 11
 N = 4  # checkpoint interval; runs are 2N steps
@@ -416,6 +417,43 @@ def test_resume_with_more_steps_follows_the_new_schedule(tmp_path):
     assert math.isclose(tr.scheduler.get_last_lr()[0], 1e-2 * WarmupDecay(2, 6, "cosine", 0.1)(6))
 
 
+def test_bf16_mixed_runs_the_loss_under_autocast_and_resumes_exactly(tmp_path):
+    seen = []
+
+    def recording(loss_fn):
+        def wrapped(model, batch):
+            seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+            return loss_fn(model, batch)
+        return wrapped
+
+    full = make_trainer(tmp_path / "a", loss_fn=recording(lm_loss), precision="bf16-mixed")
+    full.fit()
+    assert full.precision == "bf16-mixed" and set(seen) == {(True, torch.bfloat16)} and len(seen) == 2 * N
+    assert all(p.dtype == torch.float32 for p in full.model.parameters())  # only the products are bfloat16
+    with pytest.raises(Interrupt):
+        make_trainer(tmp_path / "b", loss_fn=interrupting(N + 1), precision="bf16-mixed").fit()
+    resumed = make_trainer(tmp_path / "b", model=make_model(seed=7), precision="bf16-mixed")
+    resumed.fit(resume=True)
+    assert_same(weights(resumed.model), weights(full.model), atol=0)
+    seen.clear()
+    fp32 = make_trainer(tmp_path / "c", loss_fn=recording(lm_loss))
+    fp32.fit()
+    assert set(seen) == {(False, torch.get_autocast_dtype("cpu"))}
+    assert any(not torch.equal(u, v) for u, v in zip(weights(fp32.model).values(), weights(full.model).values()))
+
+
+def test_auto_precision_is_bf16_mixed_where_the_cpu_multiplies_bfloat16(monkeypatch):
+    for amx, avx512_bf16, want in [(True, False, "bf16-mixed"), (False, True, "bf16-mixed"), (False, False, "float32")]:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        assert native_bf16("cpu") is (want == "bf16-mixed")
+        assert resolve_precision("auto", "cpu") == want
+        assert resolve_precision("float32", "cpu") == "float32" and resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+    assert resolve_precision("auto", "meta") == "float32"
+    with pytest.raises(ValueError, match="precision: expected one of"):
+        resolve_precision("half", "cpu")
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"max_steps": -1}, "max_steps: expected an int >= 0, got -1"),
     ({"max_steps": 0}, "max_steps: 0 means as many steps as max_time allows, so it needs max_time > 0"),
@@ -427,6 +465,7 @@ def test_resume_with_more_steps_follows_the_new_schedule(tmp_path):
     ({"clip_norm": math.nan}, "clip_norm: expected a finite number, got nan"),
     ({"keep_best": 1}, "keep_best: expected true or false, got 1"),
     ({"warmup": 3}, "unknown key(s) ['warmup']"),
+    ({"precision": "fp16"}, "precision: expected one of ['float32', 'bf16-mixed', 'auto'], got 'fp16'"),
 ])
 def test_bad_config_values_say_what_was_expected(bad, message):
     with pytest.raises(ValueError) as e:

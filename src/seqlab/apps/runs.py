@@ -20,6 +20,7 @@ import seqlab
 from seqlab.models.config import ARCHS, KINDS
 from seqlab.train.checkpoint import (BEST, Checkpoint, CheckpointError, RunLock, best_checkpoint, latest_checkpoint,
                                      load_checkpoint, remove_stale_temporaries, resumable_checkpoint)
+from seqlab.train.loop import resolve_precision
 
 from .base import App, ConfigError, holds_run, prepare_out, split_settings, write_json
 from .classify import ClassifyApp
@@ -115,7 +116,9 @@ def describe_settings(kind: str, mcfg: Any, tcfg: Any, options: Any, parameters:
     def words(d: dict, skip: tuple = ()) -> str:
         return " ".join(f"{k}={v}" for k, v in d.items() if k not in skip and v is not None)
     steps = "" if tcfg.max_steps else f" (max_steps=0: as many steps as max_time={tcfg.max_time:g} s allows)"
-    return (f"train {kind} {mcfg.arch}, {parameters:,} parameters{steps}\n"
+    auto = (f" (precision=auto: {resolve_precision('auto', 'cpu')} on this CPU)"
+            if tcfg.precision == "auto" else "")
+    return (f"train {kind} {mcfg.arch}, {parameters:,} parameters{steps}{auto}\n"
             f"  model: {words(mcfg.to_dict(), ('kind', 'arch'))}\n  train: {words(tcfg.to_dict())}\n"
             f"  data:  {words(options.to_dict())}")
 

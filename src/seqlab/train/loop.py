@@ -86,6 +86,29 @@ from .schedule import DECAYS, WarmupDecayLR
 
 STOPS = ("max_steps", "early_stop", "goal", "max_time", "interrupted")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+PRECISIONS = ("float32", "bf16-mixed", "auto")
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices in hardware: a CUDA GPU that supports
+    bfloat16, or a CPU with AMX tiles or AVX-512 BF16 (oneDNN's bfloat16 kernels). Elsewhere
+    bfloat16 products are emulated and slower than float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return any(getattr(torch.cpu, probe, lambda: False)()
+                   for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """TrainConfig.precision as run on ``device``: "auto" becomes "bf16-mixed" or "float32"."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bf16-mixed" if native_bf16(device) else "float32"
+    return precision
 UNPLANNED = 2 ** 62  # the horizon of a time-budgeted run before its plan is fixed: the rate stays at its peak
 PLAN_MIN_STEPS = 20  # a time-budgeted run fixes its plan after at least this many steps ...
 PLAN_SKIP_STEPS = 5  # ... leaving out the first few, which pay for allocation and lazy set-up
@@ -129,6 +152,12 @@ class TrainConfig:
     # pass over the autograd graph every step, so off unless needed)
     find_unused_parameters: bool = False
     tensorboard: bool = True  # also write the curves as TensorBoard event files in RUN/tensorboard (rank 0)
+    # "float32"; "bf16-mixed": the loss (forward pass) under torch.autocast in bfloat16, so matrix
+    # products run in bfloat16 while weights, gradients and optimizer states stay float32; "auto":
+    # bf16-mixed where the model's device multiplies bfloat16 in hardware (native_bf16), else float32.
+    # Recurrent layers under autocast leave the compiled CPU loop (it is float32/64), so for them
+    # bf16-mixed is slower on the CPU; it pays for the transformer's large products.
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -164,6 +193,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.clock: expected one of {list(CLOCKS)}, got {self.clock!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"TrainConfig.optimizer: expected one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision: expected one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.decay not in DECAYS:
             raise ValueError(f"TrainConfig.decay: expected one of {list(DECAYS)}, got {self.decay!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -270,6 +301,9 @@ class Trainer:
         self.monitor, self.mode, self.progress = monitor, mode, progress
         self.shard = shard or D.shard_batch
         self.optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay)
+        device = next(model.parameters()).device
+        self.precision = resolve_precision(cfg.precision, device)  # "float32" or "bf16-mixed"
+        self._autocast = (device.type, self.precision == "bf16-mixed")
         # The schedule's horizon: max_steps, or (max_steps = 0) the plan fixed during the run.
         self.plan: Optional[dict] = None  # {"total_steps", "warmup_steps", "step_seconds"} once fixed
         self.scheduler = WarmupDecayLR(self.optimizer, cfg.warmup_steps, cfg.max_steps or UNPLANNED, cfg.decay,
@@ -450,7 +484,8 @@ class Trainer:
 
     def _train_step(self, net: nn.Module, batch: Any, rank: int, world: int) -> tuple[float, float]:
         step = self.step + 1  # the number this update will have
-        out = self.loss_fn(net, self.shard(batch, rank, world) if world > 1 else batch)
+        with torch.autocast(self._autocast[0], dtype=torch.bfloat16, enabled=self._autocast[1]):
+            out = self.loss_fn(net, self.shard(batch, rank, world) if world > 1 else batch)
         if not (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[0], torch.Tensor)
                 and out[0].dim() == 0):
             raise ValueError(f"loss_fn: expected (loss_sum scalar tensor, count), got {_describe(out)}")
