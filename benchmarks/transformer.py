@@ -3,6 +3,7 @@
     python benchmarks/transformer.py            # the full run (minutes on a CPU)
     python benchmarks/transformer.py --quick    # a smoke run: small batch, few repeats, 128 tokens
     python benchmarks/transformer.py --markdown # also into benchmarks/RESULTS.md
+    python benchmarks/transformer.py --precision bf16-mixed --markdown  # training steps under autocast
 
 1. Training step (forward, backward, SGD update) of a 4-layer encoder,
    d_model 256, 4 heads, feed-forward 1024 (the usual 4 x d_model), batch 32,
@@ -14,6 +15,9 @@
    and seqlab recomputing the whole prefix at every token, and seqlab with a
    ``TransformerCache``. Reports tokens/s and the speed-up of the cache over
    recomputation (target >= 5x).
+
+With ``--precision bf16-mixed`` both training steps run their forward pass under
+``torch.autocast`` in bfloat16 (as ``TrainConfig.precision`` does) and part 2 is skipped.
 
 Each measurement warms up first, synchronises the device, and takes the
 median of repeats; the two implementations alternate repeat by repeat so
@@ -104,19 +108,20 @@ def encoder_pair(cfg: Config, device) -> tuple[nn.Module, nn.Module]:
     return ref.to(device).train(), mine.to(device).train()
 
 
-def train_step_fn(model: nn.Module, x: torch.Tensor, pad: torch.Tensor):
+def train_step_fn(model: nn.Module, x: torch.Tensor, pad: torch.Tensor, bf16: bool = False):
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        out = model(x, src_key_padding_mask=pad)  # (B, T, E)
-        out.pow(2).mean().backward()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(x, src_key_padding_mask=pad)  # (B, T, E)
+        out.float().pow(2).mean().backward()
         opt.step()
 
     return step
 
 
-def bench_training(cfg: Config, device) -> list[tuple]:
+def bench_training(cfg: Config, device, bf16: bool = False) -> list[tuple]:
     rows = []
     for T in cfg.seq_lens:
         torch.manual_seed(0)
@@ -124,8 +129,8 @@ def bench_training(cfg: Config, device) -> list[tuple]:
         x = torch.randn(cfg.batch, T, cfg.d_model, device=device)
         lengths = torch.randint(T // 2, T + 1, (cfg.batch,), device=device)
         pad = torch.arange(T, device=device)[None] >= lengths[:, None]  # (B, T), True = padding
-        t_ref, t_mine = median_pair(train_step_fn(ref, x, pad), train_step_fn(mine, x, pad), cfg.warmup,
-                                    cfg.repeats, device)
+        t_ref, t_mine = median_pair(train_step_fn(ref, x, pad, bf16), train_step_fn(mine, x, pad, bf16),
+                                    cfg.warmup, cfg.repeats, device)
         tokens = cfg.batch * T
         rows.append((T, t_ref * 1e3, t_mine * 1e3, tokens / t_ref, tokens / t_mine, t_mine / t_ref))
     return rows
@@ -223,6 +228,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=None, help="training batch (default 32, --quick 8)")
     parser.add_argument("--seq-lens", type=int, nargs="+", default=None, help="training lengths (default 128 512)")
     parser.add_argument("--gen-tokens", type=int, default=None, help="tokens generated (default 512, --quick 128)")
+    parser.add_argument("--precision", choices=("float32", "bf16-mixed"), default="float32",
+                        help="bf16-mixed: both training steps under torch.autocast in bfloat16 (no generation part)")
     add_markdown_arguments(parser)
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else Config()
@@ -236,12 +243,22 @@ def main(argv=None) -> None:
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}"
           f"{', --quick' if args.quick else ''}")
 
+    bf16 = args.precision == "bf16-mixed"
     train_how = (f"Training step: {cfg.train_layers}-layer encoder, d_model {cfg.d_model}, {cfg.nhead} heads, "
-                 f"ff {cfg.dim_feedforward}, batch {cfg.batch}, dropout 0.1, padded to random lengths; median of "
+                 f"ff {cfg.dim_feedforward}, batch {cfg.batch}, dropout 0.1, padded to random lengths"
+                 f"{', both forward passes under torch.autocast in bfloat16' if bf16 else ''}; median of "
                  f"{cfg.repeats} after {cfg.warmup} warm-up; target seqlab / torch.nn <= 1.05")
     print(f"\n{train_how}")
-    train = training_table(bench_training(cfg, device))
+    train = training_table(bench_training(cfg, device, bf16))
     print(train)
+    if bf16:
+        if args.markdown:
+            command = command_line(None if argv is None else [__file__, *argv])
+            section = results_section(f"The Transformer against torch.nn, bf16-mixed ({device.type})", command,
+                                      train, notes=[f"device {device}", train_how, *args.note])
+            key = "transformer-bf16" + ("" if device.type == "cpu" else f"-{device.type}")
+            print(f"\nwrote the '{key}' section of {write_section(args.markdown, key, section)}")
+        return
 
     gen_how = (f"Generation: {cfg.gen_tokens} tokens, {cfg.gen_layers}-layer decoder-only, batch 1, greedy; median "
                f"of {cfg.gen_repeats}; target: the cache >= 5x recomputing the prefix")

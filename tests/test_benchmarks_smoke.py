@@ -147,6 +147,13 @@ def test_transformer_benchmark_writes_its_section(tmp_path):
     _assert_headed(section, "transformer.py --quick")
     assert re.search(r"\| 16 \| [\d.]+ \| [\d.]+ \|", section), section
     assert "| seqlab, KV cache |" in section
+    proc = _run("transformer.py", "--quick", "--device", "cpu", "--batch", "2", "--seq-lens", "16",
+                "--precision", "bf16-mixed", "--markdown", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    section = _section(out.read_text(), "transformer-bf16")
+    _assert_headed(section, "transformer.py --quick")
+    assert "under torch.autocast in bfloat16" in section and re.search(r"\| 16 \| [\d.]+ \| [\d.]+ \|", section)
+    assert "KV cache" not in section and "| seqlab, KV cache |" in _section(out.read_text(), "transformer")
 
 
 def test_applications_benchmark_writes_its_section(tmp_path):
