@@ -86,25 +86,45 @@ def test_shapes_dtypes_noncontiguous_and_inplace():
         torch.testing.assert_close(z, y)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_inputs_take_float32_masks_and_round_each_product_once(dtype):
-    x = torch.randn(64, 33).to(dtype).transpose(0, 1).requires_grad_()  # non-contiguous (33, 64)
+def test_bfloat16_products_are_formed_in_float32_and_rounded_once():
+    x = torch.randn(64, 33).bfloat16().transpose(0, 1).requires_grad_()  # non-contiguous (33, 64)
     torch.manual_seed(0)
     y = dropout(x, 0.25)
-    assert y.dtype == dtype and y.shape == x.shape
+    assert y.dtype == torch.bfloat16 and y.shape == x.shape
     torch.manual_seed(0)
     kept = dropout(torch.ones(x.shape), 0.25) != 0  # the mask a float32 input gets from the same seed
     assert torch.equal(y != 0, kept & (x != 0))
-    scale = torch.tensor(1 / 0.75, dtype=torch.float32)  # the mask's value, as the kernel stores it
-    want = torch.where(kept, (x.detach().float() * scale).to(dtype), torch.zeros((), dtype=dtype))
-    assert torch.equal(y, want)  # x m formed in float32, rounded once (not x rounded times 1/q rounded)
-    g = torch.randn(x.shape).to(dtype)
+    scale = torch.tensor(1 / 0.75, dtype=torch.float32)  # 1 / P(keep) as the kernel holds it
+    zero = torch.zeros((), dtype=torch.bfloat16)
+    want = torch.where(kept, (x.detach().float() * scale).bfloat16(), zero)
+    assert torch.equal(y, want)  # x m formed in float32, rounded once (not x times a rounded 1/q)
+    g = torch.randn(x.shape).bfloat16()
     (dx,) = torch.autograd.grad(y, x, g)
-    assert dx.dtype == dtype
-    assert torch.equal(dx, torch.where(kept, (g.float() * scale).to(dtype), torch.zeros((), dtype=dtype)))
+    assert dx.dtype == torch.bfloat16 and torch.equal(dx, torch.where(kept, (g.float() * scale).bfloat16(), zero))
     z = x.detach().clone()
     torch.manual_seed(0)
     assert dropout(z, 0.25, inplace=True).data_ptr() == z.data_ptr() and torch.equal(z, want)
+
+
+def test_non_finite_inputs_propagate_as_in_torch():
+    x = torch.tensor([float("nan"), float("inf"), -float("inf")] * 200)
+    y = dropout(x, 0.5)
+    dropped = ~torch.isnan(y) & ~torch.isinf(y)
+    assert not dropped.any()  # x · 0 is NaN for NaN and inf, as torch's x * mask gives
+    ref = F.dropout(x, 0.5)
+    assert (torch.isnan(ref) | torch.isinf(ref)).all()
+    b = dropout(x.bfloat16(), 0.5)
+    assert torch.isnan(b[0::3]).all() and (torch.isnan(b[1::3]) | torch.isinf(b[1::3])).all()
+
+
+def test_double_backward_follows_the_mask():
+    x = torch.randn(8, 9, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(0)
+    y = dropout(x, 0.3)
+    g = torch.randn_like(y, requires_grad=True)
+    (dx,) = torch.autograd.grad(y, x, g, create_graph=True)
+    (dg,) = torch.autograd.grad(dx.sum(), g)
+    torch.testing.assert_close(dg, torch.where(y != 0, 1 / 0.7, 0.0).to(torch.float64))
 
 
 def test_identity_in_eval_or_at_p_zero_and_torch_elsewhere():
@@ -112,13 +132,20 @@ def test_identity_in_eval_or_at_p_zero_and_torch_elsewhere():
     assert dropout(x, 0.5, training=False) is x
     assert dropout(x, 0.0) is x
     assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))  # torch's own at p = 1
+    h = torch.randn(4, 4, dtype=torch.float16)  # a dtype the library has no loop for: torch's dropout
+    torch.manual_seed(0)
+    want = F.dropout(h, 0.5)
+    torch.manual_seed(0)
+    assert torch.equal(dropout(h, 0.5), want)
     with pytest.raises(ValueError, match="dropout probability"):
         dropout(x, 1.5)
 
 
 def test_the_op_refuses_a_probability_out_of_range():
     with pytest.raises(RuntimeError, match=r"expected 0 <= p < 1, got p = 1.5"):
-        torch.ops.seqlab_compiled.dropout_mask(torch.empty(3), 1.5, 0)
+        torch.ops.seqlab_compiled.dropout_apply(torch.empty(3), 1.5, 0)
+    with pytest.raises(RuntimeError, match=r"expected a float32, float64 or bfloat16 tensor, got Half"):
+        torch.ops.seqlab_compiled.dropout_apply(torch.empty(3, dtype=torch.float16), 0.5, 0)
 
 
 def test_without_the_library_it_is_torch_dropout(monkeypatch):

@@ -134,7 +134,8 @@ LM_DEFAULTS: dict[str, dict] = {
     "mingru": {"embed_dim": 256, "hidden_size": 384, "num_layers": 3, "dropout": 0.1, "lr": 3e-3},
     "minlstm": {"embed_dim": 256, "hidden_size": 320, "num_layers": 3, "dropout": 0.1, "lr": 3e-3},
     "transformer": {"embed_dim": 144, "hidden_size": 144, "num_layers": 4, "nhead": 4, "max_len": 256,
-                    "dropout": 0.1, "attention_dropout": 0.0, "lr": 4e-3, "weight_decay": 0.1, "optimizer": "muon"},
+                    "dropout": 0.1, "attention_dropout": 0.0, "lr": 4e-3, "weight_decay": 0.1, "optimizer": "muon",
+                    "precision": "auto"},
 }
 LM_COMMON_DEFAULTS = {"batch_size": 16, "bptt": 128}
 

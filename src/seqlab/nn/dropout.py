@@ -11,11 +11,12 @@ state resumes them; the masks themselves differ from torch's draws (as torch's C
 draws differ from each other). p is kept to 2^-32: P(keep) = 1 - round(2^32 p) / 2^32,
 and the kept values are scaled by its inverse, so E[y] = x exactly.
 
-A bfloat16 or float16 input (mixed precision) takes a float32 mask: y_i = x_i m_i is formed in
-float32 and rounded once to the input's dtype, as torch's own dropout scales (a mask stored in
-bfloat16 would round 1 / (1 - p), and E[y] would drift from x).
+The masks are never stored: the compiled op forms y = x ⊙ m in one pass, and the backward
+(dropout is linear) runs it again on the gradient with the same seed. A bfloat16 input
+(mixed precision) gets each product formed in float32 and rounded once, as torch's own dropout
+scales (a mask stored in bfloat16 would round 1 / (1 - p), and E[y] would drift from x).
 
-Everywhere else (CUDA, other dtypes, under ``torch.compile`` or ``torch.jit.trace``, without the
+Everywhere else (CUDA, float16 and other dtypes, under ``torch.compile`` or ``torch.jit.trace``, without the
 compiled library, p = 1) it is torch's own dropout.
 """
 from __future__ import annotations
@@ -28,12 +29,11 @@ from ..kernels import compiled
 
 __all__ = ["dropout", "Dropout"]
 
-_FLOATS = (torch.float32, torch.float64)
-_HALVES = (torch.bfloat16, torch.float16)  # masks in float32, products rounded to the input's dtype
+_FLOATS = (torch.float32, torch.float64, torch.bfloat16)  # what the compiled op computes
 
 
 def _fast(x: Tensor, p: float) -> bool:
-    if x.device.type != "cpu" or x.dtype not in _FLOATS + _HALVES or not 0.0 < p < 1.0:
+    if x.device.type != "cpu" or x.dtype not in _FLOATS or not 0.0 < p < 1.0:
         return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing():  # a traced seed would be a constant
         return False
@@ -47,27 +47,23 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, inplace: bool = Fa
     if not _fast(x, p):
         return F.dropout(x, p, training, inplace)
     seed = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64))
-    if x.dtype in _HALVES:
-        like = torch.empty(x.shape, dtype=torch.float32)  # only its shape and dtype are read
-        m = torch.ops.seqlab_compiled.dropout_mask(like, p, seed)  # (x's shape) float32: 0 or 1 / P(keep)
-        return x.mul_(m) if inplace else _RoundedProduct.apply(x, m)
-    m = torch.ops.seqlab_compiled.dropout_mask(x.detach(), p, seed)  # x's shape: 0 or 1 / P(keep), no grad
-    return x.mul_(m) if inplace else x * m
+    if inplace:
+        return x.copy_(_Dropout.apply(x, p, seed))
+    return _Dropout.apply(x, p, seed)
 
 
-class _RoundedProduct(torch.autograd.Function):
-    """y = x ⊙ m in x's (half) dtype for a float32 m: each product formed in float32 and rounded
-    once (``x * m`` would promote y to float32); the gradient g ⊙ m is rounded the same way."""
+class _Dropout(torch.autograd.Function):
+    """y = x ⊙ m (the compiled op); dx = g ⊙ m, the same function of g with the same seed (so
+    it is differentiable again: double backward works as for torch's dropout)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, m: Tensor) -> Tensor:
-        ctx.save_for_backward(m)
-        return torch.mul(x, m, out=torch.empty_like(x, memory_format=torch.contiguous_format))
+    def forward(ctx, x: Tensor, p: float, seed: int) -> Tensor:
+        ctx.p, ctx.seed = p, seed
+        return torch.ops.seqlab_compiled.dropout_apply(x, p, seed)  # x's shape and dtype, contiguous
 
     @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Tensor, None]:
-        (m,) = ctx.saved_tensors
-        return torch.mul(g, m, out=torch.empty(g.shape, dtype=g.dtype)), None
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None, None]:
+        return _Dropout.apply(g, ctx.p, ctx.seed), None, None
 
 
 class Dropout(nn.Dropout):

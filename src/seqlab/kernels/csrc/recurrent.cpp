@@ -42,7 +42,7 @@
 //   forward.h       rnn_forward: one layer, one direction, every variant of the contract
 //   backward.h      rnn_backward: the reversed loop, then the weight gradients in one product each
 //   minrnn_scan.h   min_forward / min_backward: the minGRU / minLSTM sequential scan
-//   dropout.h       dropout_mask: inverted-dropout masks from a counter-based generator
+//   dropout.h       dropout_apply: inverted dropout, masks from a counter-based generator
 //   recurrent.cpp   this file: the build stamp and the op registration
 
 #include "backward.h"
@@ -83,7 +83,7 @@ TORCH_LIBRARY(seqlab_compiled, m) {
   m.def("min_forward(int cell, Tensor x, Tensor w, Tensor? b, Tensor h0) -> Tensor[]");
   m.def("min_backward(int cell, Tensor x, Tensor w, Tensor pre, Tensor h, Tensor h0, Tensor dh, Tensor? dh_n, "
         "int[] need) -> Tensor[]");
-  m.def("dropout_mask(Tensor like, float p, int seed) -> Tensor");
+  m.def("dropout_apply(Tensor x, float p, int seed) -> Tensor");
   m.def("set_gemm_threshold(int n) -> int", &set_gemm_threshold);
   m.def("has_onednn() -> bool", &has_onednn);
   m.def("set_direct_blas(bool on) -> bool", &set_direct_blas);
@@ -98,7 +98,7 @@ TORCH_LIBRARY_IMPL(seqlab_compiled, CPU, m) {
   m.impl("rnn_backward", &rnn_backward);
   m.impl("min_forward", &min_forward);
   m.impl("min_backward", &min_backward);
-  m.impl("dropout_mask", &dropout_mask);
+  m.impl("dropout_apply", &dropout_apply);
 }
 
 }  // namespace seqlab
