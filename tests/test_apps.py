@@ -372,3 +372,16 @@ def test_every_arch_trains_evaluates_and_infers(name, arch, request):
     else:
         out = app.generate(model, app.conditions.names[0], 2)
     assert out and all(isinstance(s, str) for s in out)
+
+
+def test_the_printed_settings_say_what_precision_auto_runs_as(monkeypatch):
+    from seqlab.apps.runs import describe_settings
+    from seqlab.train import TrainConfig
+
+    mcfg = ModelConfig.from_dict(dict(kind="lm", arch="transformer", vocab_size=10, embed_dim=8, hidden_size=8,
+                                      num_layers=1, nhead=2, max_len=16))
+    for native, want in [(True, "bf16-mixed"), (False, "float32")]:
+        monkeypatch.setattr("seqlab.train.loop.native_bf16", lambda device: native)
+        text = describe_settings("lm", mcfg, TrainConfig(precision="auto"), LMOptions(), 123)
+        assert f"(precision=auto: {want} on this CPU)" in text.splitlines()[0] and "precision=auto" in text
+    assert "precision=auto:" not in describe_settings("lm", mcfg, TrainConfig(), LMOptions(), 123)
