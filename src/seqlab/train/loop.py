@@ -86,6 +86,11 @@ from .schedule import DECAYS, WarmupDecayLR
 
 STOPS = ("max_steps", "early_stop", "goal", "max_time", "interrupted")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+UNPLANNED = 2 ** 62  # the horizon of a time-budgeted run before its plan is fixed: the rate stays at its peak
+PLAN_MIN_STEPS = 20  # a time-budgeted run fixes its plan after at least this many steps ...
+PLAN_SKIP_STEPS = 5  # ... leaving out the first few, which pay for allocation and lazy set-up
+FINAL_STOPS = ("early_stop", "goal")  # a resumed run that stopped so stays stopped
+TENSORBOARD_DIR = "tensorboard"  # RUN/tensorboard: the event files (a --force restart removes them)
 PRECISIONS = ("float32", "bf16-mixed", "auto")
 
 
@@ -109,11 +114,6 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     if precision == "auto":
         return "bf16-mixed" if native_bf16(device) else "float32"
     return precision
-UNPLANNED = 2 ** 62  # the horizon of a time-budgeted run before its plan is fixed: the rate stays at its peak
-PLAN_MIN_STEPS = 20  # a time-budgeted run fixes its plan after at least this many steps ...
-PLAN_SKIP_STEPS = 5  # ... leaving out the first few, which pay for allocation and lazy set-up
-FINAL_STOPS = ("early_stop", "goal")  # a resumed run that stopped so stays stopped
-TENSORBOARD_DIR = "tensorboard"  # RUN/tensorboard: the event files (a --force restart removes them)
 
 
 class DivergenceError(FloatingPointError):
