@@ -251,25 +251,20 @@ def main(argv=None) -> None:
     print(f"\n{train_how}")
     train = training_table(bench_training(cfg, device, bf16))
     print(train)
-    if bf16:
-        if args.markdown:
-            command = command_line(None if argv is None else [__file__, *argv])
-            section = results_section(f"The Transformer against torch.nn, bf16-mixed ({device.type})", command,
-                                      train, notes=[f"device {device}", train_how, *args.note])
-            key = "transformer-bf16" + ("" if device.type == "cpu" else f"-{device.type}")
-            print(f"\nwrote the '{key}' section of {write_section(args.markdown, key, section)}")
-        return
-
-    gen_how = (f"Generation: {cfg.gen_tokens} tokens, {cfg.gen_layers}-layer decoder-only, batch 1, greedy; median "
-               f"of {cfg.gen_repeats}; target: the cache >= 5x recomputing the prefix")
-    print(f"\n{gen_how}")
-    gen = generation_table(bench_generation(cfg, device))
-    print(gen)
+    tables, notes = [train], [train_how]
+    if not bf16:  # generation is measured in float32 only
+        gen_how = (f"Generation: {cfg.gen_tokens} tokens, {cfg.gen_layers}-layer decoder-only, batch 1, greedy; "
+                   f"median of {cfg.gen_repeats}; target: the cache >= 5x recomputing the prefix")
+        print(f"\n{gen_how}")
+        gen = generation_table(bench_generation(cfg, device))
+        print(gen)
+        tables.append(gen)
+        notes.append(gen_how)
     if args.markdown:
         command = command_line(None if argv is None else [__file__, *argv])
-        section = results_section(f"The Transformer against torch.nn ({device.type})", command, train, gen,
-                                  notes=[f"device {device}", train_how, gen_how, *args.note])
-        key = "transformer" if device.type == "cpu" else f"transformer-{device.type}"
+        title = f"The Transformer against torch.nn{', bf16-mixed' if bf16 else ''} ({device.type})"
+        section = results_section(title, command, *tables, notes=[f"device {device}", *notes, *args.note])
+        key = "transformer" + ("-bf16" if bf16 else "") + ("" if device.type == "cpu" else f"-{device.type}")
         print(f"\nwrote the '{key}' section of {write_section(args.markdown, key, section)}")
 
 

@@ -131,8 +131,8 @@ class _IndependentWindows(WindowSampler):
 # AMX or AVX-512 BF16 CPUs, CUDA), which on such a CPU gives it about 1.4x the tokens/s of
 # float32; the recurrent models stay float32, as their compiled CPU loop is. The LSTM is a
 # LayerNorm LSTM (Ba et al. 2016): it fits the text in far fewer steps than the plain cell and,
-# with more dropout and weight decay to hold that back, ends 3-4% lower in ten minutes at 8% fewer
-# tokens/s.
+# with more dropout and weight decay to hold that back, ends about 3% lower in ten minutes at 8%
+# fewer tokens/s.
 LM_DEFAULTS: dict[str, dict] = {
     "rnn": {"embed_dim": 128, "hidden_size": 512, "num_layers": 2, "dropout": 0.1, "lr": 2e-3},
     "lstm": {"embed_dim": 256, "hidden_size": 256, "num_layers": 2, "dropout": 0.35, "layer_norm": True,

@@ -301,9 +301,8 @@ class Trainer:
         self.monitor, self.mode, self.progress = monitor, mode, progress
         self.shard = shard or D.shard_batch
         self.optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay)
-        device = next(model.parameters()).device
-        self.precision = resolve_precision(cfg.precision, device)  # "float32" or "bf16-mixed"
-        self._autocast = (device.type, self.precision == "bf16-mixed")
+        self._device_type = next(model.parameters()).device.type  # where autocast acts
+        self.precision = resolve_precision(cfg.precision, self._device_type)  # "float32" or "bf16-mixed"
         # The schedule's horizon: max_steps, or (max_steps = 0) the plan fixed during the run.
         self.plan: Optional[dict] = None  # {"total_steps", "warmup_steps", "step_seconds"} once fixed
         self.scheduler = WarmupDecayLR(self.optimizer, cfg.warmup_steps, cfg.max_steps or UNPLANNED, cfg.decay,
@@ -484,7 +483,7 @@ class Trainer:
 
     def _train_step(self, net: nn.Module, batch: Any, rank: int, world: int) -> tuple[float, float]:
         step = self.step + 1  # the number this update will have
-        with torch.autocast(self._autocast[0], dtype=torch.bfloat16, enabled=self._autocast[1]):
+        with torch.autocast(self._device_type, dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed"):
             out = self.loss_fn(net, self.shard(batch, rank, world) if world > 1 else batch)
         if not (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[0], torch.Tensor)
                 and out[0].dim() == 0):
