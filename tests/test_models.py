@@ -398,9 +398,10 @@ def test_config_rejects_options_the_model_does_not_have(kw, message):
 
 
 def test_config_accepts_the_options_each_layer_has_and_passes_them():
-    m = build_model(config("lm", "lstm", layer_norm=True, recurrent_dropout=0.1, zoneout=0.1, forget_bias=1.0))
+    m = build_model(config("lm", "lstm", layer_norm=True, recurrent_dropout=0.1, weight_drop=0.2, zoneout=0.1,
+                           forget_bias=1.0))
     rnn = m.encoder.rnn
-    assert rnn.layer_norm and rnn.recurrent_dropout == 0.1 and rnn.zoneout == (0.1, 0.0)
+    assert rnn.layer_norm and rnn.recurrent_dropout == 0.1 and rnn.weight_drop == 0.2 and rnn.zoneout == (0.1, 0.0)
     H = 12
     assert torch.all(rnn.bias_ih_l0[H:2 * H] == 1.0)
     m = build_model(config("tag", "rnn", layer_norm=True, zoneout=0.2))

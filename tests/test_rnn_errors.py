@@ -83,7 +83,7 @@ def test_non_int_num_layers(cls):
 
 
 @pytest.mark.parametrize("cls", LAYERS)
-@pytest.mark.parametrize("arg", ["dropout", "recurrent_dropout", "zoneout"])
+@pytest.mark.parametrize("arg", ["dropout", "recurrent_dropout", "weight_drop", "zoneout"])
 @pytest.mark.parametrize("value", [-0.1, 1.0, 1.5])
 def test_probabilities_outside_unit_interval(cls, arg, value):
     if arg == "dropout" and value == 1.0:

@@ -1,4 +1,4 @@
-"""The seqlab-only variants (layer_norm, recurrent_dropout, zoneout, forget_bias) and record_gates.
+"""The seqlab-only variants (layer_norm, recurrent_dropout, weight_drop, zoneout, forget_bias) and record_gates.
 
 Three kinds of checks: a knob at zero is the plain layer exactly; the fused
 path equals the reference loop (the specification) for every variant, in
@@ -45,9 +45,10 @@ def _variants(label):
     v = {
         "layer_norm": dict(layer_norm=True),
         "recurrent_dropout": dict(recurrent_dropout=0.4),
+        "weight_drop": dict(weight_drop=0.4),
         "zoneout": dict(zoneout=(0.3, 0.2) if _is_lstm(label) else 0.3),
-        "all": dict(layer_norm=True, recurrent_dropout=0.4, zoneout=(0.3, 0.2) if _is_lstm(label) else 0.3,
-                    dropout=0.3),
+        "all": dict(layer_norm=True, recurrent_dropout=0.4, weight_drop=0.3,
+                    zoneout=(0.3, 0.2) if _is_lstm(label) else 0.3, dropout=0.3),
     }
     if _is_lstm(label):
         v["forget_bias"] = dict(forget_bias=1.0)
@@ -64,7 +65,7 @@ def _variants(label):
 @pytest.mark.parametrize("backend", ["reference", "fused", "compiled"])
 @pytest.mark.parametrize("label,cls,extra", CELLS, ids=CELL_IDS)
 def test_knobs_at_zero_equal_plain_layer(label, cls, extra, backend):
-    zeros = [dict(recurrent_dropout=0.0), dict(zoneout=0.0), dict(layer_norm=False)]
+    zeros = [dict(recurrent_dropout=0.0), dict(weight_drop=0.0), dict(zoneout=0.0), dict(layer_norm=False)]
     if _is_lstm(label):
         zeros += [dict(zoneout=(0.0, 0.0)), dict(forget_bias=None)]
     zeros.append({k: v for d in zeros for k, v in d.items()})  # all at once
@@ -241,6 +242,73 @@ def test_recurrent_dropout_one_mask_per_sequence():
     assert set(m.unique().tolist()) <= {0.0, 2.0} and (m == 0).any() and (m == 2).any()
     torch.testing.assert_close(out[1], m * m)
     torch.testing.assert_close(out[2], m * m * m)
+
+
+@pytest.mark.parametrize("backend", ["reference", "fused", "compiled"])
+@pytest.mark.parametrize("label,cls,extra", CELLS, ids=CELL_IDS)
+def test_weight_drop_is_the_plain_layer_on_dropped_weights(label, cls, extra, backend):
+    """In training, the output and every gradient are those of the plain layer run with
+    W_hh ⊙ m / (1 - p), one mask m for the whole call (drawn first, as seqlab.nn.dropout draws it);
+    in eval the layer is the plain layer."""
+    from seqlab.nn.dropout import dropout
+
+    dt, p = torch.float64, 0.5
+    torch.manual_seed(0)
+    mod = cls(I, H, **extra, weight_drop=p, dtype=dt, backend=backend)
+    plain = cls(I, H, **extra, dtype=dt, backend=backend)
+    plain.load_state_dict(mod.state_dict(), strict=True)
+    x = torch.randn(T, B, I, dtype=dt, requires_grad=True)
+    mod.eval()
+    plain.eval()
+    assert torch.equal(mod(x)[0], plain(x)[0]), "weight drop must be off in eval mode"
+
+    mod.train()
+    plain.train()
+    gout = torch.randn_like(mod(x)[0])
+    torch.manual_seed(5)
+    out, _ = mod(x)
+    (out * gout).sum().backward()
+    got = {"input": x.grad.clone(), **{n: q.grad for n, q in mod.named_parameters()}}
+
+    x.grad = None
+    params = {n: q.detach().clone().requires_grad_(True) for n, q in plain.named_parameters()}
+    torch.manual_seed(5)
+    dropped = dropout(params["weight_hh_l0"], p)
+    mask = dropped.detach() / params["weight_hh_l0"].detach()
+    assert set(mask.unique().tolist()) == {0.0, 1 / (1 - p)}, "entries either dropped or scaled by 1/(1-p)"
+    want, _ = torch.func.functional_call(plain, {**params, "weight_hh_l0": dropped}, (x,))
+    (want * gout).sum().backward()
+    torch.testing.assert_close(out, want, **TOL64)
+    torch.testing.assert_close(got["input"], x.grad, **TOL64)
+    for n, q in params.items():
+        torch.testing.assert_close(got[n], q.grad, **TOL64, msg=lambda m, n=n: f"grad {n}: {m}")
+    assert (got["weight_hh_l0"][mask == 0] == 0).all(), "a dropped weight gets no gradient"
+
+
+def test_weight_drop_one_mask_per_call_on_every_layer():
+    """With W_ih = 0, b = 0 and W_hh = 1, an RNN(relu) from h_0 = 1 computes h_1 = (W_hh ⊙ m / (1-p)) 1
+    and h_t = (W_hh ⊙ m / (1-p))^t 1: the same dropped matrix every step; a second call draws another."""
+    mod = RNN(3, 3, nonlinearity="relu", num_layers=2, weight_drop=0.5, dtype=torch.float64).train()
+    with torch.no_grad():
+        for n, q in mod.named_parameters():
+            q.fill_(1.0 if n.startswith("weight_hh") else 0.0)
+    h0 = torch.ones(2, 1, 3, dtype=torch.float64)
+    x = torch.zeros(4, 1, 3, dtype=torch.float64)
+    torch.manual_seed(0)
+    _, h_a = mod(x, h0)
+    from seqlab.nn.dropout import dropout
+
+    torch.manual_seed(0)
+    w0 = dropout(torch.ones(3, 3, dtype=torch.float64), 0.5)  # layer 0's draw comes first
+    w1 = dropout(torch.ones(3, 3, dtype=torch.float64), 0.5)
+    assert not torch.equal(w0, w1), "each layer draws its own mask"
+    ones = torch.ones(3, dtype=torch.float64)
+    h_layer0 = torch.linalg.matrix_power(w0, 4) @ ones
+    torch.testing.assert_close(h_a[0, 0], h_layer0)
+    # layer 1: W_ih = 0, so its input does not matter; only its own dropped W_hh
+    torch.testing.assert_close(h_a[1, 0], torch.linalg.matrix_power(w1, 4) @ ones)
+    _, h_b = mod(x, h0)
+    assert not torch.equal(h_a, h_b), "the next call draws new masks"
 
 
 def test_forget_bias_sets_the_forget_slice():
@@ -485,14 +553,14 @@ def test_auto_backend_reports_its_choice(kw):
     ("lstm_proj", LSTM, {"proj_size": 1}),
 ], ids=["rnn_tanh", "gru", "lstm", "lstm_proj"])
 def test_gradcheck_with_every_variant(label, cls, extra, backend, train):
-    """gradcheck in float64 through LayerNorm, recurrent dropout and zoneout; the masks are fixed by
+    """gradcheck in float64 through LayerNorm, recurrent dropout, weight drop and zoneout; the masks are fixed by
     seeding inside the function, so every evaluation of the finite differences sees the same ones."""
     from torch.autograd import gradcheck
 
     t, b, i, hid = 3, 2, 3, 2
     zo = (0.3, 0.2) if _is_lstm(label) else 0.3
-    mod = cls(i, hid, bidirectional=True, **extra, layer_norm=True, recurrent_dropout=0.4, zoneout=zo,
-              dtype=torch.float64, backend=backend).train(train)
+    mod = cls(i, hid, bidirectional=True, **extra, layer_norm=True, recurrent_dropout=0.4, weight_drop=0.3,
+              zoneout=zo, dtype=torch.float64, backend=backend).train(train)
     names, params = zip(*[(n, p.detach().clone().requires_grad_(True)) for n, p in mod.named_parameters()])
     Pout = extra.get("proj_size", 0) or hid
     g = torch.Generator().manual_seed(0)

@@ -28,18 +28,18 @@ ATTENTIONS = ("none", "bahdanau", "luong-dot", "luong-general")
 POOLINGS = ("last", "mean", "attention")
 
 # Which of the recurrent options each arch's seqlab.nn layer accepts (its constructor keywords).
-# seqlab.nn.RNN takes layer_norm, recurrent_dropout and zoneout like the LSTM and GRU; only the
+# seqlab.nn.RNN takes layer_norm, recurrent_dropout, weight_drop and zoneout like the LSTM and GRU; only the
 # LSTM has a forget gate; MinGRU / MinLSTM take none of them (their gates never see h_{t-1}).
 ARCH_OPTIONS = {
-    "rnn": ("layer_norm", "recurrent_dropout", "zoneout"),
-    "lstm": ("layer_norm", "recurrent_dropout", "zoneout", "forget_bias"),
-    "gru": ("layer_norm", "recurrent_dropout", "zoneout"),
+    "rnn": ("layer_norm", "recurrent_dropout", "weight_drop", "zoneout"),
+    "lstm": ("layer_norm", "recurrent_dropout", "weight_drop", "zoneout", "forget_bias"),
+    "gru": ("layer_norm", "recurrent_dropout", "weight_drop", "zoneout"),
     "mingru": (),
     "minlstm": (),
     "transformer": ("nhead", "dim_feedforward", "activation", "bias", "attention_dropout"),
 }
-_ARCH_SPECIFIC = ("layer_norm", "recurrent_dropout", "zoneout", "forget_bias", "nhead", "dim_feedforward",
-                  "activation", "bias", "attention_dropout")
+_ARCH_SPECIFIC = ("layer_norm", "recurrent_dropout", "weight_drop", "zoneout", "forget_bias", "nhead",
+                  "dim_feedforward", "activation", "bias", "attention_dropout")
 ACTIVATIONS = ("relu", "gelu")
 
 
@@ -59,6 +59,7 @@ class ModelConfig:
     bidirectional: Optional[bool] = None  # None = the kind's default (True for tag, classify, seq2seq encoder)
     layer_norm: bool = False  # rnn/lstm/gru: Ba et al. (2016) inside the cell
     recurrent_dropout: float = 0.0  # rnn/lstm/gru: Gal & Ghahramani (2016), one mask per sequence
+    weight_drop: float = 0.0  # rnn/lstm/gru: DropConnect on W_hh, one mask per forward call (AWD-LSTM)
     zoneout: float = 0.0  # rnn/lstm/gru: Krueger et al. (2017)
     forget_bias: Optional[float] = None  # lstm: initial forget-gate bias (1.0 is Jozefowicz et al.'s)
     nhead: int = 4  # transformer: attention heads; must divide hidden_size
@@ -87,6 +88,7 @@ class ModelConfig:
             raise ValueError(f"bidirectional: expected true, false or null, got {self.bidirectional!r}")
         _check_bool("layer_norm", self.layer_norm)
         _check_prob("recurrent_dropout", self.recurrent_dropout)
+        _check_prob("weight_drop", self.weight_drop)
         _check_prob("zoneout", self.zoneout)
         if self.forget_bias is not None:
             if isinstance(self.forget_bias, bool) or not isinstance(self.forget_bias, numbers.Real):

@@ -26,6 +26,14 @@ Beyond torch.nn, all off by default so the defaults stay drop-in:
   Application of Dropout in Recurrent Neural Networks": one dropout mask per
   sequence (per layer and direction) on h_{t-1} where it enters W_hh,
   training mode only.
+- ``weight_drop=p``: Wan et al. (2013), "Regularization of Neural Networks
+  using DropConnect", on the recurrent weights as AWD-LSTM does (Merity,
+  Keskar & Socher 2018): in training, each forward call draws one dropout
+  mask on every ``weight_hh_l{k}`` and runs the whole sequence with
+  W_hh ⊙ m / (1 - p): every step sees the same dropped connections, h_{t-1}
+  itself is never masked, and every backend's time loop runs unchanged on
+  the dropped matrix. Stepping a sequence one call at a time draws a new
+  mask per call.
 - ``zoneout=p`` or ``(p_h, p_c)``: Krueger et al. (2017), "Zoneout": each
   unit keeps its previous value with probability p at each step in training;
   in eval mode the expectation h_t = p h_{t-1} + (1 - p) h̃_t is used.
@@ -50,6 +58,7 @@ from ..kernels.common import GATES, LayerWeights, Masks
 from ..kernels.dispatch import BACKENDS, choose, choose_stack
 from ._checks import _check_prob, _check_size
 from ._driver import Layout, StackedRecurrent, gather_time, reverse_index, suffix, valid_mask
+from .dropout import dropout as _dropout
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "record_gates", "GateRecorder"]
 
@@ -152,6 +161,7 @@ class _RNNBase(StackedRecurrent):
         recurrent_dropout: float = 0.0,
         zoneout: Union[float, tuple[float, float]] = 0.0,
         forget_bias: Optional[float] = None,
+        weight_drop: float = 0.0,
     ) -> None:
         super().__init__()
         self.cell = cell
@@ -164,7 +174,7 @@ class _RNNBase(StackedRecurrent):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
-        self._init_variants(layer_norm, recurrent_dropout, zoneout, forget_bias)
+        self._init_variants(layer_norm, recurrent_dropout, zoneout, forget_bias, weight_drop)
 
         factory = {"device": device, "dtype": dtype}
         G, H = GATES[cell], self.hidden_size
@@ -199,10 +209,11 @@ class _RNNBase(StackedRecurrent):
                 self._slot_names[layer, direction] = tuple(n if n in registered else None for n in names)
         self.reset_parameters()
 
-    def _init_variants(self, layer_norm, recurrent_dropout, zoneout, forget_bias) -> None:
+    def _init_variants(self, layer_norm, recurrent_dropout, zoneout, forget_bias, weight_drop) -> None:
         """Check and keep the seqlab-only options (see the module docstring)."""
         self.layer_norm = bool(layer_norm)
         self.recurrent_dropout = _check_prob("recurrent_dropout", recurrent_dropout)
+        self.weight_drop = _check_prob("weight_drop", weight_drop)
         if isinstance(zoneout, (tuple, list)):
             if len(zoneout) != 2:
                 raise ValueError(f"zoneout should be a probability or a pair (p_h, p_c), got {zoneout!r}")
@@ -258,7 +269,7 @@ class _RNNBase(StackedRecurrent):
             s += ", nonlinearity='relu'"
         for key, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
                              ("layer_norm", False), ("recurrent_dropout", 0.0), ("zoneout", (0.0, 0.0)),
-                             ("forget_bias", None), ("backend", "auto")):
+                             ("weight_drop", 0.0), ("forget_bias", None), ("backend", "auto")):
             if getattr(self, key) != default:
                 s += f", {key}={getattr(self, key)!r}"
         return s
@@ -296,6 +307,8 @@ class _RNNBase(StackedRecurrent):
             used.append("recurrent_dropout")
         if any(p > 0 for p in self.zoneout):
             used.append("zoneout")
+        if self.weight_drop > 0 and self.training:
+            used.append("weight_drop")
         if lengths is not None and not packed:
             used.append("lengths=")
         if recording:
@@ -337,6 +350,8 @@ class _RNNBase(StackedRecurrent):
             w = self._weights(layer, direction)
             if amp is not None:
                 w = LayerWeights(*(cast(t) for t in w))
+            if self.weight_drop > 0 and self.training:  # DropConnect: one mask on W_hh for the whole call
+                w = w._replace(w_hh=_dropout(w.w_hh, self.weight_drop))
             masks = self._masks(T, B, P, H, x, out_mask)
             kernel, dispatch = choose(self.backend, self.cell, seq, w, masks)
             # a plain attribute: written to __dict__ directly, past Module.__setattr__'s checks
@@ -424,7 +439,7 @@ class RNN(_RNNBase):
     ``seqlab.kernels.reference.run_layer``.
 
     Extra keywords (seqlab only, default off): ``backend``, ``layer_norm``,
-    ``recurrent_dropout``, ``zoneout``; see the module docstring. ``forward``
+    ``recurrent_dropout``, ``weight_drop``, ``zoneout``; see the module docstring. ``forward``
     also takes ``lengths=`` for variable-length batches without packing.
 
     >>> rnn = RNN(4, 8, num_layers=2)
@@ -435,13 +450,13 @@ class RNN(_RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto", layer_norm=False,
-                 recurrent_dropout=0.0, zoneout=0.0):
+                 recurrent_dropout=0.0, zoneout=0.0, weight_drop=0.0):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity {nonlinearity!r}; expected 'tanh' or 'relu'")
         self.nonlinearity = nonlinearity
         super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, backend=backend, layer_norm=layer_norm,
-                         recurrent_dropout=recurrent_dropout, zoneout=zoneout)
+                         recurrent_dropout=recurrent_dropout, zoneout=zoneout, weight_drop=weight_drop)
 
 
 class LSTM(_RNNBase):
@@ -464,8 +479,8 @@ class LSTM(_RNNBase):
 
     Extra keywords (seqlab only, default off): ``backend``, ``layer_norm``
     (then c is normalised before its tanh: h_t = o_t ⊙ tanh(LN(c_t))),
-    ``recurrent_dropout``, ``zoneout=p or (p_h, p_c)``, ``forget_bias``; see
-    the module docstring.
+    ``recurrent_dropout``, ``weight_drop``, ``zoneout=p or (p_h, p_c)``,
+    ``forget_bias``; see the module docstring.
 
     >>> lstm = LSTM(4, 8, batch_first=True, forget_bias=1.0)
     >>> out, (h_n, c_n) = lstm(torch.randn(3, 5, 4), lengths=torch.tensor([5, 2, 4]))
@@ -475,10 +490,11 @@ class LSTM(_RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, proj_size=0, device=None, dtype=None, *, backend="auto", layer_norm=False,
-                 recurrent_dropout=0.0, zoneout=0.0, forget_bias=None):
+                 recurrent_dropout=0.0, zoneout=0.0, forget_bias=None, weight_drop=0.0):
         super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          proj_size, device, dtype, backend=backend, layer_norm=layer_norm,
-                         recurrent_dropout=recurrent_dropout, zoneout=zoneout, forget_bias=forget_bias)
+                         recurrent_dropout=recurrent_dropout, zoneout=zoneout, forget_bias=forget_bias,
+                         weight_drop=weight_drop)
 
 
 class GRU(_RNNBase):
@@ -505,10 +521,10 @@ class GRU(_RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, device=None, dtype=None, *, backend="auto", layer_norm=False,
-                 recurrent_dropout=0.0, zoneout=0.0):
+                 recurrent_dropout=0.0, zoneout=0.0, weight_drop=0.0):
         super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          0, device, dtype, backend=backend, layer_norm=layer_norm,
-                         recurrent_dropout=recurrent_dropout, zoneout=zoneout)
+                         recurrent_dropout=recurrent_dropout, zoneout=zoneout, weight_drop=weight_drop)
 
 
 # ----------------------------------------------------------------------------
