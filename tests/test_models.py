@@ -470,6 +470,22 @@ def test_transformer_bias_and_activation_options():
         ModelConfig(kind="lm", arch="lstm", vocab_size=11, bias=False)
 
 
+def test_seq2seq_transformer_takes_bias_and_activation():
+    """The encoder-decoder Transformer builds what the config asks, as the LM's stack does."""
+    cfg = dict(kind="seq2seq", arch="transformer", vocab_size=11, tgt_vocab_size=13, embed_dim=6, hidden_size=8,
+               num_layers=2, nhead=2, max_len=16, dropout=0.0)
+    plain = Seq2Seq(ModelConfig(**cfg))
+    lean = Seq2Seq(ModelConfig(**cfg, bias=False, activation="gelu"))
+    assert any(n.endswith("bias") for n, _ in plain.transformer.named_parameters())
+    assert [n for n, _ in lean.transformer.named_parameters() if n.endswith("bias")] == []
+    assert lean.in_proj.bias is None and plain.in_proj.bias is not None
+    x = torch.randn(2, 5, 8)
+    for layer in (*lean.transformer.encoder.layers, *lean.transformer.decoder.layers):
+        torch.testing.assert_close(layer._ff_block(x), layer.linear2(F.gelu(layer.linear1(x))))
+    for layer in plain.transformer.encoder.layers:
+        torch.testing.assert_close(layer._ff_block(x), layer.linear2(F.relu(layer.linear1(x))))
+
+
 def test_attention_dropout_sets_the_attention_rate_only():
     def lm(**kw):
         cfg = dict(kind="lm", arch="transformer", vocab_size=13, embed_dim=8, hidden_size=8, num_layers=2, nhead=2,

@@ -95,11 +95,13 @@ class Seq2Seq(nn.Module):
                                  "null, got false")
             self.src_embedding = make_embedding(config.vocab_size, E)
             self.tgt_embedding = make_embedding(V_tgt, E)
-            self.in_proj = nn.Linear(E, H) if E != H else nn.Identity()  # shared by source and target
+            # shared by source and target
+            self.in_proj = nn.Linear(E, H, bias=config.bias) if E != H else nn.Identity()
             self.positions = SinusoidalPositionalEncoding(H, dropout=config.dropout, max_len=config.max_len,
                                                           batch_first=True)
             self.transformer = Transformer(H, config.nhead, config.num_layers, config.num_layers,
-                                           config.feedforward_size, config.dropout, batch_first=True, norm_first=True)
+                                           config.feedforward_size, config.dropout, activation=config.activation,
+                                           batch_first=True, norm_first=True, bias=config.bias)
             set_attention_dropout(self.transformer, config)
             self.output = nn.Linear(H, V_tgt)
             return
