@@ -20,8 +20,8 @@ stands a floor: the time the layer's matrix products alone take at this machine'
 float32 product rate (measured in the same run), over torch.nn's time. No
 implementation that does those products at that rate gets below it.
 
-The LSTM variants (layer_norm=True; recurrent_dropout=0.25; zoneout=0.1; one at a
-time) are timed for seqlab's fused and compiled paths (and the LayerNorm LSTM on the
+The LSTM variants (layer_norm=True; recurrent_dropout=0.25; weight_drop=0.25;
+zoneout=0.1; one at a time) are timed for seqlab's fused and compiled paths (and the LayerNorm LSTM on the
 reference loop too) against torch.nn's plain LSTM: the speed a user gives up to get
 them. The output is two markdown tables: one row per path, then the paths side by side
 (ratio per path and the floors, one row per cell and size). ``--markdown`` also writes the
@@ -58,7 +58,7 @@ QUICK_SIZES = [(4, 8, 16)]
 CELLS = ("rnn", "gru", "lstm")
 # the "lstm+<variant>" rows: one variant each, so the cost of each is visible on its own
 VARIANTS = {"layer_norm": dict(layer_norm=True), "recurrent_dropout": dict(recurrent_dropout=0.25),
-            "zoneout": dict(zoneout=0.1)}
+            "weight_drop": dict(weight_drop=0.25), "zoneout": dict(zoneout=0.1)}
 
 
 @dataclass
@@ -69,7 +69,7 @@ class Config:
     repeats: int = 5  # the median of this many timed calls is reported
     threads: Optional[int] = None  # torch.set_num_threads; None keeps torch's default
     device: str = "cpu"
-    variants: bool = True  # also time LSTM with layer_norm / recurrent_dropout / zoneout
+    variants: bool = True  # also time LSTM with layer_norm / recurrent_dropout / weight_drop / zoneout
     compiled: bool = True  # also time backend='compiled' (skipped when the extension does not build)
     # 'wall' (perf_counter) or 'cpu' (process_time: the CPU time of this process, all threads). With
     # --threads 1 on a machine shared with other jobs, CPU time is far less noisy than wall time.
@@ -186,7 +186,7 @@ def matmul_flops(cell: str, batch: int, steps: int, hidden: int, train: bool) ->
 
     Forward: x W_ih^T over all T*B rows and W_hh h_{t-1} per step, 2 T B H GH each (GH = gates * H).
     Training adds the backward's dW_ih, dW_hh and dh_{t-1} = da_t W_hh; the benchmark's x needs no
-    gradient, so there is no dx. The variants (LayerNorm, dropout, zoneout) add no products.
+    gradient, so there is no dx. The variants (LayerNorm, dropouts, zoneout) add no products.
     """
     one = 2.0 * steps * batch * hidden * GATES[cell.split("+")[0]] * hidden
     return one * (5 if train else 2)

@@ -38,7 +38,7 @@ def test_recurrent_benchmark_quick(tmp_path):
     result = json.loads(out_json.read_text())
     rows = result["rows"]
     assert {r["cell"] for r in rows} == {"rnn", "gru", "lstm", "lstm+layer_norm", "lstm+recurrent_dropout",
-                                         "lstm+zoneout"}
+                                         "lstm+weight_drop", "lstm+zoneout"}
     assert {"fused", "reference"} <= {r["impl"] for r in rows if r["cell"] == "lstm+layer_norm"}
     for r in rows:
         assert not r["error"], f"{r['cell']} / {r['impl']}: {r['error']}"
