@@ -22,10 +22,11 @@ program evaluates, so evaluation costs nobody training time.
   through the whole validation text (10 rows).
 * ``gpt-peer``: nanoGPT's ``model.py`` at its README's CPU "baby GPT" settings: 4 layers, 4 heads,
   block 64, batch 12, no dropout, no biases, learned positions, tied output; AdamW (betas 0.9/0.99,
-  weight decay 0.1 on matrices), lr 1e-3, 100 warm-up iterations, cosine to 1e-4 at ``max_iters``,
-  clip 1.0. The width is set to the parameter target (the recipe's 128 gives 0.8M), and
-  ``max_iters`` is fitted to the budget from the step time measured over its first iterations, as a
-  user with a time budget would. Scored on non-overlapping 64-character blocks of the validation text
+  weight decay 0.1 on matrices), lr 1e-3, 100 warm-up iterations, cosine to 1e-4 at
+  ``lr_decay_iters``, then 1e-4 (nanoGPT's ``get_lr``), clip 1.0. The width is set to the parameter
+  target (the recipe's 128 gives 0.8M). ``lr_decay_iters`` is fitted to the budget from the step time
+  measured over its first iterations, as a user with a time budget would, and it trains until the
+  budget is spent (so a machine that speeds up later does not leave the peer idle). Scored on non-overlapping 64-character blocks of the validation text
   (the recipe's way), and also in 64-character windows sliding by 32, as seqlab scores its transformer.
 
 **seqlab**: ``seqlab train lm --data TRAIN --valid VALID --arch A --max-time BUDGET`` on its own
@@ -307,20 +308,20 @@ def run_gpt_peer(data: CharData, budget: float, params: int, eval_every: float, 
         model.train()
         return total / count
 
-    def lr_at(it: int, max_iters: int) -> float:
+    def lr_at(it: int, decay_iters: int) -> float:
         if it < warmup:
             return lr * (it + 1) / (warmup + 1)
-        ratio = min(1.0, (it - warmup) / max(1, max_iters - warmup))
+        ratio = min(1.0, (it - warmup) / max(1, decay_iters - warmup))
         return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
 
     clock, curve, tokens = Clock(), [(0.0, evaluate())], 0
-    max_iters, it, next_eval, step_times = None, 0, eval_every, []
+    decay_iters, it, next_eval, step_times = None, 0, eval_every, []
     model.train()
     clock.start()
-    while clock.now() < budget and (max_iters is None or it < max_iters):
+    while clock.now() < budget:
         t0 = read_clock()
         for g in opt.param_groups:
-            g["lr"] = lr_at(it, max_iters or 10 ** 9)
+            g["lr"] = lr_at(it, decay_iters or 10 ** 9)
         x, y = get_batch()
         logits = model(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
@@ -331,9 +332,9 @@ def run_gpt_peer(data: CharData, budget: float, params: int, eval_every: float, 
         it += 1
         tokens += y.numel()
         step_times.append(read_clock() - t0)
-        if max_iters is None and it == 50:  # fit the cosine to the budget from the measured step time
+        if decay_iters is None and it == 50:  # fit the cosine to the budget from the measured step time
             per = sorted(step_times[5:])[len(step_times[5:]) // 2]
-            max_iters = it + int((budget - clock.now()) / per)
+            decay_iters = it + int((budget - clock.now()) / per)
         if clock.now() >= next_eval:
             clock.stop()
             curve.append((clock.total, evaluate()))
@@ -347,7 +348,7 @@ def run_gpt_peer(data: CharData, budget: float, params: int, eval_every: float, 
             "train_s": clock.total,
             "tokens_per_s": tokens / clock.total, "settings": {"block": block, "batch": batch, "layers": n_layer,
                                                                "heads": nhead, "lr": lr, "iters": it,
-                                                               "max_iters": max_iters}}
+                                                               "lr_decay_iters": decay_iters}}
 
 
 # ----------------------------------------------------------------------------
