@@ -26,8 +26,9 @@ program evaluates, so evaluation costs nobody training time.
   ``lr_decay_iters``, then 1e-4 (nanoGPT's ``get_lr``), clip 1.0. The width is set to the parameter
   target (the recipe's 128 gives 0.8M). ``lr_decay_iters`` is fitted to the budget from the step time
   measured over its first iterations, as a user with a time budget would, and it trains until the
-  budget is spent (so a machine that speeds up later does not leave the peer idle). Scored on non-overlapping 64-character blocks of the validation text
-  (the recipe's way), and also in 64-character windows sliding by 32, as seqlab scores its transformer.
+  budget is spent (so a machine that speeds up later does not leave the peer idle). Scored on
+  non-overlapping 64-character blocks of the validation text (the recipe's way), and also in
+  64-character windows sliding by 32, as seqlab scores its transformer.
 
 **seqlab**: ``seqlab train lm --data TRAIN --valid VALID --arch A --max-time BUDGET`` on its own
 defaults for that arch (its printed settings, sizes included), then the best checkpoint scored on

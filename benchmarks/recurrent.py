@@ -21,9 +21,9 @@ float32 product rate (measured in the same run), over torch.nn's time. No
 implementation that does those products at that rate gets below it.
 
 The LSTM variants (layer_norm=True; recurrent_dropout=0.25; weight_drop=0.25;
-zoneout=0.1; one at a time) are timed for seqlab's fused and compiled paths (and the LayerNorm LSTM on the
-reference loop too) against torch.nn's plain LSTM: the speed a user gives up to get
-them. The output is two markdown tables: one row per path, then the paths side by side
+zoneout=0.1; one at a time) are timed for seqlab's fused and compiled paths (and the
+LayerNorm LSTM on the reference loop too) against torch.nn's plain LSTM: the speed a
+user gives up to get them. The output is two markdown tables: one row per path, then the paths side by side
 (ratio per path and the floors, one row per cell and size). ``--markdown`` also writes the
 side-by-side table, headed with the machine, versions, date and command, into this
 benchmark's section of ``benchmarks/RESULTS.md``.

@@ -247,7 +247,7 @@ def test_recurrent_dropout_one_mask_per_sequence():
 @pytest.mark.parametrize("backend", ["reference", "fused", "compiled"])
 @pytest.mark.parametrize("label,cls,extra", CELLS, ids=CELL_IDS)
 def test_weight_drop_is_the_plain_layer_on_dropped_weights(label, cls, extra, backend):
-    """In training, the output and every gradient are those of the plain layer run with
+    """In training, the output and every gradient are those of torch.nn's layer run with
     W_hh ⊙ m / (1 - p), one mask m for the whole call (drawn first, as seqlab.nn.dropout draws it);
     in eval the layer is the plain layer."""
     from seqlab.nn.dropout import dropout
@@ -271,12 +271,14 @@ def test_weight_drop_is_the_plain_layer_on_dropped_weights(label, cls, extra, ba
     got = {"input": x.grad.clone(), **{n: q.grad for n, q in mod.named_parameters()}}
 
     x.grad = None
+    kw = {"proj_size": P} if label == "lstm_proj" else {"nonlinearity": label[4:]} if label.startswith("rnn") else {}
+    ref = TORCH[label](I, H, **kw, dtype=dt)
     params = {n: q.detach().clone().requires_grad_(True) for n, q in plain.named_parameters()}
     torch.manual_seed(5)
     dropped = dropout(params["weight_hh_l0"], p)
     mask = dropped.detach() / params["weight_hh_l0"].detach()
     assert set(mask.unique().tolist()) == {0.0, 1 / (1 - p)}, "entries either dropped or scaled by 1/(1-p)"
-    want, _ = torch.func.functional_call(plain, {**params, "weight_hh_l0": dropped}, (x,))
+    want, _ = torch.func.functional_call(ref, {**params, "weight_hh_l0": dropped}, (x,))
     (want * gout).sum().backward()
     torch.testing.assert_close(out, want, **TOL64)
     torch.testing.assert_close(got["input"], x.grad, **TOL64)

@@ -232,8 +232,8 @@ def _table(metrics: dict[str, float]) -> str:
 RUN_DIR_HELP = ("a run directory (its newest checkpoint), DIR/best (the best-scoring one, kept when the run "
                 "evaluated) or one checkpoint folder")
 TRAIN_EPILOG = ("Setting keys: the model's (embed_dim, hidden_size, num_layers, dropout, bidirectional, layer_norm, "
-                "recurrent_dropout, weight_drop, zoneout, forget_bias, nhead, dim_feedforward, bias, activation, attention_dropout, "
-                "max_len, tie_weights, pooling, attention), training's (max_steps, batch_size, lr, weight_decay, "
+                "recurrent_dropout, weight_drop, zoneout, forget_bias, nhead, dim_feedforward, bias, activation, "
+                "attention_dropout, max_len, tie_weights, pooling, attention), training's (max_steps, batch_size, lr, weight_decay, "
                 "optimizer, warmup_steps, decay, min_lr_ratio, clip_norm, eval_every, checkpoint_every, patience, "
                 "seed, log_every, max_time, keep_checkpoints, keep_best, find_unused_parameters, tensorboard, clock, "
                 "precision) "

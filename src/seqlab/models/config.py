@@ -28,8 +28,8 @@ ATTENTIONS = ("none", "bahdanau", "luong-dot", "luong-general")
 POOLINGS = ("last", "mean", "attention")
 
 # Which of the recurrent options each arch's seqlab.nn layer accepts (its constructor keywords).
-# seqlab.nn.RNN takes layer_norm, recurrent_dropout, weight_drop and zoneout like the LSTM and GRU; only the
-# LSTM has a forget gate; MinGRU / MinLSTM take none of them (their gates never see h_{t-1}).
+# seqlab.nn.RNN takes layer_norm, recurrent_dropout, weight_drop and zoneout like the LSTM and GRU;
+# only the LSTM has a forget gate; MinGRU / MinLSTM take none of them (their gates never see h_{t-1}).
 ARCH_OPTIONS = {
     "rnn": ("layer_norm", "recurrent_dropout", "weight_drop", "zoneout"),
     "lstm": ("layer_norm", "recurrent_dropout", "weight_drop", "zoneout", "forget_bias"),
