@@ -271,8 +271,7 @@ def test_weight_drop_is_the_plain_layer_on_dropped_weights(label, cls, extra, ba
     got = {"input": x.grad.clone(), **{n: q.grad for n, q in mod.named_parameters()}}
 
     x.grad = None
-    kw = {"proj_size": P} if label == "lstm_proj" else {"nonlinearity": label[4:]} if label.startswith("rnn") else {}
-    ref = TORCH[label](I, H, **kw, dtype=dt)
+    ref = TORCH[label](I, H, **extra, dtype=dt)  # CELLS' keywords are torch.nn's own
     params = {n: q.detach().clone().requires_grad_(True) for n, q in plain.named_parameters()}
     torch.manual_seed(5)
     dropped = dropout(params["weight_hh_l0"], p)
