@@ -19,7 +19,8 @@ program evaluates, so evaluation costs nobody training time.
   2-layer LSTM -> Linear tied to the embedding, dropout 0.2, plain SGD at lr 20 with gradient
   norm clipped to 0.25, bptt 64, batch 16, the hidden state carried (detached) from batch to batch,
   lr / 4 after every epoch whose validation loss did not improve. Scored with the state carried
-  through the whole validation text (10 rows).
+  through the whole validation text (10 rows), and also with the continuous cache that seqlab's
+  recurrent models are scored with by default (the same N, theta and lambda; its own code below).
 * ``gpt-peer``: nanoGPT's ``model.py`` at its README's CPU "baby GPT" settings: 4 layers, 4 heads,
   block 64, batch 12, no dropout, no biases, learned positions, tied output; AdamW (betas 0.9/0.99,
   weight decay 0.1 on matrices), lr 1e-3, 100 warm-up iterations, cosine to 1e-4 at
@@ -32,9 +33,13 @@ program evaluates, so evaluation costs nobody training time.
 
 **seqlab**: ``seqlab train lm --data TRAIN --valid VALID --arch A --max-time BUDGET`` on its own
 defaults for that arch (its printed settings, sizes included), then the best checkpoint scored on
-the whole validation text as ``seqlab eval RUN/best --split validation`` does (the transformer in
-windows sliding by half their length, and also in non-overlapping ones). The transformer's ratio to
-gpt-peer is given for each program's own scoring and for both scored alike, both ways.
+the whole validation text as ``seqlab eval RUN/best --split validation`` does: with its continuous
+cache (see the README), the recurrent models with the state carried, the transformer in windows
+sliding by half their length. Each is also scored without the cache (the transformer in sliding
+and in non-overlapping windows), as the peers are. The ratio to the peer is given for each
+program's own scoring and for both scored alike: the recurrent models with the state carried, with
+and without the cache; the transformer in both kinds of windows, without the cache (gpt-peer has
+none).
 
 Reported: validation loss in nats per token (characters; seqlab's stream has one ``<eos>`` token
 per paragraph break where the peers see two newlines) at the budget, the curve of validation loss
@@ -68,6 +73,18 @@ except ImportError:  # run from a checkout without installing: python benchmarks
 from _results import add_markdown_arguments, command_line, results_section, write_section  # noqa: E402
 
 MODELS = ("lstm-peer", "gpt-peer", "rnn", "lstm", "gru", "transformer")
+
+
+def _lstm_cache() -> tuple[int, float, float]:
+    from seqlab.apps.lm import LMApp, LMOptions
+
+    o = {**LMOptions().__dict__, **LMApp.defaults("lstm")}
+    return o["cache_size"], o["cache_theta"], o["cache_lambda"]
+
+
+# (N, theta, lambda): the continuous cache of seqlab's LSTM by default, which lstm-peer is also
+# scored with (its own implementation below), so that both can be compared scored alike
+CACHE = _lstm_cache()
 
 
 # ----------------------------------------------------------------------------
@@ -167,6 +184,34 @@ def run_lstm_peer(data: CharData, budget: float, params: int, eval_every: float,
         model.train()
         return total / count
 
+    @torch.no_grad()
+    def evaluate_cached(N: int, theta: float, lam: float) -> float:
+        """As ``evaluate``, each target's probability mixed with a continuous cache (Grave et al. 2017)
+        of the last N LSTM outputs h_i of its row and the tokens that followed them:
+        p = (1 - lam) p_model + lam sum_i softmax_i(theta h_t . h_i) [x_{i+1} = target]."""
+        model.eval()
+        total, count, hidden, keys, vals = 0.0, 0, None, None, None
+        for i in range(0, valid.size(0) - 1, bptt):
+            x, y = valid[i:i + bptt], valid[i + 1:i + 1 + bptt]
+            x = x[: y.size(0)]
+            out, hidden = model.rnn(model.encoder(x), hidden)  # (T, B, H): eval mode, no dropout
+            logp = F.log_softmax(model.decoder(out), -1).gather(-1, y.unsqueeze(-1)).squeeze(-1).t()  # (B, T)
+            h, y = out.transpose(0, 1), y.t()  # (B, T, H), (B, T)
+            M = 0 if keys is None else keys.size(1)
+            keys = h if keys is None else torch.cat([keys, h], 1)  # (B, M + T, H)
+            vals = y if vals is None else torch.cat([vals, y], 1)  # (B, M + T)
+            q = torch.arange(M, M + y.size(1)).unsqueeze(1)  # (T, 1) positions of the targets' inputs
+            k = torch.arange(keys.size(1)).unsqueeze(0)  # (1, M + T)
+            past = (k < q) & (k >= q - N)  # (T, M + T)
+            w = (theta * h @ keys.transpose(1, 2)).masked_fill(~past, -math.inf).softmax(-1).nan_to_num(0.0)
+            p_cache = (w * (vals.unsqueeze(1) == y.unsqueeze(2))).sum(-1)  # (B, T)
+            mix = torch.where(past.any(1), lam, 0.0)  # (T,): the text's first target has no memory
+            total -= torch.logaddexp(torch.log1p(-mix) + logp, torch.log(mix) + torch.log(p_cache)).sum().item()
+            count += y.numel()
+            keys, vals = keys[:, -N:], vals[:, -N:]
+        model.train()
+        return total / count
+
     clock, curve, tokens = Clock(), [(0.0, evaluate())], 0
     best_val, next_eval, done = math.inf, eval_every, False
     model.train()
@@ -204,7 +249,9 @@ def run_lstm_peer(data: CharData, budget: float, params: int, eval_every: float,
         clock.start()
     clock.stop()
     final = evaluate()
-    return {"params": _count(model), "width": nhid, "curve": curve, "final": final, "train_s": clock.total,
+    scorings = {"state": final, "cache": evaluate_cached(*CACHE)} if CACHE[0] else {}
+    return {"params": _count(model), "width": nhid, "curve": curve, "final": final, "scorings": scorings,
+            "train_s": clock.total,
             "tokens_per_s": tokens / clock.total, "settings": {"bptt": bptt, "batch": bsz, "sgd_lr": 20.0,
                                                                "final_lr": lr, "clip": clip, "dropout": 0.2}}
 
@@ -370,14 +417,24 @@ def run_seqlab(arch: str, train_path: Path, valid_path: Path, budget: float, out
         sys.exit(f"{arch}: interrupted at step {result['step']} (run saved in {run_dir}); no table written")
     best = load_run(run_dir / "best") if (run_dir / "best").exists() else load_run(run_dir)
     final = best.app.evaluate(best.model, "validation")
-    scorings = {}
-    if not best.app.carries(arch):  # independent windows: the default (sliding) and non-overlapping scoring
-        o = best.app.options
-        stride, o.eval_stride = o.eval_stride, o.bptt
-        try:
-            scorings = {"sliding": final["loss"], "blocks": best.app.evaluate(best.model, "validation")["loss"]}
-        finally:
-            o.eval_stride = stride
+    # the scorings the peers share, without seqlab's continuous cache: the transformer's default
+    # (sliding windows) and non-overlapping ones, or the recurrent models' carried state
+    o, carries = best.app.options, best.app.carries(arch)
+    cache, o.cache_size = o.cache_size, 0
+    try:
+        if carries:
+            scorings = {"state": best.app.evaluate(best.model, "validation")["loss"]}
+        else:
+            stride, o.eval_stride = o.eval_stride, o.bptt
+            try:
+                scorings = {"blocks": best.app.evaluate(best.model, "validation")["loss"]}
+            finally:
+                o.eval_stride = stride
+            scorings["sliding"] = best.app.evaluate(best.model, "validation")["loss"]
+    finally:
+        o.cache_size = cache
+    if carries and cache and (cache, o.cache_theta, o.cache_lambda) == CACHE:
+        scorings["cache"] = final["loss"]  # as lstm-peer is scored with the same cache
     log = result.get("log") or []
     tok_s = sorted(e["tokens_per_s"] for e in log)[len(log) // 2] if log else float("nan")
     curve = [(h["train_time"], h["loss"]) for h in result["history"]]
@@ -413,6 +470,13 @@ def at_time(curve: list, t: float) -> float:
     return vals[-1] if vals else float("nan")
 
 
+def _cached(name: str, r: dict) -> bool:
+    """Whether seqlab program ``name`` scored itself (its curve and final loss) with its continuous
+    cache: its own protocol without the cache (``state`` or ``sliding``) gave another figure."""
+    alone = r.get("scorings", {}).get("state", r.get("scorings", {}).get("sliding"))
+    return not name.endswith("-peer") and alone is not None and alone != r["final"]
+
+
 def plot(results: dict, path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -421,7 +485,8 @@ def plot(results: dict, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, r in results.items():
         xs, ys = zip(*r["curve"])
-        ax.plot(xs, ys, marker=".", label=f"{name} ({r['params'] / 1e6:.2f}M, {r['tokens_per_s']:.0f} tok/s)",
+        how = ", with its cache" if _cached(name, r) else ""
+        ax.plot(xs, ys, marker=".", label=f"{name} ({r['params'] / 1e6:.2f}M, {r['tokens_per_s']:.0f} tok/s{how})",
                 linestyle="--" if name.endswith("-peer") else "-")
     ax.set_xlabel("training seconds")
     ax.set_ylabel("validation loss (nats/char)")
@@ -435,7 +500,8 @@ def plot(results: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-SCORINGS = {"blocks": "in non-overlapping windows", "sliding": "in windows sliding by half their length"}
+SCORINGS = {"blocks": "in non-overlapping windows", "sliding": "in windows sliding by half their length",
+            "state": "with the state carried, no cache", "cache": "with the state carried and the continuous cache"}
 PEER_OF = {"transformer": "gpt-peer"}  # every other seqlab arch is measured against the LSTM loop
 
 
@@ -573,8 +639,10 @@ def publish(args: argparse.Namespace, argv: Optional[list], header: str, results
         plot_link = os.path.relpath(Path(args.plot).resolve(), target.resolve().parent)
         notes = [header,
                  "validation loss in nats per character on the whole validation text: seqlab's best "
-                 "checkpoint, the peers' model at the end of training; `vs peer`: the loss over that of its "
-                 "peer (the transformer's is gpt-peer, the recurrent models' lstm-peer) at the same training time",
+                 "checkpoint as `seqlab eval` scores it (with its continuous cache), the peers' model at the end "
+                 "of training as its recipe scores it; `vs peer`: the loss over that of its peer (the "
+                 "transformer's is gpt-peer, the recurrent models' lstm-peer) at the same training time, as "
+                 "each scores itself, then both scored alike",
                  f"curves: [{Path(args.plot).name}]({plot_link})"] + args.note
         section = results_section("Language models against their peers", command, table(results, budget),
                                   notes=notes)

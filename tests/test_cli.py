@@ -118,6 +118,24 @@ def test_eval_seq2seq_uses_the_whole_split(runs, capsys):
     assert code == 0 and json.loads(out)["metrics"]["examples"] == 20
 
 
+def test_eval_scores_a_language_model_with_and_without_its_cache(runs, capsys):
+    d = runs["lm"]
+    scores = {}
+    for extra in ([], ["--cache", "0"], ["--cache", "5", "--cache-theta", "0.5", "--cache-lambda", "0.4"]):
+        code, out, err = run(["eval", d, "--json", "--split", "validation", *extra], capsys)
+        assert code == 0, err
+        result = json.loads(out)
+        scores[" ".join(extra)] = result["metrics"]["loss"]
+        cache = "continuous cache of the last" in result["scoring"]
+        assert cache == (extra != ["--cache", "0"]), result["scoring"]
+    assert "theta=0.5, lambda=0.4" in result["scoring"]
+    assert len(set(scores.values())) == 3, scores  # the run's cache (its default 2000), none, and another
+    code, _, err = run(["eval", d, "--cache-lambda", "1"], capsys)
+    assert code == 2 and "cache_lambda must be in [0, 1), got 1.0" in err
+    code, _, err = run(["eval", runs["classify"], "--cache", "10"], capsys)
+    assert code == 2 and "are for lm runs, got a classify run" in err
+
+
 def test_resume_continues_the_step_count(tmp_path, capsys):
     d = tmp_path / "r"
     args = ["train", "classify", *TINY, *SIZES["classify"], "--out", d]

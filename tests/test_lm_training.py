@@ -133,9 +133,9 @@ def test_partial_scores_sample_the_whole_split(tmp_path, monkeypatch, arch):
     import seqlab.apps.lm as lm_module
     real = lm_module.next_token_nll
 
-    def recording(m, window, state=None, last=None):
+    def recording(m, window, state=None, last=None, cache=None):
         seen.append((window.clone(), state is not None, last))
-        return real(m, window, state, last=last)
+        return real(m, window, state, last=last, cache=cache)
 
     monkeypatch.setattr(lm_module, "next_token_nll", recording)
     part = app.evaluate(model, "validation", during_training=True)
@@ -179,6 +179,82 @@ def test_sliding_windows_score_each_token_once_with_the_context_they_promise(tmp
                 hand += F.cross_entropy(logits[0, j - 1 - start], seg[j]).item()
                 assert j - 1 - start >= min(j - 1, T - stride)  # the context the docstring promises
     assert total == pytest.approx(hand, rel=1e-5)
+
+
+def _cached_nll(h, logits, y, N, theta, lam):
+    """-log p(y_t) of one segment under the continuous cache, position by position: the equations of
+    seqlab.models.ContinuousCache, written as a loop. h (n, F), logits (n, V), y (n,)."""
+    total = 0.0
+    for t in range(len(y)):
+        p = logits[t].softmax(-1)[y[t]].item()
+        if t > 0:
+            past = range(max(0, t - N), t)
+            w = torch.stack([theta * h[t] @ h[i] for i in past]).softmax(0)
+            p = (1 - lam) * p + lam * sum(w[k].item() for k, i in enumerate(past) if y[i] == y[t])
+        total -= math.log(p)
+    return total
+
+
+@pytest.mark.parametrize("arch", ["gru", "lstm", "transformer"])
+def test_a_continuous_cache_scores_what_its_equations_say(tmp_path, arch):
+    train, valid = _files(tmp_path)
+    T, N, theta, lam = 4, 6, 0.7, 0.3  # windows shorter than the memory, the memory shorter than a segment
+    app = LMApp(LMOptions(data=str(train), valid=str(valid), bptt=T, eval_rows=2, eval_stride=3, cache_size=N,
+                          cache_theta=theta, cache_lambda=lam))
+    app.build()
+    torch.manual_seed(0)
+    kw = {"nhead": 2, "max_len": 16} if arch == "transformer" else {}
+    model = build_model(ModelConfig(kind="lm", arch=arch, vocab_size=len(app.vocab), embed_dim=8, hidden_size=8,
+                                    num_layers=1, **kw)).eval()
+    ids = app.stream("validation")[:41]  # two segments of 20 tokens: 19 targets each
+    total, count = app.score(model, ids)
+    assert count == 2 * 19
+    hand = 0.0
+    with torch.no_grad():
+        for seg in ids[:40].view(2, 20).long():
+            if arch == "transformer":  # h_t from the sliding window that scores target j (see the test above)
+                hs, ls = [], []
+                for j in range(1, 20):
+                    end = j if j <= T else min(19, T + 3 * math.ceil((j - T) / 3))
+                    start = max(0, end - T)
+                    h, _ = model.features(seg[start:end].view(1, -1))  # (1, end - start, F)
+                    hs.append(h[0, j - 1 - start])
+                    ls.append(model.logits(h[0, j - 1 - start]))
+                h, logits = torch.stack(hs), torch.stack(ls)  # (19, F), (19, V)
+            else:  # one pass over the segment: the state the windows carry
+                h, _ = model.features(seg[:-1].view(1, -1))  # (1, 19, F)
+                h, logits = h[0], model.logits(h[0])  # (19, F), (19, V)
+            hand += _cached_nll(h, logits, seg[1:].tolist(), N, theta, lam)
+    assert total == pytest.approx(hand, rel=1e-5)
+    app.options.cache_size = 0
+    alone, _ = app.score(model, ids)
+    assert total != pytest.approx(alone, rel=1e-3)  # the cache did change the score
+    app.options.cache_size, app.options.cache_lambda = N, 0.0
+    assert app.score(model, ids)[0] == pytest.approx(alone, rel=1e-6)  # at weight 0, the model alone
+
+
+def test_a_continuous_cache_keeps_its_rows_and_refuses_bad_settings():
+    from seqlab.models import ContinuousCache
+
+    cache = ContinuousCache(4, 1.0, 0.5)
+    h, logits, y = torch.randn(2, 3, 5), torch.randn(2, 3, 7), torch.randint(0, 7, (2, 3))
+    first = cache.nll(h, logits, y)
+    # the first position has an empty memory: the model alone; the next ones mix
+    model_alone = F.cross_entropy(logits[:, 0], y[:, 0], reduction="sum")
+    assert torch.isfinite(first) and first != model_alone
+    assert cache.keys.shape == (2, 3, 5)
+    cache.nll(h, logits, y)
+    assert cache.keys.shape == (2, 4, 5) and torch.equal(cache.values, torch.cat([y, y], 1)[:, -4:])
+    with pytest.raises(ValueError, match="memory has 2, the window 3"):
+        cache.nll(torch.randn(3, 1, 5), torch.randn(3, 1, 7), torch.zeros(3, 1, dtype=torch.long))
+    for args, match in (((0, 1.0, 0.1), "size must be an int >= 1"), ((4, 0.0, 0.1), "theta must be"),
+                        ((4, 1.0, 1.0), r"lam must be in \[0, 1\)")):
+        with pytest.raises(ValueError, match=match):
+            ContinuousCache(*args)
+    for key, value, match in (("cache_size", -1, "cache_size must be >= 0"), ("cache_theta", 0.0, "cache_theta"),
+                              ("cache_lambda", 1.0, r"cache_lambda must be in \[0, 1\)")):
+        with pytest.raises(Exception, match=match):
+            LMOptions(**{key: value}).validate()
 
 
 def test_eval_stride_out_of_range_is_refused():

@@ -199,6 +199,14 @@ def _eval(args: argparse.Namespace) -> int:
         if args.beam < 1:
             raise ConfigError(f"--beam must be >= 1, got {args.beam}")
         kwargs["beam"] = args.beam
+    cache = {k: v for k, v in (("cache_size", args.cache), ("cache_theta", args.cache_theta),
+                               ("cache_lambda", args.cache_lambda)) if v is not None}
+    if cache:
+        if run.kind != "lm":
+            raise ConfigError(f"--cache, --cache-theta and --cache-lambda are for lm runs, got a {run.kind} run")
+        for k, v in cache.items():
+            setattr(run.app.options, k, v)
+        run.app.options.validate()
     metrics = run.app.evaluate(run.model, args.split, **kwargs)
     if args.json:
         from seqlab.apps.base import finite_json
@@ -238,8 +246,8 @@ TRAIN_EPILOG = ("Setting keys: the model's (embed_dim, hidden_size, num_layers, 
                 "patience, seed, log_every, max_time, keep_checkpoints, keep_best, find_unused_parameters, "
                 "tensorboard, clock, precision) "
                 "and the data's (n_train, n_valid, n_test, data_seed, level, min_freq, max_vocab, max_line, format; "
-                "lm: bptt, carry_state, eval_tokens, eval_rows, eval_stride; seq2seq: teacher_forcing, beam, "
-                "eval_examples, max_decode_len; generate: n_samples). "
+                "lm: bptt, carry_state, eval_tokens, eval_rows, eval_stride, cache_size, cache_theta, cache_lambda; "
+                "seq2seq: teacher_forcing, beam, eval_examples, max_decode_len; generate: n_samples). "
                 "Ctrl-C or SIGTERM saves a checkpoint and exits 130 / 143; --resume continues. Example: seqlab train "
                 "seq2seq --task dates --arch gru --attention bahdanau lr=3e-3 --out runs/dates")
 
@@ -337,6 +345,11 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--split", default="test", choices=("train", "validation", "test"))
     p.add_argument("--json", action="store_true", help="one JSON object (strict: NaN and infinities as null)")
     p.add_argument("--beam", type=int, help="seq2seq: beam size (default: the run's)")
+    p.add_argument("--cache", type=int, metavar="N",
+                   help="lm: score with a continuous cache of the last N hidden states (0 = none; default: the run's)")
+    p.add_argument("--cache-theta", type=float, metavar="THETA", help="lm: the cache's sharpness (default: the run's)")
+    p.add_argument("--cache-lambda", type=float, metavar="LAMBDA",
+                   help="lm: the cache's weight against the model, in [0, 1) (default: the run's)")
     p.set_defaults(func=_eval)
 
 

@@ -5,7 +5,8 @@ module              what lives there
 ==================  =========================================================================
 config              ModelConfig (one typed config for every model), KINDS, ARCHS
 encoders            the one embedding + stack builder every model shares
-lm                  LanguageModel: next token, truncated BPTT state, cached generation
+lm                  LanguageModel: next token, truncated BPTT state, cached generation;
+                    ContinuousCache (scoring with a memory of past hidden states)
 classifier          Classifier (many-to-one, last/mean/attention pooling), Tagger (many-to-many)
 seq2seq             Seq2Seq: context vector, Bahdanau / Luong attention, Transformer
 generator           ConditionalGenerator: a condition sets the initial state (one-to-many)
@@ -35,14 +36,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .classifier import Classifier, Tagger
     from .generator import ConditionalGenerator
-    from .lm import LanguageModel
+    from .lm import ContinuousCache, LanguageModel
     from .seq2seq import Seq2Seq, Seq2SeqState
 
-__all__ = ["ModelConfig", "build_model", "count_parameters", "LanguageModel", "Classifier", "Tagger", "Seq2Seq",
-           "Seq2SeqState", "ConditionalGenerator", "ARCHS", "KINDS", "MODELS"]
+__all__ = ["ModelConfig", "build_model", "count_parameters", "LanguageModel", "ContinuousCache", "Classifier",
+           "Tagger", "Seq2Seq", "Seq2SeqState", "ConditionalGenerator", "ARCHS", "KINDS", "MODELS"]
 
 _LAZY = {"Classifier": "classifier", "Tagger": "classifier", "ConditionalGenerator": "generator",
-         "LanguageModel": "lm", "Seq2Seq": "seq2seq", "Seq2SeqState": "seq2seq"}
+         "LanguageModel": "lm", "ContinuousCache": "lm", "Seq2Seq": "seq2seq", "Seq2SeqState": "seq2seq"}
 _MODEL_OF_KIND = {"lm": "LanguageModel", "classify": "Classifier", "tag": "Tagger", "seq2seq": "Seq2Seq",
                   "generate": "ConditionalGenerator"}
 
