@@ -155,6 +155,23 @@ def test_partial_scores_sample_the_whole_split(tmp_path, monkeypatch, arch):
     assert math.isfinite(whole["loss"])
 
 
+def _score_two_segments(app, model):
+    """app.score over the first 41 tokens of the validation split, scored as two segments of 20 (19
+    targets each): (summed NLL, the segments (2, 20))."""
+    ids = app.stream("validation")[:41]
+    total, count = app.score(model, ids)
+    assert count == 2 * 19
+    return total, ids[:40].view(2, 20).long()
+
+
+def _window_scoring(j, T, stride):
+    """(start, end) of the sliding window that scores target j (1-based in its segment of 20): the
+    first window while j <= T, else the one that ends at the first multiple of the stride that
+    reaches it (the last one ending at the segment's end)."""
+    end = j if j <= T else min(19, T + stride * math.ceil((j - T) / stride))
+    return max(0, end - T), end
+
+
 @pytest.mark.parametrize("stride", [1, 3, 8])
 def test_sliding_windows_score_each_token_once_with_the_context_they_promise(tmp_path, stride):
     train, valid = _files(tmp_path)
@@ -164,17 +181,12 @@ def test_sliding_windows_score_each_token_once_with_the_context_they_promise(tmp
     torch.manual_seed(0)
     model = build_model(ModelConfig(kind="lm", arch="transformer", vocab_size=len(app.vocab), embed_dim=8,
                                     hidden_size=8, num_layers=1, nhead=2, max_len=16)).eval()
-    ids = app.stream("validation")[:41]  # two segments of 20 tokens: 19 targets each
-    total, count = app.score(model, ids)
-    assert count == 2 * 19
-    # by hand: target j (1-based in its segment) is scored in the first window while j <= T, else
-    # in the window that ends at the first multiple of the stride that reaches it
+    total, segments = _score_two_segments(app, model)
     hand = 0.0
     with torch.no_grad():
-        for seg in ids[:40].view(2, 20).long():
+        for seg in segments:
             for j in range(1, 20):
-                end = j if j <= T else min(19, T + stride * math.ceil((j - T) / stride))
-                start = max(0, end - T)
+                start, end = _window_scoring(j, T, stride)
                 logits, _ = model(seg[start:end].view(1, -1))  # (1, end - start, V)
                 hand += F.cross_entropy(logits[0, j - 1 - start], seg[j]).item()
                 assert j - 1 - start >= min(j - 1, T - stride)  # the context the docstring promises
@@ -206,17 +218,14 @@ def test_a_continuous_cache_scores_what_its_equations_say(tmp_path, arch):
     kw = {"nhead": 2, "max_len": 16} if arch == "transformer" else {}
     model = build_model(ModelConfig(kind="lm", arch=arch, vocab_size=len(app.vocab), embed_dim=8, hidden_size=8,
                                     num_layers=1, **kw)).eval()
-    ids = app.stream("validation")[:41]  # two segments of 20 tokens: 19 targets each
-    total, count = app.score(model, ids)
-    assert count == 2 * 19
+    total, segments = _score_two_segments(app, model)
     hand = 0.0
     with torch.no_grad():
-        for seg in ids[:40].view(2, 20).long():
-            if arch == "transformer":  # h_t from the sliding window that scores target j (see the test above)
+        for seg in segments:
+            if arch == "transformer":  # h_t from the sliding window that scores target j
                 hs, ls = [], []
                 for j in range(1, 20):
-                    end = j if j <= T else min(19, T + 3 * math.ceil((j - T) / 3))
-                    start = max(0, end - T)
+                    start, end = _window_scoring(j, T, 3)
                     h, _ = model.features(seg[start:end].view(1, -1))  # (1, end - start, F)
                     hs.append(h[0, j - 1 - start])
                     ls.append(model.logits(h[0, j - 1 - start]))
@@ -227,10 +236,10 @@ def test_a_continuous_cache_scores_what_its_equations_say(tmp_path, arch):
             hand += _cached_nll(h, logits, seg[1:].tolist(), N, theta, lam)
     assert total == pytest.approx(hand, rel=1e-5)
     app.options.cache_size = 0
-    alone, _ = app.score(model, ids)
+    alone, _ = _score_two_segments(app, model)
     assert total != pytest.approx(alone, rel=1e-3)  # the cache did change the score
     app.options.cache_size, app.options.cache_lambda = N, 0.0
-    assert app.score(model, ids)[0] == pytest.approx(alone, rel=1e-6)  # at weight 0, the model alone
+    assert _score_two_segments(app, model)[0] == pytest.approx(alone, rel=1e-6)  # at weight 0, the model alone
 
 
 def test_a_continuous_cache_keeps_its_rows_and_refuses_bad_settings():
