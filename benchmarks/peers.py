@@ -19,8 +19,10 @@ program evaluates, so evaluation costs nobody training time.
   2-layer LSTM -> Linear tied to the embedding, dropout 0.2, plain SGD at lr 20 with gradient
   norm clipped to 0.25, bptt 64, batch 16, the hidden state carried (detached) from batch to batch,
   lr / 4 after every epoch whose validation loss did not improve. Scored with the state carried
-  through the whole validation text (10 rows), and also with the continuous cache that seqlab's
-  recurrent models are scored with by default (the same N, theta and lambda; its own code below).
+  through the whole validation text (10 rows), and also with a continuous cache of the size that
+  seqlab's recurrent models are scored with by default (its own code below), its theta and lambda
+  chosen, as seqlab's defaults were, on the last 55k characters of its training text (the peer's
+  hidden states have no LayerNorm, and want another theta than seqlab's LSTM).
 * ``gpt-peer``: nanoGPT's ``model.py`` at its README's CPU "baby GPT" settings: 4 layers, 4 heads,
   block 64, batch 12, no dropout, no biases, learned positions, tied output; AdamW (betas 0.9/0.99,
   weight decay 0.1 on matrices), lr 1e-3, 100 warm-up iterations, cosine to 1e-4 at
@@ -75,16 +77,18 @@ from _results import add_markdown_arguments, command_line, results_section, writ
 MODELS = ("lstm-peer", "gpt-peer", "rnn", "lstm", "gru", "transformer")
 
 
-def _lstm_cache() -> tuple[int, float, float]:
-    from seqlab.apps.lm import LMApp, LMOptions
+def _cache_size() -> int:
+    from seqlab.apps.lm import LMApp
 
-    o = {**LMOptions().__dict__, **LMApp.defaults("lstm")}
-    return o["cache_size"], o["cache_theta"], o["cache_lambda"]
+    return int(LMApp.defaults("lstm").get("cache_size", 0))
 
 
-# (N, theta, lambda): the continuous cache of seqlab's LSTM by default, which lstm-peer is also
-# scored with (its own implementation below), so that both can be compared scored alike
-CACHE = _lstm_cache()
+# N: the memory of the continuous cache that seqlab's recurrent models are scored with by default;
+# lstm-peer is also scored with a cache of that size (its own implementation below), its theta
+# and lambda chosen on its own training text as seqlab's were (CACHE_GRID), so that both can be
+# compared scored alike
+CACHE_N = _cache_size()
+CACHE_GRID = {"theta": (0.3, 1.0, 3.0, 10.0), "lambda": (0.1, 0.2, 0.3)}
 
 
 # ----------------------------------------------------------------------------
@@ -185,10 +189,10 @@ def run_lstm_peer(data: CharData, budget: float, params: int, eval_every: float,
         return total / count
 
     @torch.no_grad()
-    def evaluate_cached(N: int, theta: float, lam: float) -> float:
-        """As ``evaluate``, each target's probability mixed with a continuous cache (Grave et al. 2017)
-        of the last N LSTM outputs h_i of its row and the tokens that followed them:
-        p = (1 - lam) p_model + lam sum_i softmax_i(theta h_t . h_i) [x_{i+1} = target]."""
+    def evaluate_cached(N: int, theta: float, lam: float, valid: torch.Tensor = valid) -> float:
+        """As ``evaluate`` (of ``valid``, (n, rows)), each target's probability mixed with a continuous
+        cache (Grave et al. 2017) of the last N LSTM outputs h_i of its row and the tokens that
+        followed them: p = (1 - lam) p_model + lam sum_i softmax_i(theta h_t . h_i) [x_{i+1} = target]."""
         model.eval()
         total, count, hidden, keys, vals = 0.0, 0, None, None, None
         for i in range(0, valid.size(0) - 1, bptt):
@@ -249,11 +253,17 @@ def run_lstm_peer(data: CharData, budget: float, params: int, eval_every: float,
         clock.start()
     clock.stop()
     final = evaluate()
-    scorings = {"state": final, "cache": evaluate_cached(*CACHE)} if CACHE[0] else {}
+    scorings, settings = {"state": final}, {"bptt": bptt, "batch": bsz, "sgd_lr": 20.0, "final_lr": lr, "clip": clip,
+                                            "dropout": 0.2}
+    if CACHE_N:  # theta and lambda: the best of the grid on the training text's last 55k characters
+        tail = batchify(data.train[-55_000:], 10)  # (5500, 10)
+        fit = {(t, lam): evaluate_cached(CACHE_N, t, lam, tail)
+               for t in CACHE_GRID["theta"] for lam in CACHE_GRID["lambda"]}
+        theta, lam = min(fit, key=fit.get)
+        scorings["cache"] = evaluate_cached(CACHE_N, theta, lam)
+        settings.update(cache_size=CACHE_N, cache_theta=theta, cache_lambda=lam)
     return {"params": _count(model), "width": nhid, "curve": curve, "final": final, "scorings": scorings,
-            "train_s": clock.total,
-            "tokens_per_s": tokens / clock.total, "settings": {"bptt": bptt, "batch": bsz, "sgd_lr": 20.0,
-                                                               "final_lr": lr, "clip": clip, "dropout": 0.2}}
+            "train_s": clock.total, "tokens_per_s": tokens / clock.total, "settings": settings}
 
 
 # ----------------------------------------------------------------------------
@@ -433,8 +443,8 @@ def run_seqlab(arch: str, train_path: Path, valid_path: Path, budget: float, out
             scorings["sliding"] = best.app.evaluate(best.model, "validation")["loss"]
     finally:
         o.cache_size = cache
-    if carries and cache and (cache, o.cache_theta, o.cache_lambda) == CACHE:
-        scorings["cache"] = final["loss"]  # as lstm-peer is scored with the same cache
+    if carries and cache == CACHE_N:
+        scorings["cache"] = final["loss"]  # as lstm-peer is scored with a cache of the same size
     log = result.get("log") or []
     tok_s = sorted(e["tokens_per_s"] for e in log)[len(log) // 2] if log else float("nan")
     curve = [(h["train_time"], h["loss"]) for h in result["history"]]
