@@ -76,8 +76,9 @@ class LMOptions(DataOptions):
     # scoring with a continuous cache (seqlab.models.ContinuousCache): the last cache_size hidden
     # states of each row vote for the token that followed them, weight cache_lambda against the
     # model, sharpness cache_theta. 0 = the model alone. Applies to every scoring of a split.
+    # (theta and lambda: see LM_DEFAULTS' comment for how they were chosen)
     cache_size: int = 0
-    cache_theta: float = 1.0
+    cache_theta: float = 0.3
     cache_lambda: float = 0.2
     # a text's units (paragraphs or lines) are cut into windows, so only memory bounds them
     max_line: int = 10_000_000
@@ -168,7 +169,7 @@ LM_DEFAULTS: dict[str, dict] = {
                     "dropout": 0.1, "attention_dropout": 0.0, "lr": 4e-3, "weight_decay": 0.1, "optimizer": "muon",
                     "precision": "auto"},
 }
-LM_COMMON_DEFAULTS = {"batch_size": 16, "bptt": 128, "cache_size": 2000, "cache_theta": 0.3}
+LM_COMMON_DEFAULTS = {"batch_size": 16, "bptt": 128, "cache_size": 2000}
 
 
 class LMApp(App):
